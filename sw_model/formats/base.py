@@ -1,0 +1,272 @@
+"""The common shape of a page-table format description.
+
+A format is data first: the geometry (levels, index bits, GPA width), named bit fields,
+reserved-bit masks per level as a function of the physical-address width, and the
+software-available bits the TDP core may use. The RTL's decode logic is generated from
+that data. Around it, each format implements the fault rules of its manual in a few small
+methods that the reference walker (:mod:`sw_model.walker`) calls in a fixed order:
+
+1. :meth:`PageTableFormat.entry_fault` for every entry read, top-down;
+2. :meth:`PageTableFormat.leaf_fault` once a leaf is reached, with the entries used;
+3. :meth:`PageTableFormat.ad_updates` for the A/D words to write when the access succeeds.
+
+Levels are numbered as in KVM: level 1 maps 4 KiB pages, the root is level ``levels``.
+"""
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ACCESSES", "AD_MODES", "FAULT_KINDS", "Field", "Entry", "VmOptions",
+    "PageTableFormat", "bits", "FormatError", "check_access",
+]
+
+ACCESSES = ("read", "write", "execute")
+#: "off": no A/D bits (EPT without EPTP[6]); "hardware": the walker sets them (x86,
+#: RISC-V Svadu); "fault": a clear A, or a clear D on a write, faults (RISC-V Svade).
+AD_MODES = ("off", "hardware", "fault")
+FAULT_KINDS = ("not_present", "permission", "reserved", "misaligned", "gpa_range",
+               "ad_clear", "bus_error")
+
+
+class FormatError(ValueError):
+    """Bad input to a format: unknown name, invalid option, unencodable entry."""
+
+
+def bits(hi, lo):
+    """Mask of bits ``hi`` down to ``lo`` inclusive (empty when ``hi < lo``)."""
+    if hi < lo:
+        return 0
+    return ((1 << (hi - lo + 1)) - 1) << lo
+
+
+@dataclass(frozen=True)
+class Field:
+    """A bit field of an entry: ``width`` bits starting at ``lsb``."""
+    lsb: int
+    width: int = 1
+
+    @property
+    def mask(self):
+        return bits(self.lsb + self.width - 1, self.lsb)
+
+    def get(self, word):
+        return (word >> self.lsb) & ((1 << self.width) - 1)
+
+    def put(self, word, value):
+        if not 0 <= value < 1 << self.width:
+            raise FormatError(f"value {value:#x} does not fit a {self.width}-bit field")
+        return (word & ~self.mask) | (value << self.lsb)
+
+
+@dataclass(frozen=True)
+class VmOptions:
+    """Per-VM options that change how a format's entries are interpreted.
+
+    Members
+    -------
+    ad : str
+        One of :data:`AD_MODES` allowed by the format.
+    pa_bits : int
+        Host physical-address width (x86 MAXPHYADDR): entry bits from ``pa_bits`` to 51
+        are reserved on x86. RISC-V has no such reserved bits; its value is fixed at 56.
+    exec_only : bool
+        EPT: the CPU supports execute-only entries (IA32_VMX_EPT_VPID_CAP bit 0).
+    nxe : bool
+        NPT: EFER.NXE; without it bit 63 is reserved.
+    """
+    ad: str
+    pa_bits: int
+    exec_only: bool = True
+    nxe: bool = True
+
+    def to_json(self):
+        return {"ad": self.ad, "pa_bits": self.pa_bits, "exec_only": self.exec_only,
+                "nxe": self.nxe}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An entry decoded at a level, architecture-neutral.
+
+    ``frame`` is the host-physical address the entry names (next table or page),
+    ``memtype`` the architecture's memory-type code (EPT MT, x86 PAT index, 0 on RISC-V).
+    """
+    word: int
+    level: int
+    present: bool
+    leaf: bool
+    frame: int = 0
+    r: bool = False
+    w: bool = False
+    x: bool = False
+    u: bool = False
+    a: bool = False
+    d: bool = False
+    memtype: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class PageTableFormat:
+    """Description of one page-table format. Subclasses fill in the rules.
+
+    Members
+    -------
+    name : str
+        ``ept4``, ``ept5``, ``npt4``, ``npt5``, ``sv39x4``, ``sv48x4`` or ``sv57x4``.
+    arch : str
+        ``ept``, ``npt`` or ``gstage``.
+    levels : int
+        Number of levels; the root is level ``levels``.
+    root_index_bits : int
+        Index bits of the root table (9, or 11 for G-stage's 16 KiB roots).
+    leaf_levels : frozenset
+        Levels at which a leaf entry is architecturally allowed.
+    fields : dict
+        Named :class:`Field` s of the entry (hardware-defined bits).
+    frame_field, frame_shift
+        The frame number field and how far it is shifted to form an address.
+    sw_fields : dict
+        Software-available bits the TDP core may use (ignored by the walker).
+    frozen_word : int
+        A non-present word that marks an entry frozen by the TDP core.
+    ad_modes : tuple
+        The A/D modes this format supports; the first is the default.
+    pa_bits_range : tuple
+        Allowed ``(min, max)`` physical-address width; ``default_pa_bits`` is the default.
+    """
+    name: str
+    arch: str
+    levels: int
+    root_index_bits: int
+    leaf_levels: frozenset
+    fields: dict
+    frame_field: Field
+    frame_shift: int
+    sw_fields: dict
+    frozen_word: int
+    ad_modes: tuple
+    pa_bits_range: tuple
+    default_pa_bits: int
+    manual: str = field(default="", compare=False)
+
+    # -- geometry -----------------------------------------------------------------
+
+    @property
+    def root_level(self):
+        return self.levels
+
+    def index_bits(self, level):
+        return self.root_index_bits if level == self.levels else 9
+
+    def table_entries(self, level):
+        return 1 << self.index_bits(level)
+
+    def table_bytes(self, level):
+        return 8 << self.index_bits(level)
+
+    @property
+    def root_table_bytes(self):
+        return self.table_bytes(self.levels)
+
+    @staticmethod
+    def page_shift(level):
+        return 12 + 9 * (level - 1)
+
+    def page_size(self, level):
+        return 1 << self.page_shift(level)
+
+    @property
+    def gpa_bits(self):
+        return 12 + 9 * (self.levels - 1) + self.root_index_bits
+
+    def gpa_in_range(self, gpa):
+        return 0 <= gpa < 1 << self.gpa_bits
+
+    def index(self, gpa, level):
+        return (gpa >> self.page_shift(level)) & (self.table_entries(level) - 1)
+
+    def entry_addr(self, table, gpa, level):
+        return table + 8 * self.index(gpa, level)
+
+    # -- options and validation -----------------------------------------------------
+
+    def vm_options(self, ad=None, pa_bits=None, exec_only=True, nxe=True):
+        """Validated :class:`VmOptions` for this format, defaults filled in."""
+        ad = self.ad_modes[0] if ad is None else ad
+        if ad not in self.ad_modes:
+            raise FormatError(f"{self.name}: A/D mode {ad!r} not supported "
+                              f"(choose one of {', '.join(self.ad_modes)})")
+        pa_bits = self.default_pa_bits if pa_bits is None else pa_bits
+        lo, hi = self.pa_bits_range
+        if not isinstance(pa_bits, int) or not lo <= pa_bits <= hi:
+            raise FormatError(f"{self.name}: pa_bits must be an integer in [{lo}, {hi}], got {pa_bits!r}")
+        return VmOptions(ad=ad, pa_bits=pa_bits, exec_only=bool(exec_only), nxe=bool(nxe))
+
+    def check_root(self, root, vm):
+        """Raise :class:`FormatError` unless ``root`` is a valid root-table address."""
+        if not isinstance(root, int) or root < 0:
+            raise FormatError(f"root must be a non-negative integer, got {root!r}")
+        if root % self.root_table_bytes:
+            raise FormatError(f"{self.name}: root {root:#x} is not aligned to "
+                              f"{self.root_table_bytes} bytes")
+        if root >= 1 << vm.pa_bits:
+            raise FormatError(f"{self.name}: root {root:#x} is beyond the {vm.pa_bits}-bit "
+                              f"physical-address width")
+
+    # -- frames -------------------------------------------------------------------
+
+    def frame_of(self, word):
+        return self.frame_field.get(word) << self.frame_shift
+
+    def put_frame(self, word, hpa):
+        if hpa % 4096:
+            raise FormatError(f"frame address {hpa:#x} is not 4 KiB aligned")
+        return self.frame_field.put(word, hpa >> self.frame_shift)
+
+    # -- what each architecture provides -------------------------------------------
+
+    def reserved_mask(self, level, leaf, vm):
+        """Bits that must be zero in a present entry at ``level`` (a leaf or not)."""
+        raise NotImplementedError
+
+    def is_present(self, word):
+        raise NotImplementedError
+
+    def decode(self, word, level):
+        """Decode ``word`` at ``level`` into an :class:`Entry` (no fault checks)."""
+        raise NotImplementedError
+
+    def make_table(self, table_hpa):
+        """A non-leaf entry pointing to the table at ``table_hpa``, full permissions."""
+        raise NotImplementedError
+
+    def make_leaf(self, hpa, level, *, r=True, w=True, x=True, memtype=None,
+                  a=False, d=False):
+        """A leaf entry mapping the page at ``hpa`` at ``level``."""
+        raise NotImplementedError
+
+    def entry_fault(self, word, level, vm):
+        """The fault kind of an entry read during a walk, or None to go on."""
+        raise NotImplementedError
+
+    def leaf_fault(self, entries, access, vm):
+        """The fault kind for an access through ``entries`` (root first, leaf last)."""
+        raise NotImplementedError
+
+    def effective_perms(self, entries, vm):
+        """``dict(r=, w=, x=[, u=])`` granted by the walk ``entries``."""
+        raise NotImplementedError
+
+    def ad_updates(self, entries, access, vm):
+        """``[(position, new_word)]`` A/D updates for a successful access."""
+        raise NotImplementedError
+
+    def fault_report(self, kind, access, gpa, entries, vm):
+        """The architecture's own report of a fault, JSON-ready."""
+        raise NotImplementedError
+
+
+
+def check_access(access):
+    if access not in ACCESSES:
+        raise FormatError(f"access must be one of {', '.join(ACCESSES)}, got {access!r}")
