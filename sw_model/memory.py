@@ -129,6 +129,7 @@ class HostMemory:
         self._poisoned.add(int(addr))
 
     def unpoison(self, addr):
+        """Undo :meth:`poison`."""
         self._poisoned.discard(int(addr))
 
     # -- page allocator --------------------------------------------------------------
@@ -164,7 +165,8 @@ class HostMemory:
             start = first_aligned + int(free_groups[0]) * align
         self._used[start:start + npages] = True
         addr = self.base + start * PAGE_SIZE
-        self.read_page(addr, nbytes)[:] = 0
+        first = start * _WORDS_PER_PAGE
+        self.words[first:first + npages * _WORDS_PER_PAGE] = 0
         if owner is not None:
             for page in range(start, start + npages):
                 self._owner[page] = owner
@@ -190,6 +192,7 @@ class HostMemory:
         self._used[start:start + npages] = False
         for page in range(start, start + npages):
             self._owner.pop(page, None)
+        self._poisoned = {a for a in self._poisoned if not addr <= a < addr + nbytes}
         self._hint = min(self._hint, start)
 
     def is_allocated(self, addr):

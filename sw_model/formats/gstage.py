@@ -14,7 +14,7 @@ so PBMT and N are reserved too).
 
 from dataclasses import dataclass
 
-from .base import Field, Entry, PageTableFormat, bits
+from .base import Field, Entry, FormatError, PageTableFormat, bits
 
 __all__ = ["GstageFormat"]
 
@@ -56,7 +56,7 @@ class GstageFormat(PageTableFormat):
     def make_leaf(self, hpa, level, *, r=True, w=True, x=True, memtype=None,
                   a=False, d=False):
         if memtype:
-            raise ValueError("G-stage entries carry no memory type (Svpbmt not implemented)")
+            raise FormatError("G-stage entries carry no memory type (Svpbmt not implemented)")
         return self.put_frame(0, hpa) | 1 | r << 1 | w << 2 | x << 3 | 1 << 4 | a << 6 | d << 7
 
     def entry_fault(self, word, level, vm):
@@ -107,6 +107,20 @@ class GstageFormat(PageTableFormat):
             # traps other than guest-page faults.
             return {"cause": ACCESS_FAULT[access], "htval": 0}
         return {"cause": GUEST_PAGE_FAULT[access], "htval": gpa >> 2}
+
+    # -- arch hooks for the TDP core (sw_model/tdp) --
+
+    def tdp_present_mask(self, words):
+        import numpy as np
+        return (words & np.uint64(self.fields["v"].mask)) != 0
+
+    def tdp_write_mask(self):
+        return self.fields["w"].mask
+
+    def tdp_map_levels(self):
+        # Up to 512 GiB leaves (level 4), as Sv48x4/Sv57x4 allow; level-5 leaves
+        # (256 TiB) are legal but never useful for a memslot.
+        return tuple(sorted(level for level in self.leaf_levels if level <= 4))
 
 
 def make_gstage(levels):

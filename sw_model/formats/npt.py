@@ -9,7 +9,7 @@ access, so U/S must be set at every level.
 
 from dataclasses import dataclass
 
-from .base import Field, Entry, PageTableFormat, bits
+from .base import Field, Entry, FormatError, PageTableFormat, bits
 
 __all__ = ["NptFormat"]
 
@@ -64,7 +64,7 @@ class NptFormat(PageTableFormat):
     def make_leaf(self, hpa, level, *, r=True, w=True, x=True, memtype=None,
                   a=False, d=False):
         if not r:
-            raise ValueError("NPT cannot encode a present entry without read permission")
+            raise FormatError("NPT cannot encode a present entry without read permission")
         f = self.fields
         word = self.put_frame(0, hpa) | 1 | w << 1 | 1 << 2 | a << 5 | d << 6
         word |= (not x) << 63
@@ -124,6 +124,22 @@ class NptFormat(PageTableFormat):
         if kind == "reserved":
             code |= EC_RSVD
         return {"exit": "npf", "error_code": code}
+
+    # -- arch hooks for the TDP core (sw_model/tdp) --
+
+    def tdp_present_mask(self, words):
+        import numpy as np
+        return (words & np.uint64(self.fields["p"].mask)) != 0
+
+    def tdp_write_mask(self):
+        return self.fields["rw"].mask
+
+    def tdp_nx_huge_pages(self):
+        return True
+
+    def tdp_can_deny_exec(self, vm):
+        # Without EFER.NXE bit 63 is reserved (APM Vol. 2 §5.6.1): nothing is non-executable.
+        return vm.nxe
 
 
 def make_npt(levels):
