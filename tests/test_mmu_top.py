@@ -1,0 +1,592 @@
+"""hw.mmu.MMU in Amaranth's simulator: TLB and walk cache on, several walkers, against
+the reference walker :func:`sw_model.walker.translate` on the same memory.
+
+The AXI subordinate here serves several outstanding transactions by ID (hw.sim's memory
+model is written for one walker with one transaction and lives inside ``run_walker``);
+the response conversion and the context encoding are hw.sim's own.
+"""
+
+import random
+
+import pytest
+from amaranth.sim import Simulator
+
+from hw.axi import Atop, Burst, Resp
+from hw.decode import ACCESS_IDS
+from hw.mmu import COUNTERS, MMU
+from hw.sim import ProtocolError, VmContext, _to_model, _unpack
+from hw.tlb import InvalKind
+from hw.walker import response_layout
+from sw_model.formats import FORMAT_NAMES, get_format
+from sw_model.memory import HostMemory, MemoryAccessError
+from sw_model.vectors import random_vectors
+from sw_model.walker import translate
+
+TAG_BITS = 8
+INVAL_KINDS = {"all": InvalKind.ALL, "vm": InvalKind.VM, "range": InvalKind.RANGE}
+_DROP = ("pte_addrs", "ad_writes")
+
+
+def essential(result):
+    """The fields a TLB hit must reproduce: everything but the walk's own reads/writes."""
+    return {k: v for k, v in result.to_json().items() if k not in _DROP}
+
+
+class Run:
+    """What :func:`run_mmu` returns: ``results[i]`` (model-shaped), ``cycles[i]`` from
+    accept to response, ``counters`` at the end, ``total`` cycles, ``inval_cycles``,
+    ``reads``."""
+
+    def __init__(self):
+        self.results, self.cycles, self.counters = {}, {}, {}
+        self.total = 0
+        self.inval_cycles = []
+        self.reads = []         # (cycle, address) of every AR on the bus
+
+
+def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
+            timeout=3000, **mmu_kwargs):
+    """Run ``script`` on a fresh MMU. Items, executed in order:
+
+    ``("req", gpa, access, vm)``: present a request (back to back with the next one);
+    ``("inval", kind, vm, start, count)``: present an invalidation and wait for its done;
+    ``("mem", fn)``: call ``fn(memory)`` (software editing tables);
+    ``("ctx", index, VmContext)``: write a context (one per cycle);
+    ``("delay", n)``: wait ``n`` cycles; ``("drain",)``: wait for every response.
+    ``jitter`` adds 0..jitter random cycles to each memory response, reordering IDs.
+    """
+    num_vms = 1 << max(0, (len(contexts) - 1).bit_length())
+    dut = MMU(num_vms=max(2, num_vms), tag_bits=TAG_BITS, **mmu_kwargs)
+    layout = response_layout(TAG_BITS)
+    rng = random.Random(seed)
+    out = Run()
+    reqs = []                   # (gpa, access, vm) per request index
+    axi, req, resp = dut.axi, dut.req, dut.resp
+
+    async def bench(ctx):
+        for index, context in enumerate(contexts):
+            ctx.set(dut.ctx.valid, 1)
+            ctx.set(dut.ctx.index, index)
+            ctx.set(dut.ctx.data.as_value(), context.raw())
+            await ctx.tick()
+        ctx.set(dut.ctx.valid, 0)
+        rq, bq = [], []         # [due, id, data, resp] / [due, id, resp]
+        r_cur = b_cur = None
+        aw, wbeats = None, []
+        outstanding = {}        # tag -> request index
+        accepted = {}
+        cursor, wait_until, in_inval, inval_at = 0, 0, None, 0
+        t = last_progress = 0
+        drive = {}
+
+        def put(name, signal, value):
+            if drive.get(name) != value:
+                drive[name] = value
+                ctx.set(signal, value)
+
+        sampled = (axi.arvalid, axi.araddr, axi.arid, axi.arlen, axi.arsize, axi.arburst,
+                   axi.rready, axi.awvalid, axi.awaddr, axi.awid, axi.awatop, axi.awlen,
+                   axi.awburst, axi.wvalid, axi.wdata, axi.wlast, axi.bready,
+                   req.ready, resp.valid, resp.payload.as_value(), dut.inval.ready,
+                   dut.inval_done)
+        put("resp_ready", resp.ready, 1)
+        async for (_, _, arvalid, araddr, arid, arlen, arsize, arburst, rready, awvalid,
+                   awaddr, awid, awatop, awlen, awburst, wvalid, wdata, wlast, bready,
+                   req_ready, resp_valid, payload, inval_ready,
+                   inval_done) in ctx.tick().sample(*sampled):
+            edge, t = t, t + 1
+            # -- handshakes of the cycle that just ended ---------------------------------
+            if drive.get("req_valid") and req_ready:
+                tag = len(reqs) % (1 << TAG_BITS)
+                if tag in outstanding:
+                    raise ProtocolError(f"tag {tag} reused while outstanding")
+                outstanding[tag] = len(reqs)
+                accepted[len(reqs)] = edge
+                reqs.append(script[cursor][1:])
+                cursor += 1
+            if drive.get("inval_valid") and inval_ready:
+                cursor += 1
+                inval_at = edge
+                in_inval = "wait"
+            elif in_inval == "wait" and inval_done:
+                out.inval_cycles.append(edge - inval_at)
+                in_inval = False
+            if arvalid and drive.get("arready"):
+                if (arlen, arsize, arburst) != (0, 3, Burst.INCR.value):
+                    raise ProtocolError(f"read {araddr:#x}: not a single 8-byte beat")
+                out.reads.append((edge, araddr))
+                try:
+                    word, code = memory.read64(araddr), Resp.OKAY.value
+                except MemoryAccessError:
+                    word = 0
+                    code = (Resp.SLVERR if memory.contains(araddr) else Resp.DECERR).value
+                rq.append([edge + latency + rng.randint(0, jitter), arid, word, code])
+            if r_cur is not None and rready:
+                rq.remove(r_cur)
+                r_cur = None
+            if awvalid and drive.get("awready"):
+                if aw is not None or awatop != Atop.COMPARE.value or awlen != 1:
+                    raise ProtocolError(f"bad AtomicCompare AW at {awaddr:#x}")
+                want = Burst.WRAP if awaddr & 8 else Burst.INCR
+                if awburst != want.value:
+                    raise ProtocolError(f"AtomicCompare at {awaddr:#x}: burst {awburst}")
+                aw = (awaddr, awid)
+            if wvalid and drive.get("wready"):
+                if bool(wlast) != (len(wbeats) == 1):
+                    raise ProtocolError("WLAST on the wrong beat")
+                wbeats.append(wdata)
+            if aw is not None and len(wbeats) == 2:
+                try:
+                    _, current = memory.cmpxchg64(aw[0], wbeats[0], wbeats[1])
+                    code = Resp.OKAY.value
+                except MemoryAccessError:
+                    current = 0
+                    code = (Resp.SLVERR if memory.contains(aw[0]) else Resp.DECERR).value
+                due = edge + latency + rng.randint(0, jitter)
+                rq.append([due, aw[1], current, code])
+                bq.append([due, aw[1], code])
+                aw, wbeats = None, []
+            if b_cur is not None and bready:
+                bq.remove(b_cur)
+                b_cur = None
+            if resp_valid and drive["resp_ready"]:
+                fields = _unpack(layout, payload)
+                index = outstanding.pop(fields["tag"], None)
+                if index is None:
+                    raise ProtocolError(f"response with unknown tag {fields['tag']}")
+                gpa, access, vm = reqs[index]
+                out.results[index] = _to_model(fields, gpa, access, contexts[vm], (), ())
+                out.cycles[index] = edge - accepted[index]
+                last_progress = t
+            if t - last_progress > timeout and (outstanding or in_inval):
+                raise ProtocolError(f"no progress for {timeout} cycles: {len(outstanding)} "
+                                    f"requests outstanding, invalidation {in_inval}")
+
+            # -- the script ----------------------------------------------------------------
+            put("req_valid", req.valid, 0)
+            put("ctx_valid", dut.ctx.valid, 0)
+            if in_inval != "present":
+                put("inval_valid", dut.inval.valid, 0)
+            while cursor < len(script) and not in_inval and t >= wait_until:
+                item = script[cursor]
+                if item[0] == "req":
+                    _, gpa, access, vm = item
+                    ctx.set(req.payload.gpa, gpa)
+                    ctx.set(req.payload.access, ACCESS_IDS[access])
+                    ctx.set(req.payload.vm, vm)
+                    ctx.set(req.payload.tag, len(reqs) % (1 << TAG_BITS))
+                    put("req_valid", req.valid, 1)
+                    break
+                if item[0] == "inval":
+                    _, kind, vm, start, count = item
+                    ctx.set(dut.inval.payload, {"kind": INVAL_KINDS[kind], "vm": vm,
+                                                "start": start, "count": count})
+                    put("inval_valid", dut.inval.valid, 1)
+                    in_inval = "present"
+                    break
+                if item[0] == "ctx":
+                    ctx.set(dut.ctx.index, item[1])
+                    ctx.set(dut.ctx.data.as_value(), item[2].raw())
+                    put("ctx_valid", dut.ctx.valid, 1)
+                    cursor += 1
+                    break
+                if item[0] == "mem":
+                    item[1](memory)
+                elif item[0] == "delay":
+                    wait_until = t + item[1]
+                elif item[0] == "drain":
+                    if outstanding:
+                        break
+                else:
+                    raise ValueError(f"script item {item!r}")
+                cursor += 1
+            if cursor >= len(script) and not outstanding and not in_inval:
+                break
+
+            # -- the subordinate's side ----------------------------------------------------
+            def stalled():
+                return stall and rng.random() < stall
+            put("arready", axi.arready, 0 if stalled() else 1)
+            put("awready", axi.awready, 0 if stalled() else 1)
+            put("wready", axi.wready, 0 if stalled() else 1)
+            put("resp_ready", resp.ready, 0 if stalled() else 1)
+            if r_cur is None:
+                ready = [x for x in rq if x[0] <= t]
+                if ready and not stalled():
+                    r_cur = min(ready)
+                    ctx.set(axi.rid, r_cur[1])
+                    ctx.set(axi.rdata, r_cur[2])
+                    ctx.set(axi.rresp, r_cur[3])
+                    ctx.set(axi.rlast, 1)
+            put("rvalid", axi.rvalid, int(r_cur is not None))
+            if b_cur is None:
+                ready = [x for x in bq if x[0] <= t]
+                if ready and not stalled():
+                    b_cur = min(ready)
+                    ctx.set(axi.bid, b_cur[1])
+                    ctx.set(axi.bresp, b_cur[2])
+            put("bvalid", axi.bvalid, int(b_cur is not None))
+        out.total = t
+        for name in COUNTERS:
+            out.counters[name] = ctx.get(getattr(dut.counters, name))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def check_results(run, memory_before, contexts, script):
+    """Every response equals the reference walker run in request order on a copy."""
+    model_memory = memory_before.copy()
+    contexts = list(contexts)
+    index = 0
+    for item in script:
+        if item[0] == "mem":
+            item[1](model_memory)
+        if item[0] == "ctx":
+            contexts[item[1]] = item[2]
+        if item[0] != "req":
+            continue
+        _, gpa, access, vm = item
+        ctx = contexts[vm]
+        want = translate(model_memory, ctx.fmt, ctx.root, gpa, access, vm=ctx.vm)
+        got = run.results[index]
+        assert essential(got) == essential(want), f"request {index}: RTL {got} model {want}"
+        index += 1
+    return model_memory
+
+
+def leaf_addr(fmt, mem, root, gpa, level):
+    """The address of ``gpa``'s entry at ``level``, creating tables above it as needed."""
+    t = root
+    for lvl in range(fmt.levels, level, -1):
+        addr = fmt.entry_addr(t, gpa, lvl)
+        word = mem.read64(addr)
+        if fmt.is_present(word):
+            t = fmt.frame_of(word)
+        else:
+            t = mem.alloc_table(4096)
+            mem.write64(addr, fmt.make_table(t))
+    return fmt.entry_addr(t, gpa, level)
+
+
+# -- random vector files, every format --------------------------------------------------
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_random_vectors(name):
+    seed = 5000 + FORMAT_NAMES.index(name)
+    vf = random_vectors(name, seed, 60)
+    ctxs = [VmContext(vf.fmt, vf.root, vf.vm)]
+    # Each access twice, shuffled: the second often hits the TLB or joins the walk.
+    rng = random.Random(seed)
+    accesses = vf.accesses + rng.sample(vf.accesses, len(vf.accesses))
+    script = [("req", g, a, 0) for g, a in accesses]
+    before = vf.memory.copy()
+    run = run_mmu(vf.memory, ctxs, script, latency=6, jitter=4, stall=0.1, seed=seed)
+    model_memory = check_results(run, before, ctxs, script)
+    # A/D updates: the TLB never skips one a walk would make.
+    assert (vf.memory.words == model_memory.words).all(), \
+        f"seed {seed}: memory differs after A/D updates"
+    c = run.counters
+    assert c["requests"] == len(script) == c["tlb_hits"] + c["tlb_misses"]
+    assert c["tlb_hits"] > 0 and c["walks"] > 0, f"seed {seed}: counters {c}"
+    assert c["walks"] + c["merged"] == c["tlb_misses"]
+
+
+@pytest.mark.parametrize("name,walkers,sets,ways,pwc,pending", [
+    ("sv57x4", 1, 1, 1, 1, 1), ("ept5", 8, 2, 8, 2, 12)])
+def test_random_vectors_edge_geometry(name, walkers, sets, ways, pwc, pending):
+    seed = 6000 + walkers
+    vf = random_vectors(name, seed, 50)
+    ctxs = [VmContext(vf.fmt, vf.root, vf.vm)]
+    rng = random.Random(seed)
+    script = [("req", g, a, 0) for g, a in vf.accesses + rng.sample(vf.accesses, 50)]
+    before = vf.memory.copy()
+    run = run_mmu(vf.memory, ctxs, script, latency=3, jitter=6, stall=0.2, seed=seed,
+                  num_walkers=walkers, tlb_sets=sets, tlb_ways=ways, pwc_entries=pwc,
+                  pending=pending)
+    model_memory = check_results(run, before, ctxs, script)
+    assert (vf.memory.words == model_memory.words).all(), f"seed {seed}: memory differs"
+
+
+def locality_stream(fmt, mem, root, rng, count):
+    """Map 8 4 KiB pages and one 2 MiB page, then access them with strong reuse."""
+    vm = fmt.vm_options()
+    pages = []
+    base = 0x4000_0000
+
+    def ensure(gpa, level):
+        return leaf_addr(fmt, mem, root, gpa, level)
+
+    for i in range(8):
+        gpa = base + i * 0x1000
+        hpa = mem.alloc_table(4096)
+        mem.write64(ensure(gpa, 1), fmt.make_leaf(hpa, 1, r=True, w=True, x=True))
+        pages.append(gpa)
+    big = base + 0x20_0000
+    mem.write64(ensure(big, 2), fmt.make_leaf(0x20_0000 * 9, 2, r=True, w=True, x=False))
+    pages.append(big)
+    out = []
+    for _ in range(count):
+        gpa = rng.choice(pages[:3] if rng.random() < 0.7 else pages)
+        out.append((gpa + rng.randrange(0x1000), rng.choice(("read", "read", "write", "execute"))))
+    return vm, out
+
+
+@pytest.mark.parametrize("name", ["ept4", "npt5", "sv39x4", "sv48x4"])
+def test_locality_stream(name):
+    seed = 77 + FORMAT_NAMES.index(name)
+    rng = random.Random(seed)
+    fmt = get_format(name)
+    mem = HostMemory(4 << 20)
+    root = mem.alloc_table(fmt.root_table_bytes)
+    vm, accesses = locality_stream(fmt, mem, root, rng, 150)
+    ctxs = [VmContext(fmt, root, vm)]
+    script = [("req", g, a, 0) for g, a in accesses]
+    before = mem.copy()
+    run = run_mmu(mem, ctxs, script, latency=20, seed=seed)
+    check_results(run, before, ctxs, script)
+    c = run.counters
+    assert c["tlb_hits"] > 100, f"seed {seed}: {c}"
+    assert c["pwc_hits"] > 0 and c["pwc_fills"] > 0, f"seed {seed}: {c}"
+    assert c["pwc_reads_saved"] >= c["pwc_hits"], f"seed {seed}: {c}"
+    # hits take one cycle each: the whole stream is far shorter than a walk per access
+    assert run.total < 40 * c["walks"] + 3 * len(script), (run.total, c)
+
+
+# -- invalidation racing a walk -----------------------------------------------------------
+
+def _two_mappings(name):
+    fmt = get_format(name)
+    mem = HostMemory(2 << 20)
+    root = mem.alloc_table(fmt.root_table_bytes)
+    gpa = 0x1234_5000
+    leaf = leaf_addr(fmt, mem, root, gpa, 1)
+    words = [fmt.make_leaf(hpa, 1, r=True, w=True, x=True) for hpa in (0x10_0000, 0x18_0000)]
+    mem.write64(leaf, words[0])
+    return fmt, mem, root, gpa, leaf, words
+
+
+@pytest.mark.parametrize("name,kind", [("ept4", "range"), ("sv39x4", "vm"), ("npt4", "all"),
+                                       ("sv48x4", "range")])
+def test_invalidation_at_every_offset_of_a_walk(name, kind):
+    """A walk of G is in flight; at cycle offset d (0 to past its end) software moves G
+    to another frame and invalidates; the next access to G must see the new frame. The
+    walk in flight may answer either way, but must not refill the TLB afterwards."""
+    fmt, mem, root, gpa, leaf, words = _two_mappings(name)
+    ctxs = [VmContext(fmt, root, fmt.vm_options())]
+    # Memory slower than an invalidation (a 4-set TLB scans in 4 cycles), so walks
+    # that started before it are still in flight after its done.
+    latency = 8
+    walk_cycles = fmt.levels * (latency + 2) + 4
+    script, checks = [], []
+    current = 0
+    gfn = gpa >> 12
+    spec = {"range": (0, gfn, 1), "vm": (0, 0, 0), "all": (0, 0, 0)}[kind]
+    for d in range(walk_cycles):
+        new = 1 - current
+        # Two different pages of other sizes keep the TLB busy: a hit under the miss.
+        script += [("inval", "all", 0, 0, 0), ("req", gpa, "read", 0),
+                   ("req", gpa + 8, "read", 0), ("delay", d),
+                   ("mem", lambda m, w=words[new]: m.write64(leaf, w)),
+                   ("inval", kind, *spec), ("req", gpa + 16, "read", 0),
+                   ("req", gpa + 24, "write", 0), ("drain",)]
+        checks.append((d, current, new))
+        current = new
+    run = run_mmu(mem, ctxs, script, latency=latency, seed=len(script), tlb_sets=4)
+    frames = (0x10_0000, 0x18_0000)
+    for i, (d, old, new) in enumerate(checks):
+        racing = [run.results[4 * i], run.results[4 * i + 1]]
+        after = [run.results[4 * i + 2], run.results[4 * i + 3]]
+        for r in racing:
+            assert r.ok and r.hpa & ~0xfff in frames
+        for r in after:
+            assert r.ok and r.hpa & ~0xfff == frames[new], \
+                f"offset {d}: access after the invalidation saw {r.hpa:#x}, " \
+                f"expected frame {frames[new]:#x}"
+    assert len(run.inval_cycles) == 2 * walk_cycles
+    assert run.counters["stale_drops"] > 0, run.counters
+
+
+# -- range invalidation of 4K / 2M / 1G entries ---------------------------------------
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_range_invalidation_partial_overlap(level):
+    """Map a level-``level`` page at G and one neighbouring page of the same size on
+    each side; change all three leaves; invalidate a range covering one 4 KiB page at
+    the edge of G (first or last page, or one page straddling the boundary): G must
+    be refetched, its neighbours must still hit (the TLB keeps their old frames)."""
+    fmt = get_format("sv48x4")
+    mem = HostMemory(4 << 20)
+    root = mem.alloc_table(fmt.root_table_bytes)
+    size = fmt.page_size(level)
+    g = 5 * size if level < 3 else 5 << 30
+    gpas = [g - size, g, g + size]
+    leaves = []
+    for gpa in gpas:
+        leaves.append(leaf_addr(fmt, mem, root, gpa, level))
+    old = [(i + 1) * size * 4 for i in range(3)]
+    new = [(i + 5) * size * 4 for i in range(3)]
+    ctxs = [VmContext(fmt, root, fmt.vm_options(ad="hardware"))]
+    pages = size >> 12
+    cases = ((g >> 12, 1), ((g >> 12) + pages - 1, 1), ((g >> 12) - 1, 2),
+             ((g >> 12) + pages - 1, 2))
+    script = []
+    for start, count in cases:
+        script.append(("inval", "all", 0, 0, 0))
+        for addr, hpa in zip(leaves, old):
+            script.append(("mem", lambda m, a=addr, h=hpa: m.write64(
+                a, fmt.make_leaf(h, level, r=True, w=True, x=True, a=True, d=True))))
+        script += [("req", gpa + 0x10, "read", 0) for gpa in gpas] + [("drain",)]
+        for addr, hpa in zip(leaves, new):
+            script.append(("mem", lambda m, a=addr, h=hpa: m.write64(
+                a, fmt.make_leaf(h, level, r=True, w=True, x=True, a=True, d=True))))
+        script += [("inval", "range", 0, start, count)]
+        script += [("req", gpa + size - 8, "read", 0) for gpa in gpas] + [("drain",)]
+    run = run_mmu(mem, ctxs, script, latency=2, tlb_sets=4)
+    kept = 0
+    for k, (start, count) in enumerate(cases):
+        first = range(start, start + count)
+        for i, gpa in enumerate(gpas):
+            touched = any(gpa >> 12 <= p < (gpa + size) >> 12 for p in first)
+            got = run.results[6 * k + 3 + i]
+            want = (new if touched else old)[i] + size - 8
+            kept += not touched
+            assert got.ok and got.hpa == want, \
+                f"level {level} range [{start:#x}+{count}): page {gpa:#x} " \
+                f"{'overlaps' if touched else 'does not overlap'} but gave {got.hpa:#x}"
+    assert run.counters["tlb_hits"] == kept, "a kept neighbour did not hit"
+
+
+# -- VM isolation ------------------------------------------------------------------------
+
+def test_vm_isolation():
+    """Two VMs map the same GPAs to different frames (one with 2 MiB pages): each sees
+    only its own, interleaved, and a VM invalidation of one leaves the other's hits."""
+    fmt = get_format("ept4")
+    mem = HostMemory(4 << 20)
+    roots = [mem.alloc_table(4096), mem.alloc_table(4096)]
+    gpas = [0x4000_0000 + i * 0x20_0000 for i in range(4)]
+    for vm, root in enumerate(roots):
+        level = 1 + vm
+        for i, gpa in enumerate(gpas):
+            hpa = (0x100 + 0x10 * vm + i) << 21
+            mem.write64(leaf_addr(fmt, mem, root, gpa, level),
+                        fmt.make_leaf(hpa, level, r=True, w=vm == 0, x=True))
+    ctxs = [VmContext(fmt, roots[0], fmt.vm_options()), VmContext(fmt, roots[1], fmt.vm_options())]
+    rng = random.Random(11)
+    script = []
+    for _ in range(3):
+        for _ in range(30):
+            script.append(("req", rng.choice(gpas) + rng.randrange(0x1000), rng.choice(
+                ("read", "write")), rng.randrange(2)))
+        script.append(("inval", "vm", rng.randrange(2), 0, 0))
+    before = mem.copy()
+    run = run_mmu(mem, ctxs, script, latency=5, seed=11)
+    check_results(run, before, ctxs, script)
+    assert run.counters["tlb_hits"] > 20, run.counters
+
+
+def test_two_roots_of_one_vm():
+    """Switching a VM between two roots (same GPAs, different frames) through the
+    context port needs no invalidation: entries of both roots coexist and never alias."""
+    fmt = get_format("sv39x4")
+    mem = HostMemory(2 << 20)
+    roots = [mem.alloc_table(fmt.root_table_bytes) for _ in range(2)]
+    gpas = [0x1000_0000 + i * 0x1000 for i in range(3)]
+    for r, root in enumerate(roots):
+        for i, gpa in enumerate(gpas):
+            mem.write64(leaf_addr(fmt, mem, root, gpa, 1),
+                        fmt.make_leaf((0x40 + 8 * r + i) << 12, 1, r=True, w=True, x=True))
+    vm = fmt.vm_options()
+    ctxs = [VmContext(fmt, roots[0], vm)]
+    rng = random.Random(3)
+    script = []
+    for turn in range(6):
+        script.append(("ctx", 0, VmContext(fmt, roots[turn % 2], vm)))
+        script += [("req", rng.choice(gpas) + 8 * k, "read", 0) for k in range(6)]
+        script.append(("drain",))
+    before = mem.copy()
+    run = run_mmu(mem, ctxs, script, latency=6)
+    check_results(run, before, ctxs, script)
+    assert run.counters["walks"] == 6, run.counters     # 3 pages x 2 roots, once each
+
+
+def test_merged_misses_and_out_of_order():
+    """Same-page misses join one walk; a hit overtakes an outstanding walk."""
+    fmt = get_format("npt4")
+    mem = HostMemory(2 << 20)
+    root = mem.alloc_table(4096)
+    gpas = [0x8000_0000, 0x9000_0000]
+    for i, gpa in enumerate(gpas):
+        mem.write64(leaf_addr(fmt, mem, root, gpa, 1),
+                    fmt.make_leaf((i + 3) << 20, 1, r=True, w=True, x=True))
+    ctxs = [VmContext(fmt, root, fmt.vm_options())]
+    script = [("req", gpas[0], "read", 0), ("drain",),
+              ("req", gpas[1], "read", 0), ("req", gpas[1] + 8, "read", 0),
+              ("req", gpas[1] + 16, "read", 0), ("req", gpas[0] + 24, "read", 0)]
+    before = mem.copy()
+    run = run_mmu(mem, ctxs, script, latency=20)
+    check_results(run, before, ctxs, script)
+    assert run.counters["merged"] == 2 and run.counters["walks"] == 2, run.counters
+    assert run.cycles[4] < run.cycles[1], "the hit did not overtake the walk"
+
+
+@pytest.mark.parametrize("name", ["ept4", "npt4", "sv48x4", "sv57x4"])
+def test_walk_cache_full_hit_reads_once(name):
+    """After a walk of page A, a walk of page B in the same level-1 table reads only
+    B's level-1 entry; a range invalidation of page A removes the walk-cache entries
+    above it (their regions contain A), so a walk of page C reads every level again."""
+    fmt = get_format(name)
+    mem = HostMemory(2 << 20)
+    root = mem.alloc_table(fmt.root_table_bytes)
+    a, b, c = 0x7654_3000, 0x7654_8000, 0x7654_9000
+    for i, gpa in enumerate((a, b, c)):
+        mem.write64(leaf_addr(fmt, mem, root, gpa, 1),
+                    fmt.make_leaf((i + 1) << 20, 1, r=True, w=True, x=True))
+    ctxs = [VmContext(fmt, root, fmt.vm_options())]
+    script = [("req", a, "read", 0), ("drain",), ("delay", 8),
+              ("req", b, "write", 0), ("drain",),
+              ("inval", "range", 0, a >> 12, 1), ("req", c + 8, "read", 0), ("drain",)]
+    before = mem.copy()
+    run = run_mmu(mem, ctxs, script, latency=20)
+    model_memory = check_results(run, before, ctxs, script)
+    assert (mem.words == model_memory.words).all()
+    reads = [addr for _, addr in run.reads]
+    # walks A and C: every level; walk B: level 1 only (A/D updates are writes)
+    assert len(reads) == 2 * fmt.levels + 1, [hex(r) for r in reads]
+    assert run.counters["pwc_reads_saved"] == fmt.levels - 1, run.counters
+    assert run.cycles[1] < run.cycles[0] - 20 * (fmt.levels - 2), run.cycles
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(20))
+def test_random_vectors_many_seeds(seed):
+    name = FORMAT_NAMES[seed % len(FORMAT_NAMES)]
+    vf = random_vectors(name, seed, 200)
+    ctxs = [VmContext(vf.fmt, vf.root, vf.vm)]
+    rng = random.Random(seed)
+    accesses = vf.accesses + rng.sample(vf.accesses, len(vf.accesses))
+    script = [("req", g, a, 0) for g, a in accesses]
+    before = vf.memory.copy()
+    run = run_mmu(vf.memory, ctxs, script, latency=rng.randint(1, 20), jitter=rng.randint(0, 8),
+                  stall=rng.choice((0.0, 0.2)), seed=seed, num_walkers=rng.choice((1, 2, 4, 8)),
+                  pending=8, tlb_sets=rng.choice((1, 4, 16)), tlb_ways=rng.choice((1, 2, 4)))
+    model_memory = check_results(run, before, ctxs, script)
+    assert (vf.memory.words == model_memory.words).all(), f"seed {seed}: memory differs"
+
+
+@pytest.mark.filterwarnings("ignore:.*created but never used")
+def test_parameters_are_checked():
+    import gc
+    with pytest.raises(ValueError, match="num_walkers"):
+        MMU(num_walkers=0)
+    with pytest.raises(ValueError, match="axi_id_width"):
+        MMU(num_walkers=4, axi_id_width=1)
+    with pytest.raises(ValueError, match="pending"):
+        MMU(num_walkers=4, pending=2)
+    with pytest.raises(ValueError, match="num_vms"):
+        MMU(num_vms=3)
+    gc.collect()        # the half-built components warn when collected: do it here
