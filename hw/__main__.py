@@ -17,7 +17,7 @@ import sys
 from amaranth.back import verilog
 
 from sw_model.formats import FormatError
-from sw_model.vectors import VectorFileError, load_vectors, result_lines
+from sw_model.vectors import VectorFileError, load_vectors, write_results
 
 from .sim import ProtocolError, VmContext, run_walker
 from .walker import Walker, check_parameters
@@ -124,13 +124,7 @@ def _cmd_run(args):
     vectors = load_vectors(args.vectors)
     results = run_walker(vectors.memory, [VmContext(vectors.fmt, vectors.root, vectors.vm)],
                          vectors.accesses, latency=args.latency, waves=args.waves)
-    lines = result_lines([r.result for r in results])
-    if args.output:
-        with open(args.output, "w") as out:
-            out.writelines(line + "\n" for line in lines)
-    else:
-        for line in lines:
-            print(line)
+    write_results([r.result for r in results], args.output)
     return 0
 
 

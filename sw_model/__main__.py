@@ -6,18 +6,12 @@ import sys
 import time
 
 from .formats import AD_MODES, FORMAT_NAMES, FormatError, get_format
-from .vectors import (VectorFileError, load_vectors, random_vectors, result_lines,
-                      run_vectors, save_vectors)
+from .vectors import (VectorFileError, load_vectors, random_vectors, run_vectors,
+                      save_vectors, write_results)
 
 
 def _cmd_run(args):
-    lines = result_lines(run_vectors(load_vectors(args.vectors)))
-    if args.output:
-        with open(args.output, "w") as out:
-            out.writelines(line + "\n" for line in lines)
-    else:
-        for line in lines:
-            print(line)
+    write_results(run_vectors(load_vectors(args.vectors)), args.output)
 
 
 def _cmd_random(args):

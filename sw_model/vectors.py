@@ -26,7 +26,7 @@ from .memory import HostMemory, PAGE_SIZE
 from .walker import translate
 
 __all__ = ["VectorFile", "VectorFileError", "load_vectors", "save_vectors", "run_vectors",
-           "random_vectors", "VERSION"]
+           "random_vectors", "result_lines", "write_results", "VERSION"]
 
 VERSION = 1
 _DEFAULT_MEMORY = 8 << 20
@@ -207,6 +207,17 @@ def result_lines(results):
     """The JSON lines both runners print: one object per access with its index."""
     for index, result in enumerate(results):
         yield json.dumps({"index": index, **result.to_json()})
+
+
+def write_results(results, path=None):
+    """Write :func:`result_lines` to ``path``, or to standard output."""
+    lines = result_lines(results)
+    if path:
+        with open(path, "w") as out:
+            out.writelines(line + "\n" for line in lines)
+    else:
+        for line in lines:
+            print(line)
 
 
 # -- random vector files ------------------------------------------------------------------
