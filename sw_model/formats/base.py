@@ -15,9 +15,11 @@ Levels are numbered as in KVM: level 1 maps 4 KiB pages, the root is level ``lev
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = [
     "ACCESSES", "AD_MODES", "FAULT_KINDS", "Field", "Entry", "VmOptions",
-    "PageTableFormat", "bits", "FormatError", "check_access",
+    "PageTableFormat", "bits", "FormatError", "check_access", "ad_updates_for",
 ]
 
 ACCESSES = ("read", "write", "execute")
@@ -265,6 +267,194 @@ class PageTableFormat:
         """The architecture's own report of a fault, JSON-ready."""
         raise NotImplementedError
 
+    # -- arch hooks for the TDP core (sw_model/tdp) --
+    # The TDP core calls only these (and the geometry above) to read and build entries,
+    # so it never names a bit. Names follow KVM's arch/x86/kvm/mmu/spte.h. Every hook
+    # is pure: it maps words to words; the core does the compare-exchange.
+
+    def tdp_write_mask(self):
+        """The hardware write-permission bit(s) of a leaf."""
+        raise NotImplementedError
+
+    def tdp_map_levels(self):
+        """Levels at which the TDP core may map a leaf, smallest first (4K, 2M, 1G)."""
+        return tuple(sorted(level for level in self.leaf_levels if level <= 3))
+
+    def tdp_nx_huge_pages(self):
+        """Whether the NX-huge-page mitigation applies (x86's iTLB multihit erratum)."""
+        return False
+
+    def tdp_ad_enabled(self, vm):
+        """A/D bits exist (KVM's ``kvm_ad_enabled``): dirty logging clears D, not W."""
+        return vm.ad != "off"
+
+    def tdp_ad_faults(self, vm):
+        """A clear A, or a clear D on a write, faults instead of being set by the walker."""
+        return vm.ad == "fault"
+
+    def tdp_can_deny_exec(self, vm):
+        """Whether a leaf can be made non-executable (NX huge pages need it)."""
+        return True
+
+    def tdp_frozen_spte(self):
+        """KVM's ``FROZEN_SPTE``: non-present, never written by the walker."""
+        return self.frozen_word
+
+    def tdp_is_frozen(self, word):
+        return word == self.frozen_word
+
+    def tdp_is_shadow_present(self, word):
+        """KVM's ``is_shadow_present_pte``: a live entry, access-tracked ones included."""
+        return self.is_present(word)
+
+    def tdp_present_mask(self, words):
+        """Vectorized :meth:`tdp_is_shadow_present` over a numpy ``uint64`` array."""
+        raise NotImplementedError
+
+    def tdp_dirty_mask(self, words, vm):
+        """Vectorized :meth:`tdp_is_dirty` over a numpy ``uint64`` array of leaves."""
+        mask = self.fields["d"].mask if self.tdp_ad_enabled(vm) else self.tdp_write_mask()
+        return (words & np.uint64(mask)) != 0
+
+    def tdp_clear_dirty_words(self, words, vm):
+        """Vectorized :meth:`tdp_clear_dirty` over a numpy ``uint64`` array of leaves."""
+        mask = self.fields["d"].mask if self.tdp_ad_enabled(vm) else self.tdp_write_mask()
+        return words & np.uint64(~mask & (1 << 64) - 1)
+
+    def tdp_is_last_spte(self, word, level):
+        return self.decode(word, level).leaf
+
+    def tdp_child_table(self, word, level):
+        """KVM's ``spte_to_child_pt``: the table a present non-leaf names, else None."""
+        if not self.tdp_is_shadow_present(word) or self.tdp_is_last_spte(word, level):
+            return None
+        return self.frame_of(word)
+
+    def tdp_spte_frame(self, word, level):
+        """The frame a leaf maps (low bits of a huge frame cleared)."""
+        return self.decode(word, level).frame
+
+    def tdp_make_nonleaf(self, table_hpa, vm):
+        """KVM's ``make_nonleaf_spte``."""
+        return self.make_table(table_hpa)
+
+    def _tdp_put_sw(self, word, name, value):
+        return self.sw_fields[name].put(word, int(bool(value)))
+
+    def tdp_make_spte(self, hpa, level, vm, *, writable, executable, host_writable,
+                      mmu_writable=None, accessed=True, dirty=False):
+        """KVM's ``make_spte`` for a TDP leaf: readable, W only if host- and MMU-writable.
+
+        MMU-writable (default: as host-writable) is clear only for a write-tracked page:
+        write-protection for dirty logging clears only W, so a later write fault may
+        set W again.
+        """
+        mmu_writable = host_writable if mmu_writable is None else mmu_writable
+        if (writable and not mmu_writable) or (mmu_writable and not host_writable):
+            raise FormatError("W needs MMU-writable, and MMU-writable needs host-writable")
+        ad = self.tdp_ad_enabled(vm)
+        word = self.make_leaf(hpa, level, r=True, w=writable,
+                              x=executable or not self.tdp_can_deny_exec(vm),
+                              a=accessed and ad, d=dirty and ad)
+        word = self._tdp_put_sw(word, "host_writable", host_writable)
+        return self._tdp_put_sw(word, "mmu_writable", mmu_writable)
+
+    def tdp_is_writable(self, word):
+        return bool(word & self.tdp_write_mask())
+
+    def tdp_is_host_writable(self, word):
+        return bool(self.sw_fields["host_writable"].get(word))
+
+    def tdp_is_mmu_writable(self, word):
+        return bool(self.sw_fields["mmu_writable"].get(word))
+
+    def tdp_access_allowed(self, word, level, access, vm):
+        """Whether the leaf ``word`` alone lets ``access`` through (the fault was
+        spurious): the walker's own rules, tables above granting everything."""
+        return (self.entry_fault(word, level, vm) is None
+                and self.leaf_fault([self.decode(word, level)], access, vm) is None)
+
+    def tdp_write_protect(self, word):
+        """Clear W only (dirty logging): MMU-writable stays, so no TLB flush is owed."""
+        return word & ~self.tdp_write_mask()
+
+    def tdp_clear_mmu_writable(self, word):
+        """Clear W and MMU-writable (a real write-protection: a TLB flush is owed)."""
+        return word & ~(self.tdp_write_mask() | self.sw_fields["mmu_writable"].mask)
+
+    def tdp_is_accessed(self, word, vm):
+        """KVM's ``is_accessed_spte``."""
+        if not self.tdp_ad_enabled(vm):
+            return self.is_present(word)
+        return bool(self.fields["a"].get(word))
+
+    def tdp_mark_not_accessed(self, word, vm):
+        """Clear A (KVM's ``mark_spte_for_access_track`` when A/D bits exist)."""
+        if not self.tdp_ad_enabled(vm):
+            raise FormatError(f"{self.name}: no access tracking without A/D bits")
+        return word & ~self.fields["a"].mask
+
+    def tdp_is_dirty(self, word, vm):
+        """KVM's ``is_dirty_spte``: D where A/D bits exist, else W."""
+        if self.tdp_ad_enabled(vm):
+            return bool(self.fields["d"].get(word))
+        return self.tdp_is_writable(word)
+
+    def tdp_clear_dirty(self, word, vm):
+        """Clear D where A/D bits exist, else W (KVM's ``clear_dirty_gfn_range``)."""
+        if self.tdp_ad_enabled(vm):
+            return word & ~self.fields["d"].mask
+        return self.tdp_write_protect(word)
+
+    def _tdp_copy_sw(self, dst, src):
+        for f in self.sw_fields.values():
+            dst = f.put(dst, f.get(src))
+        return dst
+
+    def _tdp_releaf(self, word, level, new_level, hpa, executable):
+        e = self.decode(word, level)
+        new = self.make_leaf(hpa, new_level, r=e.r, w=e.w, x=e.x if executable is None
+                             else executable, memtype=e.memtype, a=e.a, d=e.d)
+        return self._tdp_copy_sw(new, word)
+
+    def tdp_split_children(self, word, level, vm, *, executable=None):
+        """KVM's ``make_huge_page_split_spte`` for every child of the huge leaf ``word``.
+
+        Returns a numpy ``uint64`` array, one entry per child, built as the first child
+        plus a multiple of the frame increment (one vectorized add). ``executable``
+        None keeps the huge leaf's X permission.
+        """
+        child = level - 1
+        first = self._tdp_releaf(word, level, child, self.tdp_spte_frame(word, level),
+                                 None if executable is None
+                                 else executable or not self.tdp_can_deny_exec(vm))
+        step = (self.page_size(child) >> self.frame_shift) << self.frame_field.lsb
+        n = self.table_entries(child)
+        return np.uint64(first) + np.arange(n, dtype=np.uint64) * np.uint64(step)
+
+    def tdp_make_huge_spte(self, word, level, huge_level, vm, *, executable=None):
+        """KVM's ``make_huge_spte``: the leaf at ``huge_level`` covering the small leaf
+        ``word`` at ``level``, with its permissions, A/D and software bits."""
+        frame = self.tdp_spte_frame(word, level) & ~(self.page_size(huge_level) - 1)
+        return self._tdp_releaf(word, level, huge_level, frame,
+                                None if executable is None
+                                else executable or not self.tdp_can_deny_exec(vm))
+
+
+
+def ad_updates_for(entries, access, a_mask, d_mask, *, leaf_only):
+    """``[(position, new_word)]`` setting A in the entries used (only the leaf when
+    ``leaf_only``) and D in the leaf on a write: the hardware A/D rule of every format."""
+    updates = []
+    for position, entry in enumerate(entries):
+        if leaf_only and not entry.leaf:
+            continue
+        new = entry.word | a_mask
+        if entry.leaf and access == "write":
+            new |= d_mask
+        if new != entry.word:
+            updates.append((position, new))
+    return updates
 
 
 def check_access(access):

@@ -8,7 +8,7 @@ execute (mode-based execute control, not modelled: ignored), address in bits
 
 from dataclasses import dataclass
 
-from .base import Field, Entry, PageTableFormat, bits
+from .base import Field, Entry, PageTableFormat, ad_updates_for, bits
 
 __all__ = ["EptFormat"]
 
@@ -18,7 +18,7 @@ EPT_FIELDS = {
     "a": Field(8), "d": Field(9),
 }
 
-# SDM §29.3.7.2 "Memory Type Used for Translated Guest-Physical Addresses": EPT memory
+# SDM Vol. 3C §29.3, "Memory Type Used for Translated Guest-Physical Addresses": EPT memory
 # types 2, 3 and 7 are reserved; a leaf using one is an EPT misconfiguration (§29.3.3.1).
 EPT_BAD_MEMTYPES = frozenset({2, 3, 7})
 
@@ -94,19 +94,12 @@ class EptFormat(PageTableFormat):
         return None
 
     def ad_updates(self, entries, access, vm):
-        # §29.3.5: with EPTP[6] set, the accessed flag is set in every entry used and
-        # the dirty flag in the leaf on a write.
+        # SDM Vol. 3C §29.3, "Accessed and Dirty Flags for EPT": with EPTP[6] set, the
+        # accessed flag is set in every entry used and the dirty flag in the leaf on a write.
         if vm.ad != "hardware":
             return []
-        a, d = self.fields["a"].mask, self.fields["d"].mask
-        updates = []
-        for position, e in enumerate(entries):
-            new = e.word | a
-            if e.leaf and access == "write":
-                new |= d
-            if new != e.word:
-                updates.append((position, new))
-        return updates
+        return ad_updates_for(entries, access, self.fields["a"].mask, self.fields["d"].mask,
+                              leaf_only=False)
 
     def fault_report(self, kind, access, gpa, entries, vm):
         if kind == "bus_error":
@@ -121,6 +114,51 @@ class EptFormat(PageTableFormat):
             qual |= (QUAL_READABLE * perms["r"] | QUAL_WRITABLE * perms["w"]
                      | QUAL_EXECUTABLE * perms["x"])
         return {"exit": "ept_violation", "qualification": qual}
+
+    # -- arch hooks for the TDP core (sw_model/tdp) --
+
+    def tdp_write_mask(self):
+        return self.fields["w"].mask
+
+    def tdp_nx_huge_pages(self):
+        return True
+
+    def _tdp_rx_mask(self):
+        return self.fields["r"].mask | self.fields["x"].mask
+
+    def tdp_is_shadow_present(self, word):
+        # An access-tracked entry (A/D off) is not present to the CPU but still maps
+        # the page for KVM: its R/X live in the saved_rwx software bits.
+        return self.is_present(word) or bool(self.sw_fields["saved_rwx"].get(word))
+
+    def tdp_present_mask(self, words):
+        import numpy as np
+        rwx = self.fields["r"].mask | self.fields["w"].mask | self.fields["x"].mask
+        return (words & np.uint64(rwx | self.sw_fields["saved_rwx"].mask)) != 0
+
+    def _tdp_releaf(self, word, level, new_level, hpa, executable):
+        # KVM's make_spte_executable: an access-tracked entry is restored, changed and
+        # tracked again, so X lands in the saved bits, never in a non-readable entry.
+        saved = self.sw_fields["saved_rwx"]
+        if self.is_present(word) or not saved.get(word):
+            return super()._tdp_releaf(word, level, new_level, hpa, executable)
+        restored = saved.put(word, 0) | saved.get(word)
+        new = super()._tdp_releaf(restored, level, new_level, hpa, executable)
+        rwx = self.fields["r"].mask | self.fields["w"].mask | self.fields["x"].mask
+        return saved.put(new & ~rwx, new & self._tdp_rx_mask())
+
+    def tdp_mark_not_accessed(self, word, vm):
+        # KVM's mark_spte_for_access_track without A/D bits (EPTP[6] clear; SDM Vol. 3C
+        # §29.3, "Accessed and Dirty Flags for EPT"): save R and X in software bits and
+        # clear R/W/X so that the next access faults (an EPT violation, entry not
+        # present). W is not saved; a write fault restores it (dirty tracking by W).
+        if self.tdp_ad_enabled(vm):
+            return super().tdp_mark_not_accessed(word, vm)
+        if not self.is_present(word):
+            return word
+        rwx = self.fields["r"].mask | self.fields["w"].mask | self.fields["x"].mask
+        saved = self.sw_fields["saved_rwx"]
+        return saved.put(word & ~rwx, word & self._tdp_rx_mask())
 
 
 def make_ept(levels):

@@ -14,7 +14,7 @@ so PBMT and N are reserved too).
 
 from dataclasses import dataclass
 
-from .base import Field, Entry, FormatError, PageTableFormat, bits
+from .base import Field, Entry, FormatError, PageTableFormat, ad_updates_for, bits
 
 __all__ = ["GstageFormat"]
 
@@ -95,11 +95,8 @@ class GstageFormat(PageTableFormat):
         # permission check; non-leaf A/D are reserved.
         if vm.ad != "hardware":
             return []
-        leaf = entries[-1]
-        new = leaf.word | self.fields["a"].mask
-        if access == "write":
-            new |= self.fields["d"].mask
-        return [] if new == leaf.word else [(len(entries) - 1, new)]
+        return ad_updates_for(entries, access, self.fields["a"].mask, self.fields["d"].mask,
+                              leaf_only=True)
 
     def fault_report(self, kind, access, gpa, entries, vm):
         if kind == "bus_error":

@@ -9,7 +9,7 @@ access, so U/S must be set at every level.
 
 from dataclasses import dataclass
 
-from .base import Field, Entry, FormatError, PageTableFormat, bits
+from .base import Field, Entry, FormatError, PageTableFormat, ad_updates_for, bits
 
 __all__ = ["NptFormat"]
 
@@ -101,15 +101,8 @@ class NptFormat(PageTableFormat):
 
     def ad_updates(self, entries, access, vm):
         # §5.4.2: A is set in every entry used, D in the leaf on a write.
-        a, d = self.fields["a"].mask, self.fields["d"].mask
-        updates = []
-        for position, e in enumerate(entries):
-            new = e.word | a
-            if e.leaf and access == "write":
-                new |= d
-            if new != e.word:
-                updates.append((position, new))
-        return updates
+        return ad_updates_for(entries, access, self.fields["a"].mask, self.fields["d"].mask,
+                              leaf_only=False)
 
     def fault_report(self, kind, access, gpa, entries, vm):
         if kind == "bus_error":

@@ -1,0 +1,85 @@
+"""The architecture-neutral TDP MMU: the hypervisor side, modelled on KVM's TDP MMU.
+
+Every decision about an entry's bits goes through the format's arch hooks (the
+``tdp_*`` methods at the end of each class in :mod:`sw_model.formats`); this package
+never names a bit, so the same code drives EPT, NPT and G-stage tables.
+
+Public API
+----------
+``Vm(fmt_name, memory=None, *, ad=None, pa_bits=None, exec_only=True, nxe=True,
+address_spaces=1, nx_huge_pages=None, flush_sink=None, trace=True, trace_limit=100_000,
+min_free_pages=5,
+yield_every=0, on_yield=None)``
+    A VM: format, :class:`~sw_model.memory.HostMemory` for its tables, options.
+
+Memslots
+    ``vm.add_memslot(slot_id, base_gfn, npages, hpa, *, as_id=0, readonly=False,
+    dirty_logging=False, host_level=None) -> Memslot``, ``vm.delete_memslot(slot_id,
+    as_id=0)``, ``vm.memslot(slot_id, as_id=0)``, ``vm.memslots(as_id=0)``,
+    ``vm.find_memslot(gfn, as_id=0)``, ``vm.max_mapping_level(slot, gfn)``.
+Roots
+    ``vm.root_for(as_id=0) -> hpa`` (the vCPU's root: what EPTP / nCR3 / hgatp point
+    at), ``vm.get_root(as_id=0, role="direct") -> MmuPage``, ``vm.put_root(root)``,
+    ``vm.roots``, ``vm.invalidate_all_roots()``, ``vm.zap_invalidated_roots()``,
+    ``vm.zap_all_fast()``, ``vm.zap_all()`` (frees every table page).
+Faults
+    ``vm.handle_fault(gpa, access, *, as_id=0, max_level=None) -> PfResult``
+    (FIXED, SPURIOUS, RETRY, EMULATE, NOMEM); ``vm.translate(gpa, access, *, as_id=0,
+    ad_update=False)`` runs the reference walker on the vCPU root.
+Zap
+    ``vm.zap_gfn_range(start, end, *, as_id=0, flush=True) -> bool``, ``vm.zap_root(root)``.
+Dirty logging
+    ``vm.set_dirty_logging(slot_id, enable, *, as_id=0, eager_split=True) ->
+    SplitResult | None``, ``vm.get_dirty_log(slot_id, *, as_id=0) -> uint64 bitmap``,
+    ``vm.clear_dirty_log(slot_id, first_page, mask, *, as_id=0)``,
+    ``vm.split_huge_pages(slot_id, *, as_id=0, target_level=1) -> SplitResult``,
+    ``vm.recover_huge_pages(slot_id, *, as_id=0) -> int``, ``Memslot.dirty_gfns(bitmap)``.
+Write tracking
+    ``vm.write_track_add_gfn(gfn, *, as_id=0) -> bool`` (clears W and MMU-writable,
+    flushes: the one case spte.h says needs it), ``vm.write_track_remove_gfn(gfn, *,
+    as_id=0)``.
+Aging and NX huge pages
+    ``vm.age_gfn_range(start, end, *, as_id=0, flush=False) -> bool``,
+    ``vm.test_age_gfn(start, end, *, as_id=0) -> bool``,
+    ``vm.recover_nx_huge_pages(ratio=4) -> int``.
+Flushes
+    ``vm.flush_remote_tlbs()``, ``vm.flush_remote_tlbs_range(gfn, npages)``,
+    ``vm.flush_remote_tlbs_memslot(slot_id, as_id=0)``, delivered to ``vm.sink``, a
+    :class:`FlushSink` (``flush_all()``, ``flush_range(gfn, npages)``,
+    ``supports_ranges``); :class:`FlushRecorder` records them.
+Introspection
+    ``vm.stats()``, ``vm.recount()``, ``vm.page_stats``, ``vm.events`` (a bounded deque of
+    :class:`Event` with KVM tracepoint names: ``kvm_page_fault``,
+    ``kvm_page_fault_done``, ``kvm_mmu_set_spte``, ``kvm_tdp_mmu_spte_changed``,
+    ``kvm_mmu_split_huge_page``, ``tlb_flush``, ``root_alloc``, ``root_free``,
+    ``root_invalidate``, ``yield``, ``dirty_logging``, ``memslot_add``,
+    ``memslot_delete``, ``nx_huge_page_recovery``).
+
+Concurrency protocol
+--------------------
+The RTL shares the memory and may set A/D bits between any two model steps. Every
+update of a live entry is a compare-exchange against the word read (or an exchange that
+returns the word replaced), and the change handler sees that word, so a D bit set by the
+walker is logged before it is cleared or zapped. A removed table's entries are frozen
+(``fmt.tdp_frozen_spte()``) before it is queued; a fault meeting a frozen entry returns
+RETRY. Removed tables return to HostMemory only after a TLB flush that covers them (KVM
+frees them after an RCU grace period). Long walks yield every ``yield_every`` steps,
+run ``on_yield(vm)`` (faults, walker A/D writes) and restart from the root with forward
+progress (:class:`TdpIter`). Whole-page vectorized updates (filling a split table,
+freezing a removed table, clearing D/W in a last-level table) are one read-modify-write
+each, atomic with respect to the walker because it runs only between model steps.
+``sw_model.tdp.check.check_vm(vm)`` checks the invariants (tests, co-simulation).
+
+Differences from KVM: MMIO faults are not cached in MMIO SPTEs; while dirty logging by
+W, a read fault maps read-only (KVM maps writable and logs the page); with A/D bits the
+dirty bitmap is filled by collecting D bits (no PML).
+"""
+
+from .flush import FlushRecorder, FlushSink
+from .iter import TdpIter
+from .memslot import Memslot
+from .mmu import (KVM_MIN_FREE_MMU_PAGES, Event, MmuPage, PageFault, PfResult, SplitResult,
+                  Vm)
+
+__all__ = ["Vm", "Memslot", "PfResult", "PageFault", "MmuPage", "Event", "SplitResult",
+           "FlushSink", "FlushRecorder", "TdpIter", "KVM_MIN_FREE_MMU_PAGES"]
