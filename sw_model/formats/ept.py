@@ -8,6 +8,8 @@ execute (mode-based execute control, not modelled: ignored), address in bits
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .base import Field, Entry, PageTableFormat, ad_updates_for, bits
 
 __all__ = ["EptFormat"]
@@ -132,7 +134,6 @@ class EptFormat(PageTableFormat):
         return self.is_present(word) or bool(self.sw_fields["saved_rwx"].get(word))
 
     def tdp_present_mask(self, words):
-        import numpy as np
         rwx = self.fields["r"].mask | self.fields["w"].mask | self.fields["x"].mask
         return (words & np.uint64(rwx | self.sw_fields["saved_rwx"].mask)) != 0
 

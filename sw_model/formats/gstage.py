@@ -14,6 +14,8 @@ so PBMT and N are reserved too).
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .base import Field, Entry, FormatError, PageTableFormat, ad_updates_for, bits
 
 __all__ = ["GstageFormat"]
@@ -108,7 +110,6 @@ class GstageFormat(PageTableFormat):
     # -- arch hooks for the TDP core (sw_model/tdp) --
 
     def tdp_present_mask(self, words):
-        import numpy as np
         return (words & np.uint64(self.fields["v"].mask)) != 0
 
     def tdp_write_mask(self):

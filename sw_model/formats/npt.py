@@ -9,6 +9,8 @@ access, so U/S must be set at every level.
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .base import Field, Entry, FormatError, PageTableFormat, ad_updates_for, bits
 
 __all__ = ["NptFormat"]
@@ -121,7 +123,6 @@ class NptFormat(PageTableFormat):
     # -- arch hooks for the TDP core (sw_model/tdp) --
 
     def tdp_present_mask(self, words):
-        import numpy as np
         return (words & np.uint64(self.fields["p"].mask)) != 0
 
     def tdp_write_mask(self):
