@@ -24,8 +24,9 @@ class FlushSink:
 
     def flush_range(self, gfn, npages):
         """Invalidate every cached translation overlapping GFNs ``[gfn, gfn + npages)``
-        (a huge page partly inside goes whole), and every cached non-leaf entry (a
-        removed table may lie under the range)."""
+        (a huge page partly inside goes whole), and every cached non-leaf entry whose
+        region overlaps it. That is enough for removed tables: the VM frees a table only
+        after flushing a range that covers the table's whole region."""
 
 
 class FlushRecorder(FlushSink):
