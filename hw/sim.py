@@ -1,4 +1,5 @@
-"""Run the walker in Amaranth's simulator against an AXI memory backed by HostMemory.
+"""Run the walker, or the MMU top, in Amaranth's simulator against an AXI memory backed
+by HostMemory.
 
 :func:`run_walker` is the one harness used by the tests and by ``python -m hw run``: it
 writes the context table, streams the accesses through the walker back to back, serves
@@ -7,6 +8,10 @@ AtomicCompare for A/D updates applied with ``cmpxchg64``; DECERR outside the mem
 SLVERR on poisoned words) and turns every response into the model's own
 :class:`~sw_model.walker.Translation` / :class:`~sw_model.walker.Fault`, so results
 compare field by field with :func:`sw_model.walker.translate` and print in the same JSON.
+
+:func:`run_mmu` does the same for the MMU top (:mod:`hw.mmu`): several transactions
+outstanding by AXI ID, with optional response jitter, invalidations and software edits
+scripted between requests.
 
 A single testbench coroutine does everything per cycle, sampling the DUT's outputs at
 the clock edge (``ctx.tick().sample``), which keeps the Python cost per cycle low.
@@ -24,10 +29,12 @@ from sw_model.walker import Fault, Translation, translate
 
 from .axi import Atop, Burst, Resp
 from .decode import ACCESS_IDS, AD_IDS, EXIT_IDS, FORMAT_IDS
+from .mmu import COUNTERS, MMU
+from .tlb import InvalKind
 from .walker import CONTEXT_LAYOUT, Walker, response_layout
 
-__all__ = ["VmContext", "WalkResult", "run_walker", "ProtocolError", "clone_memory",
-           "check_against_model", "walk_latency"]
+__all__ = ["VmContext", "WalkResult", "run_walker", "run_mmu", "MmuRun", "ProtocolError",
+           "clone_memory", "check_against_model", "walk_latency"]
 
 
 class ProtocolError(AssertionError):
@@ -361,3 +368,214 @@ def walk_latency(format_name, latency, *, ad_set=True):
     if not result.result.ok:
         raise AssertionError(f"{format_name}: latency walk faulted: {result.result.to_json()}")
     return fmt.levels, result.cycles
+
+
+# -- the MMU top -------------------------------------------------------------------
+
+TAG_BITS = 8
+INVAL_KINDS = {"all": InvalKind.ALL, "vm": InvalKind.VM, "range": InvalKind.RANGE}
+
+
+class MmuRun:
+    """What :func:`run_mmu` returns: ``results[i]`` (model-shaped), ``cycles[i]`` from
+    accept to response, ``counters`` at the end, ``total`` cycles, ``inval_cycles``,
+    ``reads``."""
+
+    def __init__(self):
+        self.results, self.cycles, self.counters = {}, {}, {}
+        self.total = 0
+        self.inval_cycles = []
+        self.reads = []         # (cycle, address) of every AR on the bus
+
+
+def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
+            timeout=3000, **mmu_kwargs):
+    """Run ``script`` on a fresh MMU. Items, executed in order:
+
+    ``("req", gpa, access, vm)``: present a request (back to back with the next one);
+    ``("inval", kind, vm, start, count)``: present an invalidation and wait for its done;
+    ``("mem", fn)``: call ``fn(memory)`` (software editing tables);
+    ``("ctx", index, VmContext)``: write a context (one per cycle);
+    ``("delay", n)``: wait ``n`` cycles; ``("drain",)``: wait for every response.
+    ``jitter`` adds 0..jitter random cycles to each memory response, reordering IDs.
+    """
+    num_vms = 1 << max(0, (len(contexts) - 1).bit_length())
+    dut = MMU(num_vms=max(2, num_vms), tag_bits=TAG_BITS, **mmu_kwargs)
+    layout = response_layout(TAG_BITS)
+    rng = random.Random(seed)
+    out = MmuRun()
+    reqs = []                   # (gpa, access, vm) per request index
+    axi, req, resp = dut.axi, dut.req, dut.resp
+
+    async def bench(ctx):
+        for index, context in enumerate(contexts):
+            ctx.set(dut.ctx.valid, 1)
+            ctx.set(dut.ctx.index, index)
+            ctx.set(dut.ctx.data.as_value(), context.raw())
+            await ctx.tick()
+        ctx.set(dut.ctx.valid, 0)
+        rq, bq = [], []         # [due, id, data, resp] / [due, id, resp]
+        r_cur = b_cur = None
+        aw, wbeats = None, []
+        outstanding = {}        # tag -> request index
+        accepted = {}
+        cursor, wait_until, in_inval, inval_at = 0, 0, None, 0
+        t = last_progress = 0
+        drive = {}
+
+        def put(name, signal, value):
+            if drive.get(name) != value:
+                drive[name] = value
+                ctx.set(signal, value)
+
+        sampled = (axi.arvalid, axi.araddr, axi.arid, axi.arlen, axi.arsize, axi.arburst,
+                   axi.rready, axi.awvalid, axi.awaddr, axi.awid, axi.awatop, axi.awlen,
+                   axi.awburst, axi.wvalid, axi.wdata, axi.wlast, axi.bready,
+                   req.ready, resp.valid, resp.payload.as_value(), dut.inval.ready,
+                   dut.inval_done)
+        put("resp_ready", resp.ready, 1)
+        async for (_, _, arvalid, araddr, arid, arlen, arsize, arburst, rready, awvalid,
+                   awaddr, awid, awatop, awlen, awburst, wvalid, wdata, wlast, bready,
+                   req_ready, resp_valid, payload, inval_ready,
+                   inval_done) in ctx.tick().sample(*sampled):
+            edge, t = t, t + 1
+            # -- handshakes of the cycle that just ended ---------------------------------
+            if drive.get("req_valid") and req_ready:
+                tag = len(reqs) % (1 << TAG_BITS)
+                if tag in outstanding:
+                    raise ProtocolError(f"tag {tag} reused while outstanding")
+                outstanding[tag] = len(reqs)
+                accepted[len(reqs)] = edge
+                reqs.append(script[cursor][1:])
+                cursor += 1
+            if drive.get("inval_valid") and inval_ready:
+                cursor += 1
+                inval_at = edge
+                in_inval = "wait"
+            elif in_inval == "wait" and inval_done:
+                out.inval_cycles.append(edge - inval_at)
+                in_inval = False
+            if arvalid and drive.get("arready"):
+                if (arlen, arsize, arburst) != (0, 3, Burst.INCR.value):
+                    raise ProtocolError(f"read {araddr:#x}: not a single 8-byte beat")
+                out.reads.append((edge, araddr))
+                try:
+                    word, code = memory.read64(araddr), Resp.OKAY.value
+                except MemoryAccessError:
+                    word = 0
+                    code = (Resp.SLVERR if memory.contains(araddr) else Resp.DECERR).value
+                rq.append([edge + latency + rng.randint(0, jitter), arid, word, code])
+            if r_cur is not None and rready:
+                rq.remove(r_cur)
+                r_cur = None
+            if awvalid and drive.get("awready"):
+                if aw is not None or awatop != Atop.COMPARE.value or awlen != 1:
+                    raise ProtocolError(f"bad AtomicCompare AW at {awaddr:#x}")
+                want = Burst.WRAP if awaddr & 8 else Burst.INCR
+                if awburst != want.value:
+                    raise ProtocolError(f"AtomicCompare at {awaddr:#x}: burst {awburst}")
+                aw = (awaddr, awid)
+            if wvalid and drive.get("wready"):
+                if bool(wlast) != (len(wbeats) == 1):
+                    raise ProtocolError("WLAST on the wrong beat")
+                wbeats.append(wdata)
+            if aw is not None and len(wbeats) == 2:
+                try:
+                    _, current = memory.cmpxchg64(aw[0], wbeats[0], wbeats[1])
+                    code = Resp.OKAY.value
+                except MemoryAccessError:
+                    current = 0
+                    code = (Resp.SLVERR if memory.contains(aw[0]) else Resp.DECERR).value
+                due = edge + latency + rng.randint(0, jitter)
+                rq.append([due, aw[1], current, code])
+                bq.append([due, aw[1], code])
+                aw, wbeats = None, []
+            if b_cur is not None and bready:
+                bq.remove(b_cur)
+                b_cur = None
+            if resp_valid and drive["resp_ready"]:
+                fields = _unpack(layout, payload)
+                index = outstanding.pop(fields["tag"], None)
+                if index is None:
+                    raise ProtocolError(f"response with unknown tag {fields['tag']}")
+                gpa, access, vm = reqs[index]
+                out.results[index] = _to_model(fields, gpa, access, contexts[vm], (), ())
+                out.cycles[index] = edge - accepted[index]
+                last_progress = t
+            if t - last_progress > timeout and (outstanding or in_inval):
+                raise ProtocolError(f"no progress for {timeout} cycles: {len(outstanding)} "
+                                    f"requests outstanding, invalidation {in_inval}")
+
+            # -- the script ----------------------------------------------------------------
+            put("req_valid", req.valid, 0)
+            put("ctx_valid", dut.ctx.valid, 0)
+            if in_inval != "present":
+                put("inval_valid", dut.inval.valid, 0)
+            while cursor < len(script) and not in_inval and t >= wait_until:
+                item = script[cursor]
+                if item[0] == "req":
+                    _, gpa, access, vm = item
+                    ctx.set(req.payload.gpa, gpa)
+                    ctx.set(req.payload.access, ACCESS_IDS[access])
+                    ctx.set(req.payload.vm, vm)
+                    ctx.set(req.payload.tag, len(reqs) % (1 << TAG_BITS))
+                    put("req_valid", req.valid, 1)
+                    break
+                if item[0] == "inval":
+                    _, kind, vm, start, count = item
+                    ctx.set(dut.inval.payload, {"kind": INVAL_KINDS[kind], "vm": vm,
+                                                "start": start, "count": count})
+                    put("inval_valid", dut.inval.valid, 1)
+                    in_inval = "present"
+                    break
+                if item[0] == "ctx":
+                    ctx.set(dut.ctx.index, item[1])
+                    ctx.set(dut.ctx.data.as_value(), item[2].raw())
+                    put("ctx_valid", dut.ctx.valid, 1)
+                    cursor += 1
+                    break
+                if item[0] == "mem":
+                    item[1](memory)
+                elif item[0] == "delay":
+                    wait_until = t + item[1]
+                elif item[0] == "drain":
+                    if outstanding:
+                        break
+                else:
+                    raise ValueError(f"script item {item!r}")
+                cursor += 1
+            if cursor >= len(script) and not outstanding and not in_inval:
+                break
+
+            # -- the subordinate's side ----------------------------------------------------
+            def stalled():
+                return stall and rng.random() < stall
+            put("arready", axi.arready, 0 if stalled() else 1)
+            put("awready", axi.awready, 0 if stalled() else 1)
+            put("wready", axi.wready, 0 if stalled() else 1)
+            put("resp_ready", resp.ready, 0 if stalled() else 1)
+            if r_cur is None:
+                ready = [x for x in rq if x[0] <= t]
+                if ready and not stalled():
+                    r_cur = min(ready)
+                    ctx.set(axi.rid, r_cur[1])
+                    ctx.set(axi.rdata, r_cur[2])
+                    ctx.set(axi.rresp, r_cur[3])
+                    ctx.set(axi.rlast, 1)
+            put("rvalid", axi.rvalid, int(r_cur is not None))
+            if b_cur is None:
+                ready = [x for x in bq if x[0] <= t]
+                if ready and not stalled():
+                    b_cur = min(ready)
+                    ctx.set(axi.bid, b_cur[1])
+                    ctx.set(axi.bresp, b_cur[2])
+            put("bvalid", axi.bvalid, int(b_cur is not None))
+        out.total = t
+        for name in COUNTERS:
+            out.counters[name] = ctx.get(getattr(dut.counters, name))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
