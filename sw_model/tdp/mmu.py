@@ -890,11 +890,13 @@ class Vm:
         if enable:
             if eager_split:
                 result = self.split_huge_pages(slot_id, as_id=as_id)
-            changed = False
             for root in self._roots_of(as_id):
-                changed |= self._clear_dirty_gfn_range(root, slot.base_gfn, slot.end_gfn)
-            if changed:
-                self.flush_remote_tlbs_memslot(slot_id, as_id)
+                self._clear_dirty_gfn_range(root, slot.base_gfn, slot.end_gfn)
+            # Unconditionally, as KVM's kvm_mmu_slot_apply_flags does: a TLB may hold a
+            # writable translation whose entry write-protection did not change (aging
+            # without A/D bits saved W and cleared R/W/X without a flush), and writes
+            # through it would never be logged.
+            self.flush_remote_tlbs_memslot(slot_id, as_id)
         else:
             self.recover_huge_pages(slot_id, as_id=as_id)
         self._end_op()
@@ -902,7 +904,7 @@ class Vm:
 
     def get_dirty_log(self, slot_id, *, as_id=0):
         """KVM_GET_DIRTY_LOG: collect D bits into the bitmap, return a copy of it and
-        clear it, re-protect what was dirty, flush the slot if anything changed.
+        clear it, re-protect what was dirty, flush the slot if anything was dirty.
         The bitmap is ``uint64`` words, bit ``i`` for ``base_gfn + i``."""
         slot = self.memslot(slot_id, as_id)
         if not slot.dirty_logging:
@@ -917,7 +919,9 @@ class Vm:
         if not ad:
             for index in bitmap.nonzero()[0]:
                 changed |= self._clear_dirty_pt_masked(slot, int(index) * 64, int(bitmap[index]))
-        if changed:
+        # KVM's kvm_get_dirty_log_protect flushes whenever a bitmap word was set, whether
+        # or not re-protecting changed an entry (see set_dirty_logging).
+        if changed or bitmap.any():
             self.flush_remote_tlbs_memslot(slot_id, as_id)
         self._end_op()
         return bitmap
@@ -940,8 +944,8 @@ class Vm:
             raise ValueError(f"first_page must be a multiple of 64 inside the slot, got {first_page!r}")
         if not isinstance(mask, int) or not 0 <= mask < 1 << 64:
             raise ValueError(f"mask must be a 64-bit unsigned integer, got {mask!r}")
-        if self._clear_dirty_pt_masked(slot, first_page, mask):
-            self.flush_remote_tlbs_memslot(slot_id, as_id)
+        if self._clear_dirty_pt_masked(slot, first_page, mask) or mask:
+            self.flush_remote_tlbs_memslot(slot_id, as_id)    # as kvm_clear_dirty_log_protect
         word = first_page // 64
         slot.dirty_bitmap[word] &= ~slot.dirty_bitmap.dtype.type(mask)
         self._end_op()
