@@ -17,7 +17,7 @@ from cocotb.triggers import RisingEdge
 from cocotbext.axi.stream import define_stream
 
 from hw.decode import ACCESS_IDS
-from hw.sim import VmContext, _to_model, _unpack, clone_memory
+from hw.sim import VmContext, response_to_model, unpack_response
 from hw.walker import request_layout, response_layout
 from sw_model.vectors import load_vectors
 from sw_model.walker import translate
@@ -69,7 +69,7 @@ class WalkerTB:
         frame.payload = payload.as_value().value
         await self.req.send(frame)
         answer = await self.resp.recv()
-        return _unpack(response_layout(self.tag_bits), int(answer.payload))
+        return unpack_response(response_layout(self.tag_bits), int(answer.payload))
 
 
 class _Bus:
@@ -106,7 +106,7 @@ def _walk_log(transactions):
 async def replay_vectors(dut):
     """Every access of TDPWALK_VECTORS through the walker, compared with the model."""
     vectors = load_vectors(os.environ["TDPWALK_VECTORS"])
-    model_memory = clone_memory(vectors.memory)
+    model_memory = vectors.memory.copy()
     tb = WalkerTB(dut, vectors.memory, latency=int(os.environ.get("TDPWALK_LATENCY", "1")),
                   stall=float(os.environ.get("TDPWALK_STALL", "0")),
                   seed=int(os.environ.get("TDPWALK_SEED", "0")))
@@ -118,7 +118,7 @@ async def replay_vectors(dut):
         start = len(tb.axi.transactions)
         fields = await tb.translate(gpa, access, 0, index & ((1 << tb.tag_bits) - 1))
         reads, writes = _walk_log(tb.axi.transactions[start:])
-        got = _to_model(fields, gpa, access, context, reads, writes).to_json()
+        got = response_to_model(fields, gpa, access, context, reads, writes).to_json()
         expect = translate(model_memory, vectors.fmt, vectors.root, gpa, access,
                            vm=vectors.vm).to_json()
         lines.append(json.dumps({"index": index, **got}))

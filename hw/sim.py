@@ -34,7 +34,7 @@ from .tlb import InvalKind
 from .walker import CONTEXT_LAYOUT, Walker, response_layout
 
 __all__ = ["VmContext", "WalkResult", "run_walker", "run_mmu", "MmuRun", "ProtocolError",
-           "clone_memory", "check_against_model", "walk_latency"]
+           "check_against_model", "walk_latency", "unpack_response", "response_to_model"]
 
 
 class ProtocolError(AssertionError):
@@ -73,12 +73,13 @@ class WalkResult:
     cycles: int
 
 
-def _unpack(layout, value):
+def unpack_response(layout, value):
+    """The integer ``value`` of a response payload as nested dicts of field values."""
     out = {}
     for name, field in layout:
         part = (value >> field.offset) & ((1 << field.width) - 1)
         shape = field.shape
-        out[name] = _unpack(shape, part) if hasattr(shape, "members") else part
+        out[name] = unpack_response(shape, part) if hasattr(shape, "members") else part
     return out
 
 
@@ -96,7 +97,9 @@ def _report(arch, kind, access, code, htval, exit_id):
     return {"exit": exit_name}
 
 
-def _to_model(payload, gpa, access, ctx, pte_addrs, ad_writes):
+def response_to_model(payload, gpa, access, ctx, pte_addrs, ad_writes):
+    """An unpacked response as the model's :class:`Translation` or :class:`Fault`, with
+    the PTE reads and A/D writes the bus saw, so it compares with the model's JSON."""
     fmt = ctx.fmt
     if payload["ok"]:
         p = payload["perms"]
@@ -263,13 +266,13 @@ def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_a
             if drive["bvalid"] and bready:
                 bq.popleft()
             if resp_valid and drive["resp_ready"]:
-                fields = _unpack(layout, payload)
+                fields = unpack_response(layout, payload)
                 index = len(results)
                 if fields["tag"] != index & ((1 << tag_bits) - 1):
                     raise ProtocolError(f"response {index} carries tag {fields['tag']}")
                 gpa, access, vm_index = jobs[index]
                 results.append(WalkResult(
-                    result=_to_model(fields, gpa, access, contexts[vm_index], reads, writes),
+                    result=response_to_model(fields, gpa, access, contexts[vm_index], reads, writes),
                     restarts=restarts, cycles=edge - accepted_at))
                 reads, writes, restarts = [], [], 0
                 last_progress = t
@@ -309,15 +312,6 @@ def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_a
     else:
         sim.run()
     return results
-
-
-def clone_memory(memory):
-    """An independent copy of ``memory``: words and poisoned addresses."""
-    copy = HostMemory(memory.capacity, base=memory.base)
-    copy.words[:] = memory.words
-    for addr in memory.poisoned:
-        copy.poison(addr)
-    return copy
 
 
 def check_against_model(memory, contexts, accesses, **kwargs):
@@ -494,12 +488,12 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
                 bq.remove(b_cur)
                 b_cur = None
             if resp_valid and drive["resp_ready"]:
-                fields = _unpack(layout, payload)
+                fields = unpack_response(layout, payload)
                 index = outstanding.pop(fields["tag"], None)
                 if index is None:
                     raise ProtocolError(f"response with unknown tag {fields['tag']}")
                 gpa, access, vm = reqs[index]
-                out.results[index] = _to_model(fields, gpa, access, contexts[vm], (), ())
+                out.results[index] = response_to_model(fields, gpa, access, contexts[vm], (), ())
                 out.cycles[index] = edge - accepted[index]
                 last_progress = t
             if t - last_progress > timeout and (outstanding or in_inval):
