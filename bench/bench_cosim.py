@@ -1,0 +1,57 @@
+"""Co-simulation speed: MMU translations per second on Icarus and Verilator (cocotb),
+for a hit-heavy stream (16 pages, all TLB hits) and a miss-heavy one (2048 4 KiB
+pages, nearly all walks), with the scoreboard checking every response and without it.
+The Amaranth-simulator figure is the walker harness of hw/sim.py (no TLB), for scale.
+"""
+
+import os
+import time
+
+from cocotb_tests.runner import SIMULATORS, ToolchainError, run_mmu
+
+__all__ = ["main"]
+
+
+def _amaranth(count):
+    from hw.sim import VmContext, run_walker
+    from sw_model.vectors import random_vectors
+    vf = random_vectors("ept4", 1, count)
+    start = time.perf_counter()
+    run_walker(vf.memory, [VmContext(vf.fmt, vf.root, vf.vm)], vf.accesses)
+    return count / (time.perf_counter() - start)
+
+
+def main(quick=False):
+    counts = {"icarus": 500 if quick else 2000, "verilator": 5000 if quick else 30000}
+    rows = []
+    for sim in SIMULATORS:
+        for check in (True, False):
+            try:
+                results = run_mmu(sim, ["hit", "miss"], test_module="cocotb_tests.speed_bench",
+                                  extra={"TDPWALK_COUNT": str(counts[sim]),
+                                         "TDPWALK_CHECK": "1" if check else "0",
+                                         "COCOTB_LOG_LEVEL": "WARNING",
+                                         "GPI_LOG_LEVEL": "WARNING",
+                                         "PYTHONWARNINGS": "ignore::DeprecationWarning"})
+            except ToolchainError as e:
+                print(f"{sim}: skipped ({e})")
+                break
+            for r in results:
+                rows.append((sim, r["stream"], "on" if check else "off", r["count"],
+                             f"{100 * r['hit_rate']:.0f}%", f"{r['cycles'] / r['count']:.2f}",
+                             f"{r['rate']:,.0f}"))
+    amaranth_count = 100 if quick else 400
+    rows.append(("amaranth (walker only)", "miss", "on", amaranth_count, "0%", "-",
+                 f"{_amaranth(amaranth_count):,.0f}"))
+    header = ("simulator", "stream", "scoreboard", "translations", "TLB hits",
+              "cycles/transl.", "translations/s")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    print(f"(os.cpu_count() = {os.cpu_count()}; wall-clock time of the stream only, "
+          f"excluding build and simulator start-up)")
+
+
+if __name__ == "__main__":
+    import sys
+    main(quick="--quick" in sys.argv)

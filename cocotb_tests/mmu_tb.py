@@ -1,0 +1,514 @@
+"""The MMU bench: clock, reset, contexts, request driver, response monitor, invalidation
+driver and AXI memory around ``hw.mmu.MMU`` (Verilog top ``tdpwalk_mmu``), plus the
+scoreboard that checks every response against the reference walker.
+
+One coroutine (:meth:`MmuTB._pump`) does everything that happens on the request side
+each clock edge: it samples the response, the request and invalidation handshakes and
+``inval_done`` at the edge, runs the scoreboard, and drives the next request, context
+write or invalidation. It sleeps on an event while nothing is queued or outstanding, so
+idle time costs no Python. The AXI memory (:class:`~cocotb_tests.axi_memory.HostMemoryAxi`)
+serves the same :class:`~sw_model.memory.HostMemory` the model edits: zero copy.
+"""
+
+import collections
+import logging
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import Event, RisingEdge
+from cocotb.utils import get_sim_time
+
+from hw.decode import ACCESS_IDS, EXIT_IDS
+from hw.sim import VmContext, unpack_response
+from hw.tlb import InvalKind, inval_layout
+from hw.walker import response_layout
+from sw_model.formats import FAULT_KINDS
+from sw_model.tdp import FlushSink
+from sw_model.walker import Fault, Translation, translate
+
+from .axi_memory import HostMemoryAxi
+
+__all__ = ["MmuTB", "Response", "RtlFlushSink", "Scoreboard", "PERIOD_NS", "HIT_CYCLES"]
+
+PERIOD_NS = 10
+#: A response this many cycles after its request was accepted came from the TLB: the
+#: MMU answers a hit the cycle after lookup (plus a cycle or two of response-port
+#: arbitration); the shortest walk takes a lookup, a walker start and an AXI read.
+HIT_CYCLES = 3
+
+
+class Response:
+    """One RTL answer, decoded into the model's shape.
+
+    Members
+    -------
+    serial, tag, vm_index, gpa, access
+        The request.
+    accepted, answered : int
+        Clock cycles of the request handshake and of the response.
+    result : Translation or Fault
+    """
+    __slots__ = ("serial", "tag", "vm_index", "gpa", "access", "accepted", "answered",
+                 "result", "done", "refs", "root", "raced")
+
+    def __init__(self, serial, vm_index, gpa, access):
+        self.serial, self.vm_index, self.gpa, self.access = serial, vm_index, gpa, access
+        self.tag = self.accepted = self.answered = self.result = self.root = None
+        self.done = Event()
+        self.refs = []          # reference results seen while in flight
+        self.raced = False      # a model step ran while in flight
+
+    @property
+    def latency(self):
+        return self.answered - self.accepted
+
+    @property
+    def hit(self):
+        return self.result.ok and self.latency <= HIT_CYCLES
+
+
+class RtlFlushSink(FlushSink):
+    """The model's flush API delivered to the MMU's ``inval`` port: ``flush_all`` is a
+    VM invalidation, ``flush_range`` a RANGE one. The TB drives them after the model
+    step that asked for them (:meth:`MmuTB.model_step`)."""
+    supports_ranges = True
+
+    def __init__(self, tb, vm_index):
+        self.tb, self.vm_index = tb, vm_index
+
+    def flush_all(self):
+        self.tb.queue_inval(InvalKind.VM, self.vm_index, 0, 0)
+
+    def flush_range(self, gfn, npages):
+        self.tb.queue_inval(InvalKind.RANGE, self.vm_index, gfn, npages)
+
+
+def _key(result):
+    """What the RTL answers, comparable with the reference: a TLB hit has no PTE
+    addresses or A/D writes."""
+    if result.ok:
+        return ("ok", result.hpa, result.level, tuple(sorted(result.perms.items())),
+                result.memtype)
+    return ("fault", result.kind, result.level, result.pte_addr,
+            tuple(sorted(result.report.items())))
+
+
+def _stale_kind(cached, now):
+    """How a cached translation differs from the tables now."""
+    if not now.ok:
+        return f"now {now.kind}"
+    if now.hpa != cached.hpa:
+        return "remapped"
+    if now.level != cached.level:
+        return "split" if now.level < cached.level else "merged"
+    if now.perms != cached.perms:
+        grew = all(now.perms[k] or not v for k, v in cached.perms.items())
+        return "permissions widened" if grew else "permissions reduced"
+    return "memory type"
+
+
+class Scoreboard:
+    """Checks every RTL response against :func:`sw_model.walker.translate`.
+
+    Memory changes only in model steps (the simulator is paused while the model runs)
+    and by the RTL's own A/D updates (which do not change a translation), so the
+    reference is taken when a request is accepted, after every model step while it is in
+    flight, and when it is answered. A response must equal one of them, except:
+
+    * a cached translation (TLB hit) may be one the tables no longer hold, if it was
+      held at some point and no invalidation covering it was accepted before the
+      request: the model decided no flush was needed (eager split, aging). After an
+      invalidation covering it, it is a mismatch (a stale hit);
+    * a fault of a request during which the model changed the tables (a walk racing a
+      zap reads a removed, frozen table) is accepted and counted as ``raced_faults``;
+      the hypervisor loop retries it, and the retry is checked.
+
+    Members
+    -------
+    mismatches : list of dict
+    checked, stale_hits, raced_faults : int
+    stale_kinds : dict
+        Stale hits by how the tables changed (:func:`_stale_kind`).
+    """
+
+    def __init__(self, tb):
+        self.tb = tb
+        self.mismatches = []
+        self.checked = self.stale_hits = self.raced_faults = 0
+        self.stale_kinds = {}
+        # (vm_index, root) -> {(level, region_gfn): {translation: [first_seen, removed_at]}}
+        self._seen = collections.defaultdict(dict)
+        self._cache = {}
+
+    def changed(self):
+        """The model changed the tables (a model step): forget cached references."""
+        self._cache.clear()
+
+    def reference(self, req):
+        """translate() without A/D updates. A successful walk is cached per (VM, root,
+        4 KiB page, access) until the next model step: only model steps change what a
+        walk returns (the RTL's own A/D updates do not)."""
+        key = (req.vm_index, req.root, req.gpa >> 12, req.access)
+        base = self._cache.get(key)
+        if base is not None:
+            return Translation(gpa=req.gpa, access=req.access,
+                               hpa=base.hpa - (base.gpa & 0xfff) + (req.gpa & 0xfff),
+                               level=base.level, perms=base.perms, memtype=base.memtype,
+                               pte_addrs=base.pte_addrs, ad_writes=())
+        guest = self.tb.guests[req.vm_index]
+        ref = translate(guest.vm.mem, guest.vm.fmt, req.root, req.gpa, req.access,
+                        vm=guest.vm.opts, ad_update=False)
+        if ref.ok:
+            self._cache[key] = ref
+        return ref
+
+    def _base(self, req, result):
+        """(vm, root), (level, region) and the translation of the region's first byte."""
+        span = 1 << (9 * (result.level - 1))
+        region = (req.gpa >> 12) & ~(span - 1)
+        key = _key(result)
+        base = result.hpa - (((req.gpa >> 12) - region) << 12) - (req.gpa & 0xfff)
+        return (req.vm_index, req.root), (result.level, region), (base, *key[2:])
+
+    def _note(self, req, result, cycle):
+        if not result.ok:
+            return
+        where, region, base = self._base(req, result)
+        records = self._seen[where].setdefault(region, {})
+        record = records.get(base)
+        if record is None or record[1] is not None:
+            records[base] = [cycle, None]
+
+    def take(self, req, cycle):
+        """A reference for ``req`` now (accept, after a model step)."""
+        ref = self.reference(req)
+        if not req.refs or _key(req.refs[-1]) != _key(ref):
+            req.refs.append(ref)
+        self._note(req, ref, cycle)
+
+    def invalidated(self, vm_index, start, count, cycle):
+        """An invalidation was accepted at ``cycle``: what it covers is no longer legit."""
+        for (vm, _root), table in self._seen.items():
+            if vm_index is not None and vm != vm_index:
+                continue
+            for (level, region), records in table.items():
+                span = 1 << (9 * (level - 1))
+                if start is None or (region < start + count and start < region + span):
+                    for record in records.values():
+                        if record[1] is None:
+                            record[1] = cycle
+
+    def _legit_cached(self, req, result):
+        where, region, base = self._base(req, result)
+        record = self._seen[where].get(region, {}).get(base)
+        return record is not None and record[0] <= req.accepted and \
+            (record[1] is None or record[1] > req.accepted)
+
+    def check(self, req):
+        self.checked += 1
+        self.take(req, req.answered)
+        got = _key(req.result)
+        if any(_key(ref) == got for ref in req.refs):
+            self._note(req, req.result, req.answered)
+            return True
+        if req.result.ok and self._legit_cached(req, req.result):
+            self.stale_hits += 1
+            kind = _stale_kind(req.result, req.refs[-1])
+            self.stale_kinds[kind] = self.stale_kinds.get(kind, 0) + 1
+            return True
+        if not req.result.ok and req.raced:
+            self.raced_faults += 1
+            return True
+        self.mismatches.append({
+            "vm": req.vm_index, "gpa": hex(req.gpa), "access": req.access,
+            "accepted": req.accepted, "answered": req.answered,
+            "rtl": req.result.to_json(), "model": [r.to_json() for r in req.refs]})
+        if len(self.mismatches) <= 5:
+            self.tb.log.error("mismatch #%d: vm %d %s %#x (cycles %d..%d)\n  rtl:   %s\n"
+                              "  model: %s", len(self.mismatches), req.vm_index, req.access,
+                              req.gpa, req.accepted, req.answered, req.result.to_json(),
+                              [r.to_json() for r in req.refs])
+        return False
+
+
+class MmuTB:
+    """The MMU under test with its environment.
+
+    Parameters
+    ----------
+    dut
+        The cocotb handle of ``tdpwalk_mmu``.
+    memory : HostMemory
+        Shared by every guest's model and the AXI memory.
+    latency, stall, seed
+        AXI memory latency (cycles), back-pressure probability and its seed.
+    keep : bool
+        Keep every response in :attr:`responses` (for the report).
+    check : bool
+        Run the scoreboard (off only to measure the bench's own speed).
+
+    Members
+    -------
+    guests : dict
+        ``vm_index -> guest`` (anything with ``.vm``, a :class:`sw_model.tdp.Vm`).
+    axi : HostMemoryAxi
+    scoreboard : Scoreboard
+    responses : list of Response
+        Every answered request, in answer order (kept only when ``keep`` is set).
+    flushes : int
+        Invalidations completed.
+    """
+
+    def __init__(self, dut, memory, *, latency=1, stall=0.0, seed=0, keep=True, check=True):
+        self.dut, self.memory, self.keep, self.check = dut, memory, keep, check
+        self.log = logging.getLogger("cocotb.tdpwalk")
+        for channel in ("axi_", "req", "resp", "inval"):
+            logging.getLogger(f"cocotb.{dut._name}.{channel}").setLevel(logging.WARNING)
+        cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+        self.axi = HostMemoryAxi(dut, "axi_", dut.clk, dut.rst, memory, period_ns=PERIOD_NS,
+                                 latency=latency, stall=stall, seed=seed)
+        self.vm_bits = len(dut.ctx__index)
+        self.tag_bits = len(dut.req__payload) - 66 - self.vm_bits
+        self.resp_layout = response_layout(self.tag_bits)
+        self._ok_fields = {name: field.offset for name, field in self.resp_layout}
+        self._hpa_mask = (1 << self.resp_layout["hpa"].width) - 1
+        self.inval_layout = inval_layout(self.vm_bits)
+        self.guests = {}
+        self.contexts = {}
+        self.scoreboard = Scoreboard(self)
+        self.responses = []
+        self.answered = 0
+        self.flushes = 0
+        self._serial = 0
+        self._queue = collections.deque()           # requests not yet driven
+        self._ctx_queue = collections.deque()       # (index, raw)
+        self._inval_queue = collections.deque()     # (kind, vm, start, count)
+        self._free_tags = collections.deque(range(1 << self.tag_bits))
+        self._outstanding = {}                      # tag -> Response
+        self._inval_waiters = []                    # [serial at accept, Event] for grace
+        self._inval_done = Event()
+        self._wake = Event()
+        self._driving = None
+        self._inval_driving = None
+        self._inval_accepted = 0
+        self._inval_completed = 0
+        self.on_response = []                       # callbacks(Response)
+
+    # -- time -------------------------------------------------------------------------
+
+    @staticmethod
+    def cycle():
+        return int(get_sim_time("ns")) // PERIOD_NS
+
+    async def reset(self):
+        for name in ("ctx__valid", "ctx__index", "ctx__data", "req__payload", "req__valid",
+                     "inval__valid", "inval__payload", "axi__rdata", "axi__rresp", "axi__rid",
+                     "axi__rlast", "axi__bresp", "axi__bid"):
+            getattr(self.dut, name).value = 0
+        self.dut.resp__ready.value = 1
+        self.dut.rst.value = 1
+        for _ in range(3):
+            await RisingEdge(self.dut.clk)
+        self.dut.rst.value = 0
+        await RisingEdge(self.dut.clk)
+        cocotb.start_soon(self._pump())
+
+    # -- what scenarios call ------------------------------------------------------------
+
+    def add_guest(self, vm_index, guest):
+        """Attach a guest (its ``.vm`` is a :class:`sw_model.tdp.Vm` whose sink should
+        be ``RtlFlushSink(tb, vm_index)``) and write its context."""
+        self.guests[vm_index] = guest
+        self.sync_context(vm_index)
+
+    def sync_context(self, vm_index):
+        """Write the context if the VM's vCPU root changed (new root after a fast zap)."""
+        vm = self.guests[vm_index].vm
+        root = vm.root_for(0)
+        if self.contexts.get(vm_index) != root:
+            self.contexts[vm_index] = root
+            raw = VmContext(fmt=vm.fmt, root=root, vm=vm.opts).raw()
+            self._ctx_queue.append((vm_index, raw))
+            self._wake.set()
+
+    async def access(self, vm_index, gpa, access):
+        """Send one request and wait for its :class:`Response`."""
+        req = self.submit(vm_index, gpa, access)
+        await req.done.wait()
+        return req
+
+    def submit(self, vm_index, gpa, access):
+        """Queue one request; await ``req.done`` for the answer."""
+        req = Response(self._serial, vm_index, gpa, access)
+        self._serial += 1
+        self._queue.append(req)
+        self._wake.set()
+        return req
+
+    def queue_inval(self, kind, vm_index, start, count):
+        self._inval_queue.append((kind, vm_index, start, count))
+        self._wake.set()
+
+    async def model_step(self, fn, *args, **kwargs):
+        """Run one model operation atomically (the simulator is paused), then take the
+        reference of every request in flight, write changed roots, and drive the
+        invalidations the step asked for, waiting until each is done and every request
+        older than it has been answered (the RCU grace period: no walk can still read a
+        table the model frees). The operation's return value."""
+        result = fn(*args, **kwargs)
+        self.scoreboard.changed()
+        cycle = self.cycle()
+        for req in self._outstanding.values():
+            req.raced = True
+            self.scoreboard.take(req, cycle)
+        for index in self.guests:
+            self.sync_context(index)
+        await self.drain_invals()
+        return result
+
+    async def drain_invals(self):
+        while self._inval_queue or self._inval_driving is not None or \
+                self._inval_completed < self._inval_accepted:
+            self._inval_done.clear()
+            await self._inval_done.wait()
+        while self._inval_waiters:
+            await self._inval_waiters[-1][1].wait()
+
+    async def quiesce(self):
+        """Wait until every queued request has been answered."""
+        while self._queue or self._outstanding or self._driving is not None:
+            some = next(iter(self._outstanding.values()), None) or self._driving \
+                or self._queue[-1]
+            await some.done.wait()
+
+    def counters(self):
+        from hw.mmu import COUNTERS
+        value = self.dut.counters.value.to_unsigned()
+        width = len(self.dut.counters) // len(COUNTERS)
+        return {name: (value >> (i * width)) & ((1 << width) - 1)
+                for i, name in enumerate(COUNTERS)}
+
+    # -- the per-cycle driver and monitor -------------------------------------------------
+
+    def _decode(self, req, raw):
+        fmt = self.guests[req.vm_index].vm.fmt
+        if raw & 1:     # ok: the fast path, straight from the layout's offsets
+            lay = self._ok_fields
+            perms = (raw >> lay["perms"]) & 0xf
+            perms = {"r": bool(perms & 1), "w": bool(perms & 2), "x": bool(perms & 4)} \
+                if fmt.arch == "ept" else \
+                {"r": bool(perms & 1), "w": bool(perms & 2), "x": bool(perms & 4),
+                 "u": bool(perms & 8)}
+            return Translation(gpa=req.gpa, access=req.access,
+                               hpa=(raw >> lay["hpa"]) & self._hpa_mask,
+                               level=(raw >> lay["level"]) & 7, perms=perms,
+                               memtype=(raw >> lay["memtype"]) & 7, pte_addrs=(), ad_writes=())
+        fields = unpack_response(self.resp_layout, raw)
+        kind = FAULT_KINDS[fields["kind"]]
+        rep = fields["report"]
+        exit_name = {v: k for k, v in EXIT_IDS[fmt.arch].items()}.get(rep["exit"])
+        if fmt.arch == "gstage":
+            report = {"cause": rep["code"], "htval": rep["htval"]}
+        elif exit_name == "ept_violation":
+            report = {"exit": exit_name, "qualification": rep["code"]}
+        elif exit_name == "npf":
+            report = {"exit": exit_name, "error_code": rep["code"]}
+        else:
+            report = {"exit": exit_name}
+        return Fault(gpa=req.gpa, access=req.access, kind=kind, level=fields["level"],
+                     pte_addr=fields["pte_addr"] if fields["pte_addr_valid"] else None,
+                     report=report, pte_addrs=())
+
+    async def _pump(self):
+        dut = self.dut
+        clk = dut.clk
+        req_valid, req_ready, req_payload = dut.req__valid, dut.req__ready, dut.req__payload
+        resp_valid, resp_payload = dut.resp__valid, dut.resp__payload
+        inval_valid, inval_ready = dut.inval__valid, dut.inval__ready
+        inval_payload, inval_done = dut.inval__payload, dut.inval_done
+        ctx_valid, ctx_index, ctx_data = dut.ctx__valid, dut.ctx__index, dut.ctx__data
+        tag_shift = self.resp_layout.size - self.tag_bits
+        tag_mask = (1 << self.tag_bits) - 1
+        vm_shift, tag_req_shift = 66, 66 + self.vm_bits
+        ctx_on = False
+        edge = RisingEdge(clk)
+        while True:
+            if not (self._queue or self._outstanding or self._driving or self._inval_queue
+                    or self._inval_driving or self._ctx_queue or ctx_on
+                    or self._inval_completed < self._inval_accepted):
+                self._wake.clear()
+                await self._wake.wait()
+            await edge
+            cycle = self.cycle()
+            # sample at the edge
+            if ctx_on:
+                ctx_valid.value = 0
+                ctx_on = False
+            if int(resp_valid.value):
+                raw = resp_payload.value.to_unsigned()
+                req = self._outstanding.pop((raw >> tag_shift) & tag_mask)
+                self._free_tags.append(req.tag)
+                req.answered = cycle
+                req.result = self._decode(req, raw)
+                if self.check:
+                    self.scoreboard.check(req)
+                self.answered += 1
+                if self.keep:
+                    self.responses.append(req)
+                for callback in self.on_response:
+                    callback(req)
+                req.done.set()
+            if self._driving is not None and int(req_ready.value):
+                req = self._driving
+                req.accepted = cycle
+                self._outstanding[req.tag] = req
+                if self.check:
+                    self.scoreboard.take(req, cycle)
+                self._driving = None
+            inval_busy = self._inval_completed < self._inval_accepted
+            if self._inval_driving is not None and int(inval_ready.value):
+                kind, vm, start, count = self._inval_driving
+                self._inval_accepted += 1
+                self.scoreboard.invalidated(None if kind == InvalKind.ALL else vm,
+                                            None if kind != InvalKind.RANGE else start,
+                                            count, cycle)
+                if self._outstanding:
+                    self._inval_waiters.append([max(r.serial for r in
+                                                    self._outstanding.values()), Event()])
+                self._inval_driving = None
+            if inval_busy and int(inval_done.value):
+                self._inval_completed += 1
+                self.flushes += 1
+                self._inval_done.set()
+            if self._inval_waiters:
+                low = min((r.serial for r in self._outstanding.values()), default=None)
+                while self._inval_waiters and (low is None or self._inval_waiters[0][0] < low):
+                    self._inval_waiters.pop(0)[1].set()
+            # drive for the next edge: contexts first, then invalidations, then requests
+            if self._ctx_queue and self._driving is None:
+                index, raw = self._ctx_queue.popleft()
+                ctx_index.value, ctx_data.value, ctx_valid.value = index, raw, 1
+                ctx_on = True
+            if self._inval_driving is None:
+                if self._inval_queue and self._driving is None and not ctx_on:
+                    self._inval_driving = item = self._inval_queue.popleft()
+                    kind, vm, start, count = item
+                    inval_payload.value = self.inval_layout.const(
+                        {"kind": kind, "vm": vm, "start": start, "count": count}
+                    ).as_value().value
+                    inval_valid.value = 1
+                else:
+                    inval_valid.value = 0
+            if self._driving is None:
+                if self._queue and self._free_tags and not ctx_on and \
+                        self._inval_driving is None and not self._inval_queue:
+                    req = self._driving = self._queue.popleft()
+                    req.tag = self._free_tags.popleft()
+                    req.root = self.contexts[req.vm_index]
+                    req_payload.value = ((req.gpa & ((1 << 64) - 1))
+                                         | (ACCESS_IDS[req.access] << 64)
+                                         | (req.vm_index << vm_shift)
+                                         | (req.tag << tag_req_shift))
+                    req_valid.value = 1
+                else:
+                    req_valid.value = 0
