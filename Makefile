@@ -15,6 +15,7 @@ help:
 	@echo "make regress   long randomized regressions (many seeds, slow)"
 	@echo "make lint      Verilator lint of the generated Verilog"
 	@echo "make bench     benchmarks; prints tables"
+	@echo "make formal    bounded model checking of the RTL's properties"
 	@echo "make clean     remove build outputs; make distclean also removes .venv"
 	@echo "variables: SIM=icarus|verilator  JOBS=N (parallel test workers, default 2)"
 
@@ -22,7 +23,9 @@ env:
 	@$(RUN) sh -c 'python --version; iverilog -V 2>&1 | head -1; verilator --version; echo VERILATOR_ROOT=$$VERILATOR_ROOT'
 
 demo:
-	$(RUN) python -m sw_model demo
+	$(RUN) python -m cocotb_tests.demo --sim $(SIM) $(if $(FORMAT),--format $(FORMAT)) \
+		$(if $(SCENARIO),--scenario $(SCENARIO)) $(if $(SEED),--seed $(SEED)) \
+		$(if $(filter 1,$(WAVES)),--waves)
 
 test:
 	$(PYTEST) -q -n $(JOBS) -m "not slow"
@@ -35,6 +38,9 @@ lint:
 
 bench:
 	$(RUN) python -m bench
+
+formal:
+	$(RUN) python -m hw.formal
 
 clean:
 	rm -rf build sim_build .pytest_cache .hypothesis results.xml

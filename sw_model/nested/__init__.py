@@ -1,0 +1,1 @@
+"""Nested virtualization: an L1 hypervisor on the TDP core, shadow TDP and KPOP."""
