@@ -29,6 +29,14 @@ answers the read itself on the next cycle. A four-level walk whose upper levels 
 makes one memory read (it still spends two cycles per cached level in the walker's FSM;
 docs/mmu.md describes the walker port that would remove them). The walk cache is filled,
 after a successful walk only, with the non-leaf words the walker read on the bus.
+
+Confidential VMs. For a context with ``td`` set (TDX-style: Intel TDX module spec,
+"Secure EPT"; KVM's mirror/external roots), a GPA's shared bit picks its space: a
+private GPA walks ``ext_root``, a shared GPA ``root``, both with the full GPA. TLB,
+walk-cache and merge keys are (VM, root of the walk, ``private``, page number with the
+shared bit cleared), so the two translations of one GFN never alias, and a range
+invalidation names GFNs without the shared bit (as the model's flush API does) and
+selects the space with ``space``.
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal
@@ -40,7 +48,8 @@ from .decode import ACCESS_IDS, AD_IDS, ALL_CONSTANTS, ARCH_IDS, KIND_IDS, MAX_L
 from .pwc import PageWalkCache
 from .tlb import TLB, VPN_BITS, inval_layout
 from .walker import (CONTEXT_LAYOUT, PERMS_LAYOUT, ContextWriteSignature, Walker,
-                     check_parameters, request_layout, response_layout)
+                     check_parameters, is_private, request_layout, response_layout,
+                     walk_root)
 
 __all__ = ["MMU", "COUNTERS", "counters_layout", "TLB_DATA_LAYOUT"]
 
@@ -69,6 +78,13 @@ TLB_DATA_LAYOUT = data.StructLayout({"frame": PA_WIDTH - 12, "perms": PERMS_LAYO
 
 def counters_layout(width):
     return data.StructLayout({name: width for name in COUNTERS})
+
+
+def space_key(ctx, gpa):
+    """``(root tag, private, vpn)`` of ``gpa`` under the context view ``ctx``: the root
+    the walk starts from, the space, and the page number without the shared bit."""
+    shared = Mux(ctx.td, Const(1, 64) << ctx.shared_bit, 0)
+    return walk_root(ctx, gpa)[12:], is_private(ctx, gpa), (gpa & ~shared)[12:64]
 
 
 class MMU(wiring.Component):
@@ -100,12 +116,15 @@ class MMU(wiring.Component):
     resp : Out(stream.Signature(response_layout(tag_bits)))
         One response per request, in any order.
     ctx : In(ContextWriteSignature(vm_bits))
-        Context table write. TLB and walk-cache entries are tagged by VM index and
-        root: changing a VM's root needs no invalidation; changing anything else of a
-        VM (format, A/D mode, physical-address width) needs a VM invalidation.
+        Context table write. TLB and walk-cache entries are tagged by VM index, root
+        and space: changing a VM's root (or ``ext_root``) needs no invalidation;
+        changing anything else of a VM (format, A/D mode, physical-address width, TD
+        flag, shared bit) needs a VM invalidation.
     inval : In(stream.Signature(inval_layout(vm_bits)))
-        ``kind`` ALL / VM / RANGE (``start`` and ``count`` in 4 KiB pages), the flush API
-        of :mod:`sw_model.tdp.flush`. Requests accepted after it see its effect.
+        ``kind`` ALL / VM / RANGE (``start`` and ``count`` in 4 KiB pages, without a
+        TD's shared bit), the flush API of :mod:`sw_model.tdp.flush`, and ``space``
+        (:class:`hw.tlb.InvalSpace`: BOTH, SHARED or PRIVATE entries). Requests
+        accepted after it see its effect.
     inval_done : Out(1)
         One-cycle pulse when the invalidation is complete: no TLB or walk-cache entry it
         covers remains, and no walk that started before it can fill.
@@ -184,16 +203,19 @@ class MMU(wiring.Component):
         # -- stage 0: TLB and walk-cache lookup ---------------------------------------
         req = self.req
         ctx0 = data.View(CONTEXT_LAYOUT, contexts[req.payload.vm])
-        key0 = {"vm": req.payload.vm, "root": ctx0.root[12:], "vpn": req.payload.gpa[12:]}
+        root0, private0, vpn0 = space_key(ctx0, req.payload.gpa)
+        key0 = {"vm": req.payload.vm, "root": root0, "private": private0, "vpn": vpn0}
         m.d.comb += [
             # A pending invalidation stops new lookups so the lookup stage drains.
             tlb.lookup.valid.eq(req.valid & ~self.inval.valid),
             tlb.lookup.payload.vm.eq(key0["vm"]), tlb.lookup.payload.root.eq(key0["root"]),
             tlb.lookup.payload.vpn.eq(key0["vpn"]),
+            tlb.lookup.payload.private.eq(key0["private"]),
             req.ready.eq(tlb.lookup.ready & ~self.inval.valid),
             pwc.lookup.valid.eq(req.valid & req.ready),
             pwc.lookup.payload.vm.eq(key0["vm"]), pwc.lookup.payload.root.eq(key0["root"]),
             pwc.lookup.payload.vpn.eq(key0["vpn"]),
+            pwc.lookup.payload.private.eq(key0["private"]),
         ]
         s1 = Signal(request_layout(self.vm_bits, self.tag_bits))
         with m.If(req.valid & req.ready):
@@ -207,7 +229,10 @@ class MMU(wiring.Component):
         s1_arch, s1_levels = fmt_info(s1_ctx.format)
         # The root a walk started now uses: the walker reads the context in this cycle,
         # so a context write between lookup and walk tags the entries it fills correctly.
-        s1_root = s1_ctx.root[12:]
+        s1_root_k, s1_private_k, s1_vpn_k = space_key(s1_ctx, s1.gpa)
+        s1_root, s1_private, s1_vpn = Signal(ROOT_BITS), Signal(), Signal(VPN_BITS)
+        m.d.comb += [s1_root.eq(s1_root_k), s1_private.eq(s1_private_k),
+                     s1_vpn.eq(s1_vpn_k)]
         hit_ok = res.payload.hit & hd.allow.bit_select(s1.access, 1)
         hit_mask = Signal(PA_WIDTH)
         with m.Switch(res.payload.level):
@@ -223,6 +248,7 @@ class MMU(wiring.Component):
         w_vm = [Signal(self.vm_bits, name=f"w{i}_vm") for i in range(N)]
         w_root = [Signal(ROOT_BITS, name=f"w{i}_root") for i in range(N)]
         w_vpn = [Signal(VPN_BITS, name=f"w{i}_vpn") for i in range(N)]
+        w_private = [Signal(name=f"w{i}_private") for i in range(N)]
         w_access = [Signal(2, name=f"w{i}_access") for i in range(N)]
         w_fmt = [Signal(3, name=f"w{i}_fmt") for i in range(N)]
         w_dirty_ok = [Signal(name=f"w{i}_dirty_ok") for i in range(N)]
@@ -249,7 +275,8 @@ class MMU(wiring.Component):
         merge_hit = Signal()
         for i in reversed(range(N)):
             with m.If(busy[i] & ~stale[i] & ~has_res[i] & (w_vm[i] == s1.vm)
-                      & (w_root[i] == s1_root) & (w_vpn[i] == s1.gpa[12:])
+                      & (w_root[i] == s1_root) & (w_private[i] == s1_private)
+                      & (w_vpn[i] == s1_vpn)
                       & (w_access[i] == s1.access)):
                 m.d.comb += [merge_into.eq(i), merge_hit.eq(1)]
 
@@ -330,7 +357,8 @@ class MMU(wiring.Component):
             ]
             with m.If(go):
                 m.d.sync += [busy[i].eq(1), stale[i].eq(0), w_vm[i].eq(s1.vm),
-                             w_root[i].eq(s1_root), w_vpn[i].eq(s1.gpa[12:]),
+                             w_root[i].eq(s1_root), w_vpn[i].eq(s1_vpn),
+                             w_private[i].eq(s1_private),
                              w_access[i].eq(s1.access), w_fmt[i].eq(s1_ctx.format),
                              w_dirty_ok[i].eq(dirty_ok)]
 
@@ -358,6 +386,7 @@ class MMU(wiring.Component):
             tlb.fill.valid.eq(done_any & wr.ok & ~c_stale),
             fill.vm.eq(Array(w_vm)[done_sel]), fill.root.eq(Array(w_root)[done_sel]),
             fill.vpn.eq(Array(w_vpn)[done_sel]), fill.level.eq(wr.level),
+            fill.private.eq(Array(w_private)[done_sel]),
             fd.frame.eq(wr.hpa[12:]), fd.perms.eq(wr.perms), fd.memtype.eq(wr.memtype),
             fd.allow.eq(allow),
         ]
@@ -510,6 +539,7 @@ class MMU(wiring.Component):
         m.d.comb += [
             pwc.fill.valid.eq(f_any), pf.vm.eq(Array(w_vm)[f_w]), pf.root.eq(Array(w_root)[f_w]),
             pf.vpn.eq(Array(w_vpn)[f_w]), pf.level.eq(f_l),
+            pf.private.eq(Array(w_private)[f_w]),
             pf.data.eq(Array(Array(w) for w in words)[f_w][(f_l - 2)[:3]]
                        | Array(w_a_mask)[f_w]),
         ]

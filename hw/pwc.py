@@ -10,15 +10,17 @@ Each level is a small fully-associative array with round-robin replacement; all
 entries are compared in parallel, so an invalidation takes two cycles and uses the same
 overlap rule as :class:`hw.tlb.TLB`: an entry is removed when its region overlaps the
 range. That is exactly what a range flush needs for tables: an entry whose region
-contains a zapped table covers a page of the range.
+contains a zapped table covers a page of the range. Entries carry the ``private`` bit
+of their walk (a TD's private or shared space) and invalidations honour ``space``
+exactly as the TLB does.
 """
 
 from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .tlb import (LEVEL_BITS, VPN_BITS, FillSignature, InvalKind, fill_layout, inval_layout,
-                  key_layout)
+from .tlb import (LEVEL_BITS, VPN_BITS, FillSignature, InvalKind, InvalSpace, fill_layout,
+                  inval_layout, key_layout, space_match)
 
 __all__ = ["PageWalkCache", "pwc_result_layout"]
 
@@ -81,7 +83,8 @@ class PageWalkCache(wiring.Component):
         self.entries, self.max_level = entries, max_level
         self.vm_bits, self.root_bits, self.data_width = vm_bits, root_bits, data_width
         self.entry_layout = data.StructLayout({
-            "vm": vm_bits, "root": root_bits, "vpn": VPN_BITS, "data": data_width})
+            "vm": vm_bits, "root": root_bits, "vpn": VPN_BITS, "data": data_width,
+            "private": 1})
         super().__init__({
             "lookup": In(LookupSignature(key_layout(vm_bits, root_bits))),
             "result": Out(pwc_result_layout(data_width, max_level)),
@@ -111,7 +114,7 @@ class PageWalkCache(wiring.Component):
             for i in reversed(range(N)):
                 e = ent[l][i]
                 with m.If(valid[l][i] & (e.vm == key.vm) & (e.root == key.root)
-                          & (e.vpn == align(key.vpn, l))):
+                          & (e.private == key.private) & (e.vpn == align(key.vpn, l))):
                     m.d.comb += [self.result.hit.eq(1), self.result.level.eq(l),
                                  self.result.hits[l - 2].eq(1),
                                  self.result.data[l - 2].eq(e.data)]
@@ -119,6 +122,7 @@ class PageWalkCache(wiring.Component):
         # -- invalidation: register the request, clear every overlapping entry --------
         busy = Signal()
         kind = Signal(InvalKind)
+        space = Signal(InvalSpace)
         inv_vm = Signal(self.vm_bits)
         start = Signal(VPN_BITS + 1)
         end = Signal(VPN_BITS + 2)
@@ -127,7 +131,7 @@ class PageWalkCache(wiring.Component):
         with m.If(self.inval.valid & ~busy):
             p = self.inval.payload
             m.d.sync += [busy.eq(1), kind.eq(p.kind), inv_vm.eq(p.vm), start.eq(p.start),
-                         end.eq(p.start + p.count)]
+                         end.eq(p.start + p.count), space.eq(p.space)]
 
         # -- fill (the way holding the same entry, else round robin) ---------------------
         f = self.fill.payload
@@ -137,7 +141,7 @@ class PageWalkCache(wiring.Component):
             for i in range(N):
                 e = ent[l][i]
                 m.d.comb += same[i].eq(valid[l][i] & (e.vm == f.vm) & (e.root == f.root)
-                                       & (e.vpn == f_vpn))
+                                       & (e.private == f.private) & (e.vpn == f_vpn))
             way = Signal(range(N), name=f"l{l}_way")
             m.d.comb += way.eq(rr[l])
             for i in reversed(range(N)):
@@ -147,15 +151,17 @@ class PageWalkCache(wiring.Component):
                 for i in range(N):
                     e = ent[l][i]
                     overlap = (e.vpn < end) & (start < e.vpn + (1 << (LEVEL_BITS * (l - 1))))
-                    with m.If((kind == InvalKind.ALL)
-                              | ((e.vm == inv_vm) & ((kind == InvalKind.VM) | overlap))):
+                    with m.If(space_match(space, e.private) & (
+                            (kind == InvalKind.ALL)
+                            | ((e.vm == inv_vm) & ((kind == InvalKind.VM) | overlap)))):
                         m.d.sync += valid[l][i].eq(0)
             with m.Elif(self.fill.valid & (f.level == l)):
                 for i in range(N):
                     with m.If(way == i):
                         e = ent[l][i]
                         m.d.sync += [e.vm.eq(f.vm), e.root.eq(f.root), e.vpn.eq(f_vpn),
-                                     e.data.eq(f.data), valid[l][i].eq(1)]
+                                     e.data.eq(f.data), e.private.eq(f.private),
+                                     valid[l][i].eq(1)]
                 with m.If(~same.any()):
                     m.d.sync += rr[l].eq(Mux(rr[l] == N - 1, 0, rr[l] + 1))
         return m

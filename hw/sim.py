@@ -30,11 +30,12 @@ from sw_model.walker import Fault, Translation, translate
 from .axi import Atop, Burst, Resp
 from .decode import ACCESS_IDS, AD_IDS, EXIT_IDS, FORMAT_IDS
 from .mmu import COUNTERS, MMU
-from .tlb import InvalKind
+from .tlb import InvalKind, InvalSpace
 from .walker import CONTEXT_LAYOUT, Walker, response_layout
 
 __all__ = ["VmContext", "WalkResult", "run_walker", "run_mmu", "MmuRun", "ProtocolError",
-           "check_against_model", "walk_latency", "unpack_response", "response_to_model"]
+           "INVAL_KINDS", "INVAL_SPACES", "check_against_model", "walk_latency",
+           "unpack_response", "response_to_model"]
 
 
 class ProtocolError(AssertionError):
@@ -49,18 +50,48 @@ class VmContext:
     -------
     fmt : PageTableFormat
     root : int
+        The root table (a TD's shared root).
     vm : VmOptions
+    ext_root : int or None
+        A TDX-style TD's external (private) root; None for an ordinary VM.
+    shared_bit : int or None
+        The TD's shared-bit position in the GPA; given with ``ext_root``.
     """
     fmt: object
     root: int
     vm: object
+    ext_root: int = None
+    shared_bit: int = None
+
+    def __post_init__(self):
+        if (self.ext_root is None) != (self.shared_bit is None):
+            raise ValueError("VmContext: ext_root and shared_bit go together (a TD has "
+                             f"both), got ext_root={self.ext_root!r}, "
+                             f"shared_bit={self.shared_bit!r}")
+        if self.shared_bit is not None and not 12 <= self.shared_bit < self.fmt.gpa_bits:
+            raise ValueError(f"VmContext: shared_bit must be in [12, {self.fmt.gpa_bits}) "
+                             f"for {self.fmt.name}, got {self.shared_bit!r}")
+
+    @property
+    def td(self):
+        """A TDX-style trust domain (private GPAs walk ``ext_root``)."""
+        return self.shared_bit is not None
+
+    def is_private(self, gpa):
+        return self.td and not (gpa >> self.shared_bit) & 1
+
+    def root_of(self, gpa):
+        """The root the walk of ``gpa`` starts from, as the RTL chooses it."""
+        return self.ext_root if self.is_private(gpa) else self.root
 
     def raw(self):
         """The context entry as the integer written through the ``ctx`` port."""
         value = CONTEXT_LAYOUT.const({
             "format": FORMAT_IDS[self.fmt.name], "root": self.root,
             "ad": AD_IDS[self.vm.ad], "pa_bits": self.vm.pa_bits,
-            "exec_only": int(self.vm.exec_only), "nxe": int(self.vm.nxe)})
+            "exec_only": int(self.vm.exec_only), "nxe": int(self.vm.nxe),
+            "td": int(self.td), "shared_bit": self.shared_bit or 0,
+            "ext_root": self.ext_root or 0})
         return value.as_value().value
 
 
@@ -328,7 +359,7 @@ def check_against_model(memory, contexts, accesses, **kwargs):
     for index, item in enumerate(accesses):
         gpa, access, vm_index = (*item, 0) if len(item) == 2 else item
         ctx = contexts[vm_index]
-        expect = translate(model_memory, ctx.fmt, ctx.root, gpa, access, vm=ctx.vm)
+        expect = translate(model_memory, ctx.fmt, ctx.root_of(gpa), gpa, access, vm=ctx.vm)
         model.append(expect)
         if expect.to_json() != rtl[index].result.to_json():
             mismatches.append((index, expect.to_json(), rtl[index].result.to_json()))
@@ -368,6 +399,9 @@ def walk_latency(format_name, latency, *, ad_set=True):
 
 TAG_BITS = 8
 INVAL_KINDS = {"all": InvalKind.ALL, "vm": InvalKind.VM, "range": InvalKind.RANGE}
+#: The model's flush-API ``space`` names as :class:`hw.tlb.InvalSpace`.
+INVAL_SPACES = {"both": InvalSpace.BOTH, "shared": InvalSpace.SHARED,
+                "private": InvalSpace.PRIVATE}
 
 
 class MmuRun:
@@ -387,7 +421,8 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
     """Run ``script`` on a fresh MMU. Items, executed in order:
 
     ``("req", gpa, access, vm)``: present a request (back to back with the next one);
-    ``("inval", kind, vm, start, count)``: present an invalidation and wait for its done;
+    ``("inval", kind, vm, start, count[, space])``: present an invalidation (``space``
+    "both" by default, or "shared" / "private") and wait for its done;
     ``("mem", fn)``: call ``fn(memory)`` (software editing tables);
     ``("ctx", index, VmContext)``: write a context (one per cycle);
     ``("delay", n)``: wait ``n`` cycles; ``("drain",)``: wait for every response.
@@ -516,9 +551,10 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
                     put("req_valid", req.valid, 1)
                     break
                 if item[0] == "inval":
-                    _, kind, vm, start, count = item
-                    ctx.set(dut.inval.payload, {"kind": INVAL_KINDS[kind], "vm": vm,
-                                                "start": start, "count": count})
+                    _, kind, vm, start, count, *space = item
+                    ctx.set(dut.inval.payload, {
+                        "kind": INVAL_KINDS[kind], "vm": vm, "start": start, "count": count,
+                        "space": INVAL_SPACES[space[0] if space else "both"]})
                     put("inval_valid", dut.inval.valid, 1)
                     in_inval = "present"
                     break

@@ -4,8 +4,9 @@ One array holds 4 KiB, 2 MiB, 1 GiB and 512 GiB entries: the page level is part 
 entry, and an entry of level ``l`` lives in the set chosen by the GPA bits just above
 its own page (``vpn >> 9*(l-1)``). A lookup probes, for every level, the set that level
 would use, so a hit needs no second probe; the cost is one read port per level, which
-is cheap with entries in flip-flops. Entries are tagged by VM index and root tag, so two
-roots of one VM (or two VMs mapping the same GPA) never alias.
+is cheap with entries in flip-flops. Entries are tagged by VM index, root tag and a
+``private`` bit, so two roots of one VM (or two VMs mapping the same GPA, or the
+private and shared spaces of a TDX-style trust domain) never alias.
 
 Invalidation walks the sets, one per cycle, and compares every way. A range
 invalidation removes exactly the entries of the VM whose page overlaps
@@ -14,15 +15,19 @@ single 4 KiB page inside it is in the range, and an entry next to the range is k
 The open RISC-V TLBs got this wrong in both directions (a superpage matched only on its
 own base, or an sfence with an address treated as global); here the rule is one
 interval-overlap comparison per entry, checked against a Python model in
-tests/test_tlb_rtl.py.
+tests/test_tlb_rtl.py. Every invalidation kind also names a ``space``
+(:class:`InvalSpace`): a private-only invalidation never removes a shared entry and
+the reverse, as KVM flushes a TD's private translations (TDH.MEM.TRACK) apart from its
+shared ones (INVEPT of the shared EPTP).
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["TLB", "InvalKind", "VPN_BITS", "key_layout", "fill_layout", "inval_layout",
-           "result_layout", "FillSignature", "plru_touch", "plru_victim"]
+__all__ = ["TLB", "InvalKind", "InvalSpace", "VPN_BITS", "key_layout", "fill_layout",
+           "inval_layout", "result_layout", "FillSignature", "plru_touch", "plru_victim",
+           "space_match"]
 
 #: GPA page-number width: 64-bit GPAs, 4 KiB granules.
 VPN_BITS = 52
@@ -37,15 +42,26 @@ class InvalKind(enum.Enum, shape=2):
     RANGE = 2
 
 
+class InvalSpace(enum.Enum, shape=2):
+    """Which entries of the kind an invalidation removes: both spaces (the default,
+    and all an ordinary VM has), only shared (``private`` = 0) or only private ones."""
+    BOTH = 0
+    SHARED = 1
+    PRIVATE = 2
+
+
 def key_layout(vm_bits, root_bits):
-    """A lookup: the VM index, the root tag and the 4 KiB page number of the GPA."""
-    return data.StructLayout({"vm": vm_bits, "root": root_bits, "vpn": VPN_BITS})
+    """A lookup: the VM index, the root tag, the 4 KiB page number of the GPA, and
+    ``private`` (a TD's private GPA; :class:`hw.mmu.MMU` clears the shared bit of a
+    shared GPA's ``vpn``, so a range invalidation names GFNs without it)."""
+    return data.StructLayout({"vm": vm_bits, "root": root_bits, "vpn": VPN_BITS,
+                              "private": 1})
 
 
 def fill_layout(vm_bits, root_bits, data_width):
     """A new entry: ``level`` 1 maps 4 KiB; ``vpn`` may carry the offset bits."""
     return data.StructLayout({"vm": vm_bits, "root": root_bits, "vpn": VPN_BITS,
-                              "level": 3, "data": data_width})
+                              "level": 3, "data": data_width, "private": 1})
 
 
 def result_layout(data_width):
@@ -54,9 +70,16 @@ def result_layout(data_width):
 
 def inval_layout(vm_bits):
     """``kind`` (:class:`InvalKind`); ``vm`` for VM and RANGE; ``start``/``count`` in
-    4 KiB pages for RANGE (``count`` 0 removes nothing)."""
+    4 KiB pages for RANGE (``count`` 0 removes nothing); ``space``
+    (:class:`InvalSpace`, last so the other fields keep their offsets) for every kind."""
     return data.StructLayout({"kind": InvalKind, "vm": vm_bits, "start": VPN_BITS,
-                              "count": VPN_BITS + 1})
+                              "count": VPN_BITS + 1, "space": InvalSpace})
+
+
+def space_match(space, private):
+    """1 when an entry with the ``private`` bit is in the invalidation's ``space``."""
+    return ((space == InvalSpace.BOTH) | ((space == InvalSpace.PRIVATE) & private)
+            | ((space == InvalSpace.SHARED) & ~private))
 
 
 class FillSignature(wiring.Signature):
@@ -134,10 +157,11 @@ class TLB(wiring.Component):
         Valid on the cycle after the lookup was accepted and held until taken; it
         reflects the entries at the time it is read (fills land immediately).
     fill : In(FillSignature(fill_layout(...)))
-        A fill replaces an entry with the same VM, root, level and page, else an invalid
+        A fill replaces an entry with the same VM, root, space, level and page, else an invalid
         way, else the PLRU victim. Dropped while invalidating.
     inval : In(stream.Signature(inval_layout(vm_bits)))
-        Accepted once no lookup result is waiting; then the sets are scanned.
+        Accepted once no lookup result is waiting; then the sets are scanned. An entry
+        goes when its ``kind`` matches and its ``private`` bit is in ``space``.
     inval_done : Out(1)
         One-cycle pulse when the scan has finished.
     busy : Out(1)
@@ -158,7 +182,7 @@ class TLB(wiring.Component):
         self.vm_bits, self.root_bits, self.data_width = vm_bits, root_bits, data_width
         self.entry_layout = data.StructLayout({
             "vm": vm_bits, "root": root_bits, "vpn": VPN_BITS, "level": 3,
-            "data": data_width})
+            "data": data_width, "private": 1})
         super().__init__({
             "lookup": In(stream.Signature(key_layout(vm_bits, root_bits))),
             "result": Out(stream.Signature(result_layout(data_width))),
@@ -218,7 +242,7 @@ class TLB(wiring.Component):
                 e = data.View(layout, entries[w][s])
                 match = (valid[w].bit_select(s, 1) & (e.level == level)
                          & (e.vm == key.vm) & (e.root == key.root)
-                         & (e.vpn == align(key.vpn, level)))
+                         & (e.private == key.private) & (e.vpn == align(key.vpn, level)))
                 with m.If(match):
                     m.d.comb += [hit.eq(1), hit_level.eq(level), hit_set.eq(s),
                                  hit_way.eq(w), hit_data.eq(e.data)]
@@ -243,7 +267,7 @@ class TLB(wiring.Component):
             v = valid[w].bit_select(f_set, 1)
             m.d.comb += [
                 same[w].eq(v & (e.level == f.level) & (e.vm == f.vm) & (e.root == f.root)
-                           & (e.vpn == f_vpn)),
+                           & (e.private == f.private) & (e.vpn == f_vpn)),
                 free[w].eq(~v),
             ]
         victim = Signal(way_bits)
@@ -279,6 +303,7 @@ class TLB(wiring.Component):
 
         # -- invalidation scan -----------------------------------------------------------
         kind = Signal(InvalKind)
+        space = Signal(InvalSpace)
         inv_vm = Signal(self.vm_bits)
         start = Signal(VPN_BITS + 1)
         end = Signal(VPN_BITS + 2)
@@ -288,7 +313,7 @@ class TLB(wiring.Component):
         with m.If(self.inval.valid & self.inval.ready):
             p = self.inval.payload
             m.d.sync += [busy.eq(1), scan.eq(0), kind.eq(p.kind), inv_vm.eq(p.vm),
-                         start.eq(p.start), end.eq(p.start + p.count)]
+                         start.eq(p.start), end.eq(p.start + p.count), space.eq(p.space)]
         sizes = Array(Const(1 << (LEVEL_BITS * (level - 1)) if 1 <= level <= L else 0,
                             VPN_BITS + 1) for level in range(8))
         clear = [Signal(name=f"kill_w{w}") for w in range(W)]
@@ -297,9 +322,9 @@ class TLB(wiring.Component):
             e_end = e.vpn + sizes[e.level]
             overlap = (e.vpn < end) & (start < e_end)
             same_vm = e.vm == inv_vm
-            m.d.comb += clear[w].eq(
+            m.d.comb += clear[w].eq(space_match(space, e.private) & (
                 (kind == InvalKind.ALL)
-                | (same_vm & ((kind == InvalKind.VM) | ((kind == InvalKind.RANGE) & overlap))))
+                | (same_vm & ((kind == InvalKind.VM) | ((kind == InvalKind.RANGE) & overlap)))))
         with m.If(busy):
             for w in range(W):
                 with m.If(clear[w]):

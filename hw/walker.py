@@ -9,6 +9,10 @@ finishes. Successful walks that must set A/D bits do so root first with AXI5
 AtomicCompare transactions against the word the walk read; a failed compare restarts
 the walk, exactly as :func:`sw_model.walker.translate` does.
 
+A context marked ``td`` (a TDX-style confidential VM) has a second root: a GPA whose
+shared bit is clear walks ``ext_root`` (the external table), one whose shared bit is
+set walks ``root``; the choice is made when the request is accepted and costs no cycle.
+
 The fault rules here are written for the RTL from the manuals and cross-checked against
 the reference walker by tests/test_hw_walker.py and tests/test_hw_directed.py.
 """
@@ -23,12 +27,19 @@ from .decode import (ACCESS_IDS, AD_IDS, ALL_CONSTANTS, ARCH_IDS, EPT_BAD_MEMTYP
                      PA_WIDTH, page_shift)
 
 __all__ = ["Walker", "check_parameters", "request_layout", "response_layout", "CONTEXT_LAYOUT",
-           "ContextWriteSignature", "PERMS_LAYOUT", "REPORT_LAYOUT"]
+           "ContextWriteSignature", "PERMS_LAYOUT", "REPORT_LAYOUT", "is_private",
+           "walk_root"]
 
 #: Per-VM context. ``format``: :data:`hw.decode.FORMAT_IDS`; ``ad``:
-#: :data:`hw.decode.AD_IDS`; ``root``: host-physical address of the root table.
+#: :data:`hw.decode.AD_IDS`; ``root``: host-physical address of the root table (for a
+#: confidential VM, the shared root). ``td`` makes the VM a TDX-style trust domain:
+#: a GPA with bit ``shared_bit`` clear is private and walks ``ext_root`` (the external,
+#: "secure EPT" root the TDX module owns), a GPA with it set walks ``root``; both walks
+#: index with the full GPA, as KVM's direct root does (kvm_gfn_direct_bits). The TDX
+#: fields come last so that the other fields keep their offsets.
 CONTEXT_LAYOUT = data.StructLayout({
     "format": 3, "root": PA_WIDTH, "ad": 2, "pa_bits": 6, "exec_only": 1, "nxe": 1,
+    "td": 1, "shared_bit": 6, "ext_root": PA_WIDTH,
 })
 PERMS_LAYOUT = data.StructLayout({"r": 1, "w": 1, "x": 1, "u": 1})
 #: The architecture's report: ``exit`` from :data:`hw.decode.EXIT_IDS`; ``code`` is the
@@ -50,6 +61,18 @@ def response_layout(tag_bits):
         "perms": PERMS_LAYOUT, "memtype": 3, "pte_addr": PA_WIDTH, "pte_addr_valid": 1,
         "report": REPORT_LAYOUT, "tag": tag_bits,       # last: fixed offsets above it
     })
+
+
+def is_private(ctx, gpa):
+    """1 when ``gpa`` is a private GPA of the context ``ctx`` (a ``CONTEXT_LAYOUT`` view):
+    the VM is a TD and the shared bit is clear."""
+    return ctx.td & ~gpa.bit_select(ctx.shared_bit, 1)
+
+
+def walk_root(ctx, gpa):
+    """The root a walk of ``gpa`` starts from: ``ext_root`` for a private GPA, else
+    ``root``."""
+    return Mux(is_private(ctx, gpa), ctx.ext_root, ctx.root)
 
 
 class ContextWriteSignature(wiring.Signature):
@@ -162,6 +185,8 @@ class Walker(wiring.Component):
         in_root_addr = Signal(PA_WIDTH)
         in_arch = Signal(2)
         in_levels = Signal(3)
+        in_base = Signal(PA_WIDTH)      # the root table this GPA walks
+        m.d.comb += in_base.eq(walk_root(ctx_in, in_gpa))
         with m.Switch(ctx_in.format):
             for c in ALL_CONSTANTS:
                 with m.Case(c.fmt_id):
@@ -169,7 +194,7 @@ class Walker(wiring.Component):
                     index = in_gpa[shift:shift + c.root_index_bits]
                     m.d.comb += [
                         in_range.eq(in_gpa[c.gpa_bits:] == 0),
-                        in_root_addr.eq(ctx_in.root + (index << 3)),
+                        in_root_addr.eq(in_base + (index << 3)),
                         in_arch.eq(c.arch_id),
                         in_levels.eq(c.levels),
                     ]

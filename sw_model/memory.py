@@ -10,7 +10,8 @@ anywhere in the host-physical address space; nothing is ever read from them.
 
 import numpy as np
 
-__all__ = ["HostMemory", "MemoryAccessError", "OutOfTablePages", "PAGE_SIZE"]
+__all__ = ["HostMemory", "MemoryAccessError", "OutOfTablePages", "PageOwnershipError",
+           "PAGE_SIZE"]
 
 PAGE_SIZE = 4096
 _WORDS_PER_PAGE = PAGE_SIZE // 8
@@ -26,6 +27,15 @@ class MemoryAccessError(Exception):
 
 class OutOfTablePages(MemoryError):
     """The page allocator has no free page (or no free aligned block) left."""
+
+
+class PageOwnershipError(RuntimeError):
+    """Model code wrote a page allocated with an owner token without presenting it.
+
+    A confidential VM's external page tables belong to the TDX module: the hypervisor
+    (the TDP core) may not write them. Not a :class:`MemoryAccessError`, so the
+    reference walker never turns it into a bus error.
+    """
 
 
 class HostMemory:
@@ -92,34 +102,58 @@ class HostMemory:
         """Read the 64-bit word at ``addr``."""
         return int(self.words[self._index(addr)])
 
-    def write64(self, addr, value):
-        """Write the 64-bit word at ``addr``."""
+    def _check_owner(self, index, owner, what):
+        """Raise unless the page of word ``index`` is unowned or owned by ``owner``."""
+        page_owner = self._owner.get(index // _WORDS_PER_PAGE)
+        if page_owner is not None and page_owner != owner:
+            page = self.base + index // _WORDS_PER_PAGE * PAGE_SIZE
+            raise PageOwnershipError(
+                f"{what} at {self.base + index * 8:#x}: page {page:#x} belongs to "
+                f"{page_owner!r}; only its owner may write it")
+
+    def write64(self, addr, value, *, owner=None):
+        """Write the 64-bit word at ``addr``. A page allocated with an owner token
+        is written only when ``owner`` is that token (:class:`PageOwnershipError`)."""
         if not 0 <= value < 1 << 64:
             raise ValueError(f"value {value:#x} does not fit in 64 bits")
-        self.words[self._index(addr)] = value
+        index = self._index(addr)
+        if self._owner:
+            self._check_owner(index, owner, "write64")
+        self.words[index] = value
 
-    def cmpxchg64(self, addr, old, new):
+    def cmpxchg64(self, addr, old, new, *, owner=None):
         """Replace the word at ``addr`` with ``new`` if it still holds ``old``.
 
         Returns ``(ok, current)`` where ``current`` is the word before the call, as an
         atomic compare-exchange does. The model is single-threaded, so this is atomic
         with respect to everything that goes through this object (the AXI slave too).
+        Owned pages need their ``owner``, as for :meth:`write64`.
         """
         if not 0 <= new < 1 << 64:
             raise ValueError(f"value {new:#x} does not fit in 64 bits")
         index = self._index(addr)
+        if self._owner:
+            self._check_owner(index, owner, "cmpxchg64")
         current = int(self.words[index])
         if current != old:
             return False, current
         self.words[index] = new
         return True, current
 
-    def read_page(self, addr, nbytes=PAGE_SIZE):
-        """A writable numpy view of the words of the table at ``addr`` (vectorized edits)."""
+    def read_page(self, addr, nbytes=PAGE_SIZE, *, owner=None):
+        """A numpy view of the words of the table at ``addr``, writable for vectorized
+        edits unless an owned page is asked for without its ``owner`` (then the view is
+        read-only and numpy refuses an assignment)."""
         first = self._index(addr)
         if not self.contains(addr, nbytes) or nbytes % 8:
             raise MemoryAccessError(f"table of {nbytes} bytes at {addr:#x} outside host memory")
-        return self.words[first:first + nbytes // 8]
+        words = self.words[first:first + nbytes // 8]
+        if self._owner:
+            pages = range(first // _WORDS_PER_PAGE, (first + nbytes // 8 - 1) // _WORDS_PER_PAGE + 1)
+            if any(self._owner.get(page, owner) != owner for page in pages):
+                words = words.view()
+                words.flags.writeable = False
+        return words
 
     # -- fault injection -------------------------------------------------------------
 

@@ -43,7 +43,7 @@ def check_results(run, memory_before, contexts, script):
             continue
         _, gpa, access, vm = item
         ctx = contexts[vm]
-        want = translate(model_memory, ctx.fmt, ctx.root, gpa, access, vm=ctx.vm)
+        want = translate(model_memory, ctx.fmt, ctx.root_of(gpa), gpa, access, vm=ctx.vm)
         got = run.results[index]
         assert essential(got) == essential(want), f"request {index}: RTL {got} model {want}"
         index += 1

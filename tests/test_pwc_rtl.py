@@ -3,6 +3,8 @@
 The model: per level 2..5, ``entries`` slots, a fill reuses the slot holding the same
 (VM, root, region) else takes the round-robin slot; a lookup returns the lowest level
 that hits; an invalidation removes the VM's entries whose region overlaps the range.
+An entry's ``private`` bit (a TD's private space) is part of its key, and an
+invalidation removes only the entries of its ``space``.
 """
 
 import random
@@ -11,9 +13,10 @@ import pytest
 from amaranth.sim import Simulator
 
 from hw.pwc import PageWalkCache
-from hw.tlb import InvalKind
+from hw.tlb import InvalKind, InvalSpace
 
 KINDS = {"all": InvalKind.ALL, "vm": InvalKind.VM, "range": InvalKind.RANGE}
+SPACES = {"both": InvalSpace.BOTH, "shared": InvalSpace.SHARED, "private": InvalSpace.PRIVATE}
 
 
 def span(level):
@@ -26,30 +29,32 @@ class RefPWC:
         self.slots = {l: [None] * entries for l in range(2, 6)}
         self.rr = {l: 0 for l in range(2, 6)}
 
-    def lookup(self, vm, root, vpn):
+    def lookup(self, vm, root, vpn, private=0):
         """``{level: data}`` of every level that hits."""
         out = {}
         for l in range(2, 6):
             for e in self.slots[l]:
-                if e is not None and e[:3] == (vm, root, vpn & ~(span(l) - 1)):
-                    out[l] = e[3]
+                if e is not None and e[:4] == (vm, root, vpn & ~(span(l) - 1), private):
+                    out[l] = e[4]
                     break
         return out
 
-    def fill(self, vm, root, vpn, level, payload):
-        key = (vm, root, vpn & ~(span(level) - 1))
+    def fill(self, vm, root, vpn, level, payload, private=0):
+        key = (vm, root, vpn & ~(span(level) - 1), private)
         row = self.slots[level]
-        same = [i for i, e in enumerate(row) if e is not None and e[:3] == key]
+        same = [i for i, e in enumerate(row) if e is not None and e[:4] == key]
         if same:
             row[same[0]] = (*key, payload)
         else:
             row[self.rr[level]] = (*key, payload)
             self.rr[level] = (self.rr[level] + 1) % self.n
 
-    def invalidate(self, kind, vm=0, start=0, count=0):
+    def invalidate(self, kind, vm=0, start=0, count=0, space="both"):
         for l, row in self.slots.items():
             for i, e in enumerate(row):
                 if e is None:
+                    continue
+                if space != "both" and (space == "private") != bool(e[3]):
                     continue
                 overlap = e[2] < start + count and start < e[2] + span(l)
                 if kind == "all" or (e[0] == vm and (kind == "vm" or overlap)):
@@ -61,8 +66,9 @@ def run(dut, body):
     sim.add_clock(1e-8)
 
     async def bench(ctx):
-        async def lookup(vm, root, vpn):
-            ctx.set(dut.lookup.payload, {"vm": vm, "root": root, "vpn": vpn})
+        async def lookup(vm, root, vpn, private=0):
+            ctx.set(dut.lookup.payload, {"vm": vm, "root": root, "vpn": vpn,
+                                         "private": private})
             ctx.set(dut.lookup.valid, 1)
             await ctx.tick()
             ctx.set(dut.lookup.valid, 0)
@@ -74,16 +80,16 @@ def run(dut, body):
             assert not out or ctx.get(dut.result.level) == deepest
             return out
 
-        async def fill(vm, root, vpn, level, payload):
+        async def fill(vm, root, vpn, level, payload, private=0):
             ctx.set(dut.fill.payload, {"vm": vm, "root": root, "vpn": vpn, "level": level,
-                                       "data": payload})
+                                       "data": payload, "private": private})
             ctx.set(dut.fill.valid, 1)
             await ctx.tick()
             ctx.set(dut.fill.valid, 0)
 
-        async def invalidate(kind, vm=0, start=0, count=0):
+        async def invalidate(kind, vm=0, start=0, count=0, space="both"):
             ctx.set(dut.inval.payload, {"kind": KINDS[kind], "vm": vm, "start": start,
-                                        "count": count})
+                                        "count": count, "space": SPACES[space]})
             ctx.set(dut.inval.valid, 1)
             assert ctx.get(dut.inval.ready)
             await ctx.tick()
@@ -106,27 +112,30 @@ def test_random_against_model(seed):
     bases = [rng.randrange(1 << 40) for _ in range(4)]
     pool = [(rng.randrange(2), rng.randrange(2),
              b + rng.choice((0, 1, 511, 512, 1 << 18, 1 << 27))) for b in bases for _ in range(3)]
+    pool = [(*item, private) for item in pool for private in (0, 1)]
     outcomes = set()
 
     async def body(lookup, fill, invalidate):
         for step in range(300):
-            vm, root, vpn = rng.choice(pool)
+            vm, root, vpn, private = rng.choice(pool)
             op = rng.random()
             if op < 0.45:
-                got, want = await lookup(vm, root, vpn), ref.lookup(vm, root, vpn)
-                assert got == want, f"seed {seed} step {step}: {vm},{root},{vpn:#x}: " \
-                                    f"RTL {got} model {want}"
+                got = await lookup(vm, root, vpn, private)
+                want = ref.lookup(vm, root, vpn, private)
+                assert got == want, f"seed {seed} step {step}: {vm},{root},{vpn:#x}," \
+                                    f"private={private}: RTL {got} model {want}"
                 outcomes.add(min(got, default=None))
             elif op < 0.9:
                 level, payload = rng.randrange(2, 6), rng.randrange(1 << 16)
-                await fill(vm, root, vpn, level, payload)
-                ref.fill(vm, root, vpn, level, payload)
+                await fill(vm, root, vpn, level, payload, private)
+                ref.fill(vm, root, vpn, level, payload, private)
             else:
                 kind = rng.choice(("all", "vm", "range", "range"))
                 start = max(0, vpn + rng.randrange(-1000, 1000))
                 count = rng.choice((0, 1, 600, 1 << 18, rng.randrange(1 << 28)))
-                await invalidate(kind, vm, start, count)
-                ref.invalidate(kind, vm, start, count)
+                space = rng.choice(("both", "both", "shared", "private"))
+                await invalidate(kind, vm, start, count, space)
+                ref.invalidate(kind, vm, start, count, space)
 
     run(dut, body)
     assert None in outcomes and len(outcomes) >= 3, f"seed {seed}: too few outcomes {outcomes}"

@@ -4,7 +4,9 @@ The model states the rules once: an entry of level ``l`` covers ``2**(9*(l-1))``
 pages from its aligned page number, lives in set ``(vpn >> 9*(l-1)) % sets``, a fill
 reuses the way holding the same entry, else the lowest invalid way, else the tree-PLRU
 victim; a range invalidation removes exactly the entries of the VM overlapping the
-range. Every lookup result (hit, level, data) must match the model.
+range; an entry's ``private`` bit (a TD's private space) is part of its key, and an
+invalidation removes only entries of its ``space``. Every lookup result (hit, level,
+data) must match the model.
 """
 
 import gc
@@ -13,7 +15,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from hw.tlb import TLB, InvalKind, plru_touch, plru_victim
+from hw.tlb import TLB, InvalKind, InvalSpace, plru_touch, plru_victim
 
 
 def span(level):
@@ -36,38 +38,42 @@ class RefTLB:
             mask, value = plru_touch(self.ways, way)
             self.plru[s] = (self.plru[s] & ~mask) | value
 
-    def lookup(self, vm, root, vpn):
+    def lookup(self, vm, root, vpn, private=0):
         for level in range(1, 5):
             s = self._set(vpn, level)
             base = vpn & ~(span(level) - 1)
             for w, e in enumerate(self.entries[s]):
-                if e is not None and e[:4] == (vm, root, base, level):
+                if e is not None and e[:4] == (vm, root, base, level) and e[5] == private:
                     self._touch(s, w)
                     return level, e[4]
         return None
 
-    def fill(self, vm, root, vpn, level, payload):
+    def fill(self, vm, root, vpn, level, payload, private=0):
         s = self._set(vpn, level)
         base = vpn & ~(span(level) - 1)
         row = self.entries[s]
-        same = [w for w, e in enumerate(row) if e is not None and e[:4] == (vm, root, base, level)]
+        same = [w for w, e in enumerate(row) if e is not None
+                and e[:4] == (vm, root, base, level) and e[5] == private]
         free = [w for w, e in enumerate(row) if e is None]
         way = same[0] if same else free[0] if free else plru_victim(self.ways, self.plru[s])
-        row[way] = (vm, root, base, level, payload)
+        row[way] = (vm, root, base, level, payload, private)
         self._touch(s, way)
 
-    def invalidate(self, kind, vm=0, start=0, count=0):
+    def invalidate(self, kind, vm=0, start=0, count=0, space="both"):
         for row in self.entries:
             for w, e in enumerate(row):
                 if e is None:
                     continue
-                evm, _, base, level, _ = e
+                evm, _, base, level, _, private = e
+                if space != "both" and (space == "private") != bool(private):
+                    continue
                 overlap = base < start + count and start < base + span(level)
                 if (kind == "all" or (evm == vm and (kind == "vm" or overlap))):
                     row[w] = None
 
 
 KINDS = {"all": InvalKind.ALL, "vm": InvalKind.VM, "range": InvalKind.RANGE}
+SPACES = {"both": InvalSpace.BOTH, "shared": InvalSpace.SHARED, "private": InvalSpace.PRIVATE}
 
 
 class TlbBench:
@@ -77,9 +83,9 @@ class TlbBench:
         self.ctx, self.dut = ctx, dut
         ctx.set(dut.result.ready, 1)
 
-    async def lookup(self, vm, root, vpn):
+    async def lookup(self, vm, root, vpn, private=0):
         ctx, dut = self.ctx, self.dut
-        ctx.set(dut.lookup.payload, {"vm": vm, "root": root, "vpn": vpn})
+        ctx.set(dut.lookup.payload, {"vm": vm, "root": root, "vpn": vpn, "private": private})
         ctx.set(dut.lookup.valid, 1)
         assert ctx.get(dut.lookup.ready), "TLB refused a lookup while idle"
         await ctx.tick()
@@ -90,18 +96,18 @@ class TlbBench:
         await ctx.tick()
         return out
 
-    async def fill(self, vm, root, vpn, level, payload):
+    async def fill(self, vm, root, vpn, level, payload, private=0):
         ctx, dut = self.ctx, self.dut
         ctx.set(dut.fill.payload, {"vm": vm, "root": root, "vpn": vpn, "level": level,
-                                   "data": payload})
+                                   "data": payload, "private": private})
         ctx.set(dut.fill.valid, 1)
         await ctx.tick()
         ctx.set(dut.fill.valid, 0)
 
-    async def invalidate(self, kind, vm=0, start=0, count=0):
+    async def invalidate(self, kind, vm=0, start=0, count=0, space="both"):
         ctx, dut = self.ctx, self.dut
         ctx.set(dut.inval.payload, {"kind": KINDS[kind], "vm": vm, "start": start,
-                                    "count": count})
+                                    "count": count, "space": SPACES[space]})
         ctx.set(dut.inval.valid, 1)
         assert ctx.get(dut.inval.ready)
         await ctx.tick()
@@ -127,7 +133,7 @@ def run(dut, body):
 def random_op(rng, pool):
     vm, root, vpn = rng.choice(pool)
     level = rng.choice((1, 1, 2, 2, 3, 4))
-    return vm, root, vpn, level
+    return vm, root, vpn, level, rng.randrange(2)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -146,25 +152,26 @@ def test_random_against_model(seed, sets, ways):
         for step in range(400):
             op = rng.random()
             if op < 0.45:
-                vm, root, vpn, _ = random_op(rng, pool)
-                got = await tb.lookup(vm, root, vpn)
-                want = ref.lookup(vm, root, vpn)
-                assert got == want, f"seed {seed} step {step}: lookup {vm},{root},{vpn:#x}: " \
-                                    f"RTL {got} model {want}"
+                vm, root, vpn, _, private = random_op(rng, pool)
+                got = await tb.lookup(vm, root, vpn, private)
+                want = ref.lookup(vm, root, vpn, private)
+                assert got == want, f"seed {seed} step {step}: lookup {vm},{root},{vpn:#x}," \
+                                    f"private={private}: RTL {got} model {want}"
                 checked.append(got is not None)
             elif op < 0.9:
-                vm, root, vpn, level = random_op(rng, pool)
+                vm, root, vpn, level, private = random_op(rng, pool)
                 payload = rng.randrange(1 << 16)
-                await tb.fill(vm, root, vpn, level, payload)
-                ref.fill(vm, root, vpn, level, payload)
+                await tb.fill(vm, root, vpn, level, payload, private)
+                ref.fill(vm, root, vpn, level, payload, private)
             else:
                 kind = rng.choice(("all", "vm", "range", "range", "range"))
                 vm = rng.randrange(2)
-                _, _, vpn, _ = random_op(rng, pool)
+                _, _, vpn, _, _ = random_op(rng, pool)
                 start = max(0, vpn + rng.randrange(-600, 600))
                 count = rng.choice((0, 1, 2, 511, 513, 1 << 18, rng.randrange(1 << 20)))
-                await tb.invalidate(kind, vm, start, count)
-                ref.invalidate(kind, vm, start, count)
+                space = rng.choice(("both", "both", "shared", "private"))
+                await tb.invalidate(kind, vm, start, count, space)
+                ref.invalidate(kind, vm, start, count, space)
 
     run(dut, body)
     assert any(checked) and not all(checked), "the random run never hit, or never missed"

@@ -9,12 +9,13 @@ Public API
 ``Vm(fmt_name, memory=None, *, ad=None, pa_bits=None, exec_only=True, nxe=True,
 address_spaces=1, nx_huge_pages=None, flush_sink=None, trace=True, trace_limit=100_000,
 min_free_pages=5,
-yield_every=0, on_yield=None)``
+yield_every=0, on_yield=None, tdx=False, shared_bit=None)``
     A VM: format, :class:`~sw_model.memory.HostMemory` for its tables, options.
+    ``tdx=True`` makes it a TDX-style TD (see "Confidential VMs" below).
 
 Memslots
     ``vm.add_memslot(slot_id, base_gfn, npages, hpa, *, as_id=0, readonly=False,
-    dirty_logging=False, host_level=None) -> Memslot``, ``vm.delete_memslot(slot_id,
+    dirty_logging=False, host_level=None, private_hpa=None) -> Memslot``, ``vm.delete_memslot(slot_id,
     as_id=0)``, ``vm.memslot(slot_id, as_id=0)``, ``vm.memslots(as_id=0)``,
     ``vm.find_memslot(gfn, as_id=0)``, ``vm.max_mapping_level(slot, gfn)``.
 Roots
@@ -24,10 +25,12 @@ Roots
     ``vm.zap_all_fast()``, ``vm.zap_all()`` (frees every table page).
 Faults
     ``vm.handle_fault(gpa, access, *, as_id=0, max_level=None) -> PfResult``
-    (FIXED, SPURIOUS, RETRY, EMULATE, NOMEM); ``vm.translate(gpa, access, *, as_id=0,
-    ad_update=False)`` runs the reference walker on the vCPU root.
+    (FIXED, SPURIOUS, RETRY, EMULATE, NOMEM, MEMORY_FAULT); ``vm.translate(gpa, access,
+    *, as_id=0, ad_update=False)`` runs the reference walker on the root the hardware
+    would walk.
 Zap
-    ``vm.zap_gfn_range(start, end, *, as_id=0, flush=True) -> bool``, ``vm.zap_root(root)``.
+    ``vm.zap_gfn_range(start, end, *, as_id=0, flush=True, space="both") -> bool``,
+    ``vm.zap_root(root)``.
 Dirty logging
     ``vm.set_dirty_logging(slot_id, enable, *, as_id=0, eager_split=True) ->
     SplitResult | None``, ``vm.get_dirty_log(slot_id, *, as_id=0) -> uint64 bitmap``,
@@ -43,10 +46,20 @@ Aging and NX huge pages
     ``vm.test_age_gfn(start, end, *, as_id=0) -> bool``,
     ``vm.recover_nx_huge_pages(ratio=4) -> int``.
 Flushes
-    ``vm.flush_remote_tlbs()``, ``vm.flush_remote_tlbs_range(gfn, npages)``,
-    ``vm.flush_remote_tlbs_memslot(slot_id, as_id=0)``, delivered to ``vm.sink``, a
-    :class:`FlushSink` (``flush_all()``, ``flush_range(gfn, npages)``,
-    ``supports_ranges``); :class:`FlushRecorder` records them.
+    ``vm.flush_remote_tlbs(*, space="both")``, ``vm.flush_remote_tlbs_range(gfn, npages,
+    *, space="both")``, ``vm.flush_remote_tlbs_memslot(slot_id, as_id=0)``, delivered to
+    ``vm.sink``, a :class:`FlushSink` (``flush_all(*, space="both")``,
+    ``flush_range(gfn, npages, *, space="both")``, ``supports_ranges``; an ordinary VM
+    never passes ``space``); :class:`FlushRecorder` records them.
+Confidential VMs (TDX-style TDs, :mod:`sw_model.tdp.tdx`, docs/tdx.md)
+    ``vm.tdx`` (None, or a :class:`TdxState`: ``shared_bit``, ``external`` -- the
+    :class:`ExternalPageTableManager` standing for the TDX module, with ``calls`` and
+    ``cost`` --, ``attributes``, ``private_frame(slot, gfn)``). A GPA with the shared bit
+    walks ``vm.root_for()``; without it ``vm.external_root_for()`` in hardware, and the
+    core edits ``vm.mirror_root_for()`` and propagates each change (freeze the mirror
+    entry, call the manager, commit or restore). ``vm.set_memory_attributes(gfn, npages,
+    private)``, ``vm.is_private_gfn(gfn)``; a fault on the wrong side returns
+    MEMORY_FAULT. ``vm.zap_all()`` tears the TD down. ``check.check_tdx(vm)``.
 Introspection
     ``vm.stats()``, ``vm.recount()``, ``vm.page_stats``, ``vm.events`` (a bounded deque of
     :class:`Event` with KVM tracepoint names: ``kvm_page_fault``,
@@ -75,11 +88,13 @@ W, a read fault maps read-only (KVM maps writable and logs the page); with A/D b
 dirty bitmap is filled by collecting D bits (no PML).
 """
 
-from .flush import FlushRecorder, FlushSink
+from .flush import SPACES, FlushRecorder, FlushSink
 from .iter import TdpIter
 from .memslot import Memslot
 from .mmu import (KVM_MIN_FREE_MMU_PAGES, Event, MmuPage, PageFault, PfResult, SplitResult,
                   Vm)
+from .tdx import ExternalPageTableManager, ExternalTableError, MemoryAttributes, TdxState
 
 __all__ = ["Vm", "Memslot", "PfResult", "PageFault", "MmuPage", "Event", "SplitResult",
-           "FlushSink", "FlushRecorder", "TdpIter", "KVM_MIN_FREE_MMU_PAGES"]
+           "FlushSink", "FlushRecorder", "SPACES", "TdpIter", "KVM_MIN_FREE_MMU_PAGES",
+           "TdxState", "ExternalPageTableManager", "ExternalTableError", "MemoryAttributes"]

@@ -42,8 +42,31 @@ class Memslot:
     dirty_bitmap: np.ndarray = field(default=None, repr=False)
 
     def __post_init__(self):
+        # Vm.add_memslot checks these against the VM too; a slot built directly must not
+        # be able to hold a negative or empty range either (its bitmap would be wrong).
+        for name in ("slot_id", "as_id", "base_gfn", "npages", "hpa", "host_level"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"Memslot {name} must be a non-negative integer, "
+                                 f"got {value!r}")
+        if self.npages == 0:
+            raise ValueError("Memslot npages must be positive")
+        if self.hpa % PAGE_SIZE:
+            raise ValueError(f"Memslot hpa {self.hpa:#x} is not 4 KiB aligned")
+        if self.host_level == 0:
+            raise ValueError("Memslot host_level must be at least 1 (4 KiB)")
+        words = -(-self.npages // 64)
         if self.dirty_bitmap is None:
-            self.dirty_bitmap = np.zeros(-(-self.npages // 64), dtype=np.uint64)
+            self.dirty_bitmap = np.zeros(words, dtype=np.uint64)
+        else:
+            self._check_bitmap(self.dirty_bitmap, "dirty_bitmap")
+
+    def _check_bitmap(self, bitmap, name):
+        words = -(-self.npages // 64)
+        if not isinstance(bitmap, np.ndarray) or bitmap.dtype != np.uint64 \
+                or bitmap.shape != (words,):
+            raise ValueError(f"{name} must be a numpy uint64 array of {words} words for "
+                             f"{self.npages} pages")
 
     @property
     def end_gfn(self):
@@ -70,13 +93,22 @@ class Memslot:
         self.dirty_bitmap |= np.packbits(bits, bitorder="little").view(np.uint64)
 
     def mark_dirty_gfns(self, gfns):
-        """Set the bits of the GFNs in the numpy array ``gfns`` (all inside the slot)."""
-        offsets = np.asarray(gfns, dtype=np.uint64) - np.uint64(self.base_gfn)
+        """Set the bits of the GFNs in the numpy array ``gfns`` (all inside the slot:
+        one outside would set another page's bit or none, so it is an error)."""
+        gfns = np.asarray(gfns, dtype=np.uint64)
+        if len(gfns) and (int(gfns.min()) < self.base_gfn or int(gfns.max()) >= self.end_gfn):
+            raise ValueError(f"gfns: [{int(gfns.min()):#x}, {int(gfns.max()):#x}] is not "
+                             f"inside memslot {self.slot_id} [{self.base_gfn:#x}, "
+                             f"{self.end_gfn:#x})")
+        offsets = gfns - np.uint64(self.base_gfn)
         np.bitwise_or.at(self.dirty_bitmap, offsets >> np.uint64(6),
                          np.left_shift(np.uint64(1), offsets & np.uint64(63)))
 
     def dirty_gfns(self, bitmap=None):
         """The GFNs whose bit is set in ``bitmap`` (default: the slot's bitmap)."""
-        bitmap = self.dirty_bitmap if bitmap is None else bitmap
+        if bitmap is None:
+            bitmap = self.dirty_bitmap
+        else:
+            self._check_bitmap(bitmap, "bitmap")
         bits = np.unpackbits(bitmap.view(np.uint8), bitorder="little")[:self.npages]
         return [self.base_gfn + int(i) for i in np.flatnonzero(bits)]

@@ -14,9 +14,10 @@ import numpy as np
 from ..formats import check_access, get_format
 from ..memory import PAGE_SIZE, HostMemory, OutOfTablePages
 from ..walker import translate
-from .flush import FlushSink
+from .flush import FlushSink, check_space
 from .iter import PAGE_SHIFT, TdpIter
 from .memslot import Memslot
+from .tdx import ExternalPageTableManager, TdxState
 
 __all__ = ["Vm", "PfResult", "PageFault", "MmuPage", "Event", "SplitResult",
            "KVM_MIN_FREE_MMU_PAGES"]
@@ -36,6 +37,8 @@ class PfResult(enum.Enum):
     EMULATE = "emulate"      #: no memslot (MMIO), a write to a read-only slot, or a GPA
                              #: beyond the format's width: the access goes to userspace
     NOMEM = "nomem"          #: no table page left (KVM's -ENOMEM from the page caches)
+    MEMORY_FAULT = "memory_fault"  #: a TD accessed a GFN as private while it is shared or
+                                   #: the reverse: userspace converts it (KVM_EXIT_MEMORY_FAULT)
 
 
 @dataclass
@@ -58,6 +61,8 @@ class PageFault:
         fault maps at (lower when NX huge pages forbid a huge executable page).
     huge_page_disallowed : bool
         An execute fault with the NX-huge-page mitigation on.
+    private : bool
+        A TD's private GPA: mapped in the mirror root, propagated to the external one.
     """
     gfn: int
     write: bool
@@ -71,6 +76,7 @@ class PageFault:
     goal_level: int = 1
     huge_page_disallowed: bool = False
     nx_huge_page_workaround_enabled: bool = False
+    private: bool = False
 
 
 @dataclass(eq=False)
@@ -88,8 +94,9 @@ class MmuPage:
     as_id : int
     is_root : bool
     role : str
-        Roots only: the kind of root (``"direct"``; other kinds, e.g. mirror roots,
-        get their own roots).
+        The kind of tree the page belongs to: ``"direct"``, or ``"mirror"`` for a TD's
+        private memory (KVM's ``role.is_mirror``): changes to it are propagated to the
+        external tables.
     refcount : int
         Roots only: the MMU's own reference while valid plus one per user.
     invalid : bool
@@ -138,6 +145,32 @@ class _SptePos:
     level: int
     gfn: int
     as_id: int
+    mirror: bool = False
+
+
+def _shared_bit_default(fmt):
+    """``fmt.tdp_shared_bit_default()`` (added by /tmp/tdxmodel-formats.patch). Until
+    the formats have that hook: TDX's defaults for the one format family whose A/D
+    bits can be off, the only one with TDs."""
+    hook = getattr(fmt, "tdp_shared_bit_default", None)
+    if hook is not None:
+        return hook()
+    return {4: 47, 5: 51}[fmt.levels] if "off" in fmt.ad_modes else None
+
+
+class _SharedBitIter(TdpIter):
+    """A :class:`TdpIter` over a TD's shared root: GFNs stay without the shared bit
+    (memslots, flushes and dirty bitmaps use them so) while the tables are indexed
+    with it, as KVM's iterator adds ``kvm_gfn_root_bits`` to the walk."""
+
+    def __init__(self, mem, fmt, root_hpa, min_level, start, end, gfn_bits):
+        self.gfn_bits = gfn_bits
+        super().__init__(mem, fmt, root_hpa, min_level, start, end)
+
+    def _refresh_sptep(self):
+        self.sptep = self.fmt.entry_addr(self.pt_path[self.level],
+                                         (self.gfn | self.gfn_bits) << PAGE_SHIFT, self.level)
+        self.old_spte = self.mem.read64(self.sptep)
 
 
 class Vm:
@@ -168,6 +201,11 @@ class Vm:
     on_yield : callable, optional
         ``on_yield(vm)`` runs at each yield: what runs concurrently with a walk in
         KVM (vCPU faults, the walker setting A/D bits) can run here.
+    tdx : bool
+        Make the VM a TDX-style TD: private memory through mirror and external tables.
+    shared_bit : int, optional
+        A TD's shared GPA bit (default: the format's, 47 for 4-level and 51 for 5-level
+        tables); it must lie in the GPA and above a 2 MiB page.
 
     Members
     -------
@@ -180,12 +218,14 @@ class Vm:
     page_stats : dict
         Leaf entries per level over all roots (KVM's ``kvm->stat.pages``).
     nx_huge_pages : bool
+    tdx : TdxState or None
+        A TD's shared bit, external tables and memory attributes; None otherwise.
     """
 
     def __init__(self, fmt_name, memory=None, *, ad=None, pa_bits=None, exec_only=True,
                  nxe=True, address_spaces=1, nx_huge_pages=None, flush_sink=None,
                  trace=True, trace_limit=100_000, min_free_pages=KVM_MIN_FREE_MMU_PAGES,
-                 yield_every=0, on_yield=None):
+                 yield_every=0, on_yield=None, tdx=False, shared_bit=None):
         self.fmt = fmt = get_format(fmt_name)
         self.opts = fmt.vm_options(ad=ad, pa_bits=pa_bits, exec_only=exec_only, nxe=nxe)
         self.mem = HostMemory() if memory is None else memory
@@ -222,6 +262,29 @@ class Vm:
         self._steps = 0
         self._map_levels = fmt.tdp_map_levels()
         self._max_gfn = 1 << (fmt.gpa_bits - PAGE_SHIFT)
+        self._vcpu_mirror_root = None
+        self.tdx = None
+        if tdx:
+            self._init_tdx(shared_bit, address_spaces)
+        elif shared_bit is not None:
+            raise ValueError("shared_bit: only a TD (tdx=True) has a shared bit")
+
+    def _init_tdx(self, shared_bit, address_spaces):
+        fmt = self.fmt
+        default = _shared_bit_default(fmt)
+        if default is None:
+            raise ValueError(f"tdx: {fmt.name} has no TDX-style confidential VMs")
+        if address_spaces != 1:
+            raise ValueError("tdx: a TD has one address space")
+        shared_bit = default if shared_bit is None else shared_bit
+        if not isinstance(shared_bit, int) or isinstance(shared_bit, bool) \
+                or not fmt.page_shift(2) <= shared_bit < fmt.gpa_bits:
+            raise ValueError(f"shared_bit must be an integer in [{fmt.page_shift(2)}, "
+                             f"{fmt.gpa_bits}) for {fmt.name}, got {shared_bit!r}")
+        external = ExternalPageTableManager(self.mem, fmt, self.opts, kick=self._kick_vcpus)
+        self.tdx = TdxState(shared_bit, external)
+        # Only the GFNs below the shared bit exist, once privately and once shared.
+        self._max_gfn = self.tdx.shared_gfn_bit
 
     # -- tracing and statistics --------------------------------------------------------
 
@@ -240,7 +303,11 @@ class Vm:
             "tlb_flushes": self._counters["tlb_flush"],
             "faults": {r.value: self._counters[r] for r in PfResult},
             "free_pages": self.mem.free_pages,
-        }
+        } | ({} if self.tdx is None else {
+            "external_calls": dict(self.tdx.external.calls),
+            "external_cost": self.tdx.external.cost,
+            "external_pages": self.tdx.external.pages,
+        })
 
     def recount(self):
         """Walk every root and count leaves per level and table pages (for checks)."""
@@ -258,6 +325,8 @@ class Vm:
         """Yield ``(gfn, level, word, sptep)`` for every shadow-present entry under
         ``root``, pre-order (a snapshot walk for checks, not for updates)."""
         fmt, mem = self.fmt, self.mem
+        # A TD's shared root is indexed with the shared bit; GFNs are reported without.
+        bits = self._gfn_bits(root)
         stack = [(root.hpa, root.level, 0)]
         while stack:
             table, level, gfn = stack.pop()
@@ -266,7 +335,7 @@ class Vm:
             found = []
             for index in fmt.tdp_present_mask(words).nonzero()[0]:
                 word = int(words[index])
-                child_gfn = gfn + int(index) * step
+                child_gfn = (gfn + int(index) * step) & ~bits
                 yield child_gfn, level, word, table + 8 * int(index)
                 child = fmt.tdp_child_table(word, level)
                 if child is not None:
@@ -283,23 +352,37 @@ class Vm:
             raise ValueError(f"as_id must be in [0, {self._address_spaces}), got {as_id!r}")
 
     def add_memslot(self, slot_id, base_gfn, npages, hpa, *, as_id=0, readonly=False,
-                    dirty_logging=False, host_level=None):
+                    dirty_logging=False, host_level=None, private_hpa=None):
         """Create a memslot: GFNs ``[base_gfn, base_gfn + npages)`` backed by host
         frames from ``hpa``. ``host_level`` (default: the largest level the format maps)
-        bounds huge pages. Returns the :class:`Memslot`."""
+        bounds huge pages. A TD's slot also has private frames from ``private_hpa``
+        (guest_memfd; default ``hpa + 2**40``); its GFNs lie below the shared bit.
+        Returns the :class:`Memslot`."""
         self._check_as_id(as_id)
+        if self.tdx is None and private_hpa is not None:
+            raise ValueError("private_hpa: only a TD's memslots have private memory")
+        if self.tdx is not None:
+            if readonly:
+                raise ValueError("readonly: a TD has no read-only memslots (as KVM for "
+                                 "VMs with protected state)")
+            if private_hpa is None and isinstance(hpa, int):
+                private_hpa = hpa + (1 << 40)
         for name, value in (("slot_id", slot_id), ("base_gfn", base_gfn),
-                            ("npages", npages), ("hpa", hpa)):
+                            ("npages", npages), ("hpa", hpa),
+                            ("private_hpa", 0 if private_hpa is None else private_hpa)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if npages == 0:
             raise ValueError("npages must be positive")
         if base_gfn + npages > self._max_gfn:
-            raise ValueError(f"base_gfn/npages: the slot ends beyond the {self.fmt.gpa_bits}-bit "
-                             f"GPA space of {self.fmt.name}")
-        if hpa % (1 << PAGE_SHIFT) or hpa + (npages << PAGE_SHIFT) > 1 << self.opts.pa_bits:
-            raise ValueError(f"hpa {hpa:#x} must be 4 KiB aligned and the frames must lie "
-                             f"below 2**{self.opts.pa_bits}")
+            limit = (f"the {self.fmt.gpa_bits}-bit GPA space of {self.fmt.name}"
+                     if self.tdx is None else f"the TD's shared bit {self.tdx.shared_bit}")
+            raise ValueError(f"base_gfn/npages: the slot ends beyond {limit}")
+        for name, value in (("hpa", hpa), ("private_hpa", private_hpa)):
+            if value is not None and (value % (1 << PAGE_SHIFT)
+                                      or value + (npages << PAGE_SHIFT) > 1 << self.opts.pa_bits):
+                raise ValueError(f"{name} {value:#x} must be 4 KiB aligned and the frames must "
+                                 f"lie below 2**{self.opts.pa_bits}")
         top = max(self._map_levels)
         host_level = top if host_level is None else host_level
         if not isinstance(host_level, int) or not 1 <= host_level <= self.fmt.levels:
@@ -313,6 +396,8 @@ class Vm:
         slot = Memslot(slot_id, as_id, base_gfn, npages, hpa, readonly=bool(readonly),
                        dirty_logging=bool(dirty_logging), host_level=host_level)
         slots[slot_id] = slot
+        if self.tdx is not None:
+            self.tdx.private_hpa[(as_id, slot_id)] = private_hpa
         self._trace("memslot_add", slot_id=slot_id, as_id=as_id, base_gfn=base_gfn,
                     npages=npages, hpa=hpa, readonly=slot.readonly)
         return slot
@@ -341,6 +426,8 @@ class Vm:
         slot = self.memslot(slot_id, as_id)
         self.zap_gfn_range(slot.base_gfn, slot.end_gfn, as_id=as_id)
         del self._slots[as_id][slot_id]
+        if self.tdx is not None:
+            del self.tdx.private_hpa[(as_id, slot_id)]
         self._trace("memslot_delete", slot_id=slot_id, as_id=as_id)
 
     # -- roots ----------------------------------------------------------------------------
@@ -354,10 +441,14 @@ class Vm:
         """Take a reference on the valid root for ``(as_id, role)``, allocating it if
         needed (KVM's ``kvm_tdp_mmu_get_vcpu_root_hpa``). Drop it with :meth:`put_root`."""
         self._check_as_id(as_id)
+        if role not in ("direct", "mirror") or (role == "mirror" and self.tdx is None):
+            raise ValueError(f"role must be 'direct' (or 'mirror' for a TD), got {role!r}")
         for root in self._roots:
             if root.as_id == as_id and root.role == role and not root.invalid:
                 root.refcount += 1
                 return root
+        if role == "mirror":
+            self.tdx.external.ensure_root()
         nbytes = self.fmt.root_table_bytes
         hpa = self.mem.alloc_table(nbytes)
         # One reference for the MMU itself (dropped when invalidated), one for the caller.
@@ -383,6 +474,8 @@ class Vm:
         self._tdp_mmu_zap_root(root, shared=False)
         self._roots.remove(root)
         self._pending_free.append(root)
+        if root.role == "mirror":
+            self.tdx.external.free_root()
         self._trace("root_free", hpa=root.hpa, as_id=root.as_id)
 
     def root_for(self, as_id=0):
@@ -402,10 +495,42 @@ class Vm:
             root = self._vcpu_root[as_id] = self.get_root(as_id)
         return root
 
+    def _vcpu_mirror_root_page(self):
+        if self.tdx is None:
+            raise ValueError("tdx: only a TD has mirror and external roots")
+        if not self.tdx.external.hkid_assigned:
+            raise RuntimeError("the TD is torn down")
+        if self._vcpu_mirror_root is None:
+            self._vcpu_mirror_root = self.get_root(0, "mirror")
+        return self._vcpu_mirror_root
+
+    def mirror_root_for(self, as_id=0):
+        """A TD's mirror root (KVM's ``kvm_tdp_mmu_get_vcpu_root_hpa(vcpu, true)``):
+        the TDP core edits it; hardware never sees it."""
+        self._check_as_id(as_id)
+        return self._vcpu_mirror_root_page().hpa
+
+    def external_root_for(self, as_id=0):
+        """A TD's external root: what the hardware walks for private GPAs (the
+        secure-EPT root of the TD), allocated with the mirror root."""
+        self._check_as_id(as_id)
+        self._vcpu_mirror_root_page()
+        return self.tdx.external.root
+
+    def is_private_gfn(self, gfn):
+        """Whether a TD's ``gfn`` is private (KVM's ``kvm_mem_is_private``)."""
+        if self.tdx is None:
+            raise ValueError("tdx: only a TD has private memory")
+        return self.tdx.attributes.is_private(gfn)
+
     def invalidate_all_roots(self):
-        """Mark every root obsolete (KVM's ``kvm_tdp_mmu_invalidate_roots``)."""
+        """Mark every root obsolete (KVM's ``kvm_tdp_mmu_invalidate_roots``). A TD's
+        mirror root stays: external tables cannot be zapped fast, only torn down."""
+        self._invalidate_roots(mirror=False)
+
+    def _invalidate_roots(self, mirror):
         for root in self._roots:
-            if not root.invalid:
+            if not root.invalid and (mirror or root.role != "mirror"):
                 root.invalid = True
                 root.scheduled_to_zap = True
                 self._trace("root_invalidate", hpa=root.hpa, as_id=root.as_id)
@@ -418,7 +543,8 @@ class Vm:
                 continue
             root.scheduled_to_zap = False
             root.refcount += 1
-            self._tdp_mmu_zap_root(root, shared=True)
+            # Mirror entries are removed only with the MMU lock held for write.
+            self._tdp_mmu_zap_root(root, shared=root.role != "mirror")
             self._put_root(root)
             self._put_root(root)
 
@@ -432,19 +558,39 @@ class Vm:
 
     def zap_all(self):
         """Zap and free everything, vCPU roots included (VM teardown, KVM's
-        ``kvm_mmu_zap_all``): afterwards no table page is allocated."""
+        ``kvm_mmu_zap_all``): afterwards no table page is allocated. A TD is torn
+        down: its HKID is released first (no vCPU runs), so the external tables'
+        pages are reclaimed without block and track, and the TD cannot run again."""
+        if self.tdx is not None:
+            self.tdx.external.release_hkid()
+            self._invalidate_roots(mirror=True)
         self.zap_all_fast()
         for as_id, root in enumerate(self._vcpu_root):
             if root is not None:
                 self._vcpu_root[as_id] = None
                 self._put_root(root)
+        if self._vcpu_mirror_root is not None:
+            root, self._vcpu_mirror_root = self._vcpu_mirror_root, None
+            self._put_root(root)
         self._end_op()
 
     # -- entry updates (the concurrency protocol) --------------------------------------
 
+    def _gfn_bits(self, root):
+        """The GFN bits a root is indexed with (KVM's ``kvm_gfn_root_bits``): a TD's
+        shared bit for its direct root, else none."""
+        return self.tdx.shared_gfn_bit if self.tdx is not None and root.role == "direct" else 0
+
     def _iter(self, root, min_level, start, end):
-        it = TdpIter(self.mem, self.fmt, root.hpa, min_level, start, end)
+        end = min(end, self._max_gfn)
+        bits = self._gfn_bits(root)
+        if bits:
+            it = _SharedBitIter(self.mem, self.fmt, root.hpa, min_level, start, end, bits)
+        else:
+            it = TdpIter(self.mem, self.fmt, root.hpa, min_level, start, end)
         it.as_id = root.as_id
+        it.role = root.role
+        it.mirror = root.role == "mirror"
         return it
 
     def _cond_resched(self, it, flush, shared):
@@ -476,6 +622,8 @@ class Vm:
         """
         if self.fmt.tdp_is_frozen(it.old_spte):
             return False
+        if it.mirror:
+            return self._set_mirror_spte_atomic(it, new)
         ok, current = self.mem.cmpxchg64(it.sptep, it.old_spte, new)
         if not ok:
             it.old_spte = current
@@ -483,11 +631,98 @@ class Vm:
         self._handle_changed_spte(it.as_id, it.gfn, it.old_spte, new, it.level, True)
         return True
 
+    def _set_mirror_spte_atomic(self, it, new):
+        """KVM's ``__tdp_mmu_set_spte_atomic`` on a mirror entry (``set_external_spte_present``):
+        freeze the entry so that no other update can race with the slow external call,
+        propagate, then commit ``new``; if the call fails, restore the old entry.
+
+        Only present entries are installed this way: removal needs the MMU lock held
+        for write (KVM_BUG_ON in KVM), see :meth:`_iter_set_spte`.
+        """
+        fmt = self.fmt
+        old = it.old_spte
+        if not fmt.tdp_is_shadow_present(new):
+            raise RuntimeError(f"mirror entry {it.sptep:#x} (gfn {it.gfn:#x}): removal under "
+                               "a shared MMU lock cannot be propagated")
+        ok, current = self.mem.cmpxchg64(it.sptep, old, fmt.tdp_frozen_spte())
+        if not ok:
+            it.old_spte = current
+            return False
+        try:
+            self._propagate_present(it.gfn, it.level, old, new)
+        except BaseException:
+            self.mem.write64(it.sptep, old)
+            raise
+        self.mem.write64(it.sptep, new)
+        self._handle_changed_spte(it.as_id, it.gfn, old, new, it.level, True)
+        return True
+
+    def _propagate_present(self, gfn, level, old, new):
+        """The external call for a mirror entry becoming ``new`` (present): link a
+        table (``link_external_spt``), map a page (``set_external_spte``), or split a
+        2M page (the huge-page series' ``split_external_spt``: block, track, demote)."""
+        fmt, ext = self.fmt, self.tdx.external
+        gfn &= ~(self._pages_at(level) - 1)
+        was_present = fmt.tdp_is_shadow_present(old)
+        if fmt.tdp_is_last_spte(new, level):
+            if was_present:
+                raise RuntimeError(f"mirror gfn {gfn:#x} level {level}: a present private "
+                                   "leaf cannot change in place")
+            ext.add_leaf(gfn, level, fmt.tdp_spte_frame(new, level))
+        elif not was_present:
+            ext.add_table(gfn, level - 1)
+        elif fmt.tdp_is_last_spte(old, level):
+            ext.block(gfn, level)
+            try:
+                ext.track()
+                ext.split(gfn, level)
+            except BaseException:
+                ext.unblock(gfn, level)
+                raise
+        else:
+            raise RuntimeError(f"mirror gfn {gfn:#x} level {level}: a table cannot be "
+                               "replaced by another")
+
+    def _remove_external_spte(self, gfn, level, old):
+        """KVM's ``remove_external_spte`` for a zapped mirror leaf (TDX's
+        ``tdx_sept_remove_private_spte``): block, track, remove; after teardown a
+        plain reclaim."""
+        fmt, ext = self.fmt, self.tdx.external
+        if not fmt.tdp_is_shadow_present(old) or not fmt.tdp_is_last_spte(old, level):
+            return
+        if ext.hkid_assigned:
+            ext.block(gfn, level)
+            ext.track()
+        ext.remove(gfn, level, fmt.tdp_spte_frame(old, level))
+
+    def _free_external_spt(self, sp):
+        """KVM's ``free_external_spt`` for a removed mirror table (TDH.MEM.SEPT.REMOVE
+        on a live TD: block and track the linking entry first)."""
+        ext = self.tdx.external
+        if ext.hkid_assigned:
+            ext.block(sp.gfn, sp.level + 1)
+            ext.track()
+        ext.free_table(sp.gfn, sp.level)
+
+    def _kick_vcpus(self):
+        """TDH.MEM.TRACK's vCPU kick: every private translation of the TD goes (the
+        TDX module flushes at the next TD entry). Tables pending free wait for the
+        VM's own flush."""
+        self._counters["tlb_flush"] += 1
+        self._trace("tlb_flush", gfn=None, npages=None, space="private")
+        self.sink.flush_all(space="private")
+
     def _iter_set_spte(self, it, new):
         """KVM's ``tdp_mmu_iter_set_spte`` (mmu_lock held for write): an exchange, so
-        the A/D bits the walker set meanwhile are seen by the change handler."""
+        the A/D bits the walker set meanwhile are seen by the change handler. A mirror
+        entry can only be removed this way, then its external entry goes."""
+        if it.mirror and self.fmt.tdp_is_shadow_present(new):
+            raise RuntimeError(f"mirror entry {it.sptep:#x}: installed only by a frozen "
+                               "compare-exchange")
         old = self._xchg(it.sptep, new)
         self._handle_changed_spte(it.as_id, it.gfn, old, new, it.level, False)
+        if it.mirror:
+            self._remove_external_spte(it.gfn, it.level, old)
         it.old_spte = new
 
     def _handle_changed_spte(self, as_id, gfn, old, new, level, shared):
@@ -529,15 +764,24 @@ class Vm:
         old_words = words.copy()
         words[:] = frozen                       # one exchange per entry, all at once
         step = self._pages_at(sp.level)
+        mirror = sp.role == "mirror"
+        if mirror and shared:
+            raise RuntimeError(f"mirror table {pt:#x} removed under a shared MMU lock")
         if sp.level == 1:
             self._handle_removed_leaves(sp, old_words)
-            self._pending_free.append(sp)
-            return
-        for index in old_words.nonzero()[0]:
-            old = int(old_words[index])
-            if fmt.tdp_is_shadow_present(old):
-                self._handle_changed_spte(sp.as_id, sp.gfn + int(index) * step, old, frozen,
-                                          sp.level, shared)
+            if mirror:
+                for index in fmt.tdp_present_mask(old_words).nonzero()[0]:
+                    self._remove_external_spte(sp.gfn + int(index), 1, int(old_words[index]))
+        else:
+            for index in old_words.nonzero()[0]:
+                old = int(old_words[index])
+                if fmt.tdp_is_shadow_present(old):
+                    gfn = sp.gfn + int(index) * step
+                    self._handle_changed_spte(sp.as_id, gfn, old, frozen, sp.level, shared)
+                    if mirror:
+                        self._remove_external_spte(gfn, sp.level, old)
+        if mirror:
+            self._free_external_spt(sp)
         self._pending_free.append(sp)
 
     def _handle_removed_leaves(self, sp, old_words):
@@ -557,15 +801,22 @@ class Vm:
                 if slot is not None and slot.dirty_logging:
                     slot.mark_dirty(sp.gfn + int(index))
 
-    def _alloc_sp(self, level, gfn, as_id):
+    def _alloc_sp(self, level, gfn, as_id, role="direct"):
         nbytes = self.fmt.table_bytes(level)
-        return MmuPage(self.mem.alloc_table(nbytes), nbytes, level, gfn, as_id)
+        return MmuPage(self.mem.alloc_table(nbytes), nbytes, level, gfn, as_id, role=role)
 
     def _link_sp(self, it, sp, shared):
         """KVM's ``tdp_mmu_link_sp``: point the entry at the child table ``sp``."""
         new = self.fmt.tdp_make_nonleaf(sp.hpa, self.opts)
         if shared:
-            if not self._set_spte_atomic(it, new):
+            try:
+                linked = self._set_spte_atomic(it, new)
+            except BaseException:
+                # A failed external call (mirror roots): the entry was restored, the
+                # new table is not reachable.
+                self.mem.free_table(sp.hpa, sp.nbytes)
+                raise
+            if not linked:
                 return False
         else:
             self._iter_set_spte(it, new)
@@ -594,26 +845,38 @@ class Vm:
 
     def translate(self, gpa, access, *, as_id=0, ad_update=False):
         """The reference walker on the vCPU root of ``as_id`` (allocated if the vCPU
-        has none yet), with the VM's options."""
-        return translate(self.mem, self.fmt, self.root_for(as_id), gpa, access,
-                         vm=self.opts, ad_update=ad_update)
+        has none yet), with the VM's options: what the hardware would do, so a TD's
+        private GPA walks the external root."""
+        root = self.root_for(as_id)
+        if self.tdx is not None and not gpa >> self.tdx.shared_bit & 1:
+            root = self.external_root_for(as_id)
+        return translate(self.mem, self.fmt, root, gpa, access, vm=self.opts,
+                         ad_update=ad_update)
 
-    def max_mapping_level(self, slot, gfn, max_level=None):
+    def max_mapping_level(self, slot, gfn, max_level=None, *, private=False):
         """KVM's ``kvm_mmu_max_mapping_level``: the largest level whose page around
         ``gfn`` lies in ``slot``, is backed by an equally aligned host range no larger
-        than the host mapping, and is not disallowed by dirty logging."""
+        than the host mapping, and is not disallowed by dirty logging. In a TD the
+        whole page must have one memory attribute (``private``, KVM's
+        ``hugepage_has_attrs``), and private pages are at most 2M."""
         level = min(max(self._map_levels), slot.host_level,
                     max_level if max_level is not None else self.fmt.levels)
         if slot.dirty_logging:
             return 1
+        frame = slot.hpa
+        if private:
+            level = min(level, 2)
+            frame = self.tdx.private_hpa[(slot.as_id, slot.slot_id)]
         tracked = self._write_tracked[slot.as_id]
         while level > 1:
             n = self._pages_at(level)
             first = gfn & ~(n - 1)
             if (level in self._map_levels and first >= slot.base_gfn
                     and first + n <= slot.end_gfn
-                    and not (slot.base_gfn ^ (slot.hpa >> PAGE_SHIFT)) & (n - 1)
-                    and not any(first <= g < first + n for g in tracked)):
+                    and not (slot.base_gfn ^ (frame >> PAGE_SHIFT)) & (n - 1)
+                    and not any(first <= g < first + n for g in tracked)
+                    and (self.tdx is None
+                         or self.tdx.attributes.uniform(first, first + n) is private)):
                 return level
             level -= 1
         return 1
@@ -626,23 +889,38 @@ class Vm:
         self._check_as_id(as_id)
         if not isinstance(gpa, int) or gpa < 0:
             raise ValueError(f"gpa must be a non-negative integer, got {gpa!r}")
+        in_range = self.fmt.gpa_in_range(gpa)
+        private = False
+        if self.tdx is not None and in_range:
+            # KVM's kvm_is_addr_direct: the shared bit selects the direct root; the
+            # fault's GFN never includes it.
+            private = not gpa >> self.tdx.shared_bit & 1
+            gpa &= ~(1 << self.tdx.shared_bit)
         gfn = gpa >> PAGE_SHIFT
         fault = PageFault(gfn=gfn, write=access == "write", exec=access == "execute",
                           as_id=as_id, max_level=max(self._map_levels) if max_level is None
                           else max_level,
-                          nx_huge_page_workaround_enabled=self.nx_huge_pages)
+                          # Private leaves are always executable (the TDX module maps
+                          # them so): no NX huge-page mitigation for them.
+                          nx_huge_page_workaround_enabled=self.nx_huge_pages and not private,
+                          private=private)
         self._trace("kvm_page_fault", gpa=gpa, access=access, as_id=as_id)
-        slot = self.find_memslot(gfn, as_id) if self.fmt.gpa_in_range(gpa) else None
+        slot = self.find_memslot(gfn, as_id) if in_range else None
         if slot is None:
             return self._fault_done(fault, PfResult.EMULATE, "mmio")
+        if self.tdx is not None and self.tdx.attributes.is_private(gfn) != private:
+            return self._fault_done(fault, PfResult.MEMORY_FAULT,
+                                    "shared" if private else "private")
         if fault.write and slot.readonly:
             return self._fault_done(fault, PfResult.EMULATE, "readonly")
         if fault.write and gfn in self._write_tracked[as_id]:
             return self._fault_done(fault, PfResult.EMULATE, "write-tracked")
-        fault.slot, fault.hpa, fault.map_writable = slot, slot.gfn_to_hpa(gfn), not slot.readonly
-        root = self._vcpu_root_page(as_id)
-        # mmu_topup_memory_caches: a fault may need one table per level below the root.
-        if self.mem.free_pages < self.fmt.root_level - 1:
+        fault.slot, fault.map_writable = slot, not slot.readonly
+        fault.hpa = self.tdx.private_frame(slot, gfn) if private else slot.gfn_to_hpa(gfn)
+        root = self._vcpu_mirror_root_page() if private else self._vcpu_root_page(as_id)
+        # mmu_topup_memory_caches: a fault may need one table per level below the root,
+        # and a private one as many external tables again.
+        if self.mem.free_pages < (self.fmt.root_level - 1) * (2 if private else 1):
             return self._fault_done(fault, PfResult.NOMEM, "no table pages")
         self._hugepage_adjust(fault)
         result = self._tdp_mmu_map(fault, root)
@@ -660,7 +938,8 @@ class Vm:
         fault.req_level = fault.goal_level = 1
         if fault.max_level <= 1:
             return
-        fault.req_level = self.max_mapping_level(fault.slot, fault.gfn, fault.max_level)
+        fault.req_level = self.max_mapping_level(fault.slot, fault.gfn, fault.max_level,
+                                                 private=fault.private)
         if fault.req_level == 1:
             return
         fault.huge_page_disallowed = fault.exec and fault.nx_huge_page_workaround_enabled
@@ -684,6 +963,11 @@ class Vm:
         for it in self._iter(root, 1, fault.gfn, fault.gfn + 1):
             if fault.nx_huge_page_workaround_enabled:
                 self._disallowed_hugepage_adjust(fault, it.old_spte, it.level)
+            if it.mirror and it.level == fault.goal_level and it.level > 1 \
+                    and fmt.tdp_child_table(it.old_spte, it.level) is not None:
+                # The external tables cannot merge a table into a huge page (no
+                # promotion): map below the table.
+                fault.goal_level -= 1
             if it.level == fault.goal_level:
                 return self._map_handle_target_level(fault, it, changed)
             # A frozen entry belongs to a concurrent zap: give up and let the vCPU retry.
@@ -694,7 +978,7 @@ class Vm:
                 continue
             try:
                 sp = self._alloc_sp(it.level - 1, it.gfn & ~(self._pages_at(it.level) - 1),
-                                    fault.as_id)
+                                    fault.as_id, root.role)
             except OutOfTablePages:
                 return PfResult.NOMEM
             sp.nx_huge_page_disallowed = (fault.huge_page_disallowed
@@ -716,7 +1000,8 @@ class Vm:
         level, old = it.level, it.old_spte
         npages = self._pages_at(level)
         gfn = fault.gfn & ~(npages - 1)
-        hpa = fault.slot.gfn_to_hpa(gfn)
+        hpa = fault.hpa - ((fault.gfn - gfn) << PAGE_SHIFT)
+        space = self._root_space(it)
         if fmt.tdp_is_frozen(old):
             return PfResult.RETRY
         old_leaf = fmt.tdp_is_shadow_present(old) and fmt.tdp_is_last_spte(old, level)
@@ -733,6 +1018,9 @@ class Vm:
         writable = fault.map_writable and not tracked and (fault.write or not logging or ad)
         dirty = writable and (fault.write or (not logging and fmt.tdp_ad_faults(opts)))
         executable = not (level > 1 and self.nx_huge_pages)
+        if fault.private:
+            # The external leaf is RWX with A/D set; the mirror says the same.
+            writable = dirty = executable = True
         new = fmt.tdp_make_spte(hpa, level, opts, writable=writable, executable=executable,
                                 host_writable=fault.map_writable,
                                 mmu_writable=fault.map_writable and not tracked,
@@ -743,10 +1031,10 @@ class Vm:
             return PfResult.RETRY
         if fmt.tdp_is_shadow_present(old) and not old_leaf:
             # A table was replaced by a huge page: its cached walks must go.
-            self.flush_remote_tlbs_range(gfn, npages)
+            self.flush_remote_tlbs_range(gfn, npages, space=space)
         elif old_leaf and (fmt.tdp_spte_frame(old, level) != hpa
                            or self._leaf_spte_change_needs_tlb_flush(old, new)):
-            self.flush_remote_tlbs_range(gfn, npages)
+            self.flush_remote_tlbs_range(gfn, npages, space=space)
         if writable and logging and (dirty or not ad):
             fault.slot.mark_dirty(gfn, npages)
         self._trace("kvm_mmu_set_spte", gfn=gfn, level=level, spte=new)
@@ -754,8 +1042,20 @@ class Vm:
 
     # -- zapping -------------------------------------------------------------------------
 
-    def _roots_of(self, as_id, only_valid=False):
-        return [r for r in self._roots if r.as_id == as_id and not (only_valid and r.invalid)]
+    def _root_space(self, root):
+        """The translations a root (or an iterator over it) serves: ``"both"`` for an
+        ordinary VM, ``"private"`` (mirror) or ``"shared"`` (direct) for a TD."""
+        if self.tdx is None:
+            return "both"
+        return "private" if root.role == "mirror" else "shared"
+
+    def _roots_of(self, as_id, only_valid=False, space="both"):
+        """The roots of ``as_id``; ``space="shared"`` leaves out a TD's mirror root
+        (what KVM does for every operation that private memory does not support:
+        aging, write-protection for dirty logging, huge-page recovery), and
+        ``"private"`` keeps only it."""
+        return [r for r in self._roots if r.as_id == as_id and not (only_valid and r.invalid)
+                and (space == "both" or self._root_space(r) in ("both", space))]
 
     def _tdp_mmu_zap_leafs(self, root, start, end, flush):
         fmt = self.fmt
@@ -770,25 +1070,45 @@ class Vm:
             flush = True
         return flush
 
-    def zap_gfn_range(self, start, end, *, as_id=0, flush=True):
+    def zap_gfn_range(self, start, end, *, as_id=0, flush=True, space="both"):
         """Zap the leaves mapping ``[start, end)`` in every root of ``as_id`` (KVM's
         ``kvm_tdp_mmu_zap_leafs``; a huge page overlapping the range goes whole).
-        Tables stay. Returns whether a flush was (or, with ``flush=False``, is) owed."""
+        Tables stay. Returns whether a flush was (or, with ``flush=False``, is) owed.
+        A TD may zap only its ``"private"`` (mirror and external) or ``"shared"``
+        mappings (KVM_PROCESS_PRIVATE / KVM_PROCESS_SHARED); a private zap first
+        splits 2M private pages that straddle the range's ends, so that the private
+        memory outside the range stays mapped (the TDX huge-page series)."""
         self._check_as_id(as_id)
+        check_space(space)
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
             raise ValueError(f"start/end must be integers with 0 <= start <= end, got {start!r}, {end!r}")
+        if space != "both" and self.tdx is None:
+            raise ValueError(f"space: only a TD has private and shared mappings, got {space!r}")
         owed = False
-        for root in self._roots_of(as_id):
+        for root in self._roots_of(as_id, space=space):
+            if root.role == "mirror":
+                self._split_straddling(root, start, end)
             owed = self._tdp_mmu_zap_leafs(root, start, min(end, self._max_gfn), owed)
         if owed and flush:
-            self.flush_remote_tlbs_range(start, end - start)
+            self.flush_remote_tlbs_range(start, end - start, space=space)
         self._end_op()
         return owed
+
+    def _split_straddling(self, root, start, end):
+        """Split the huge leaves of ``root`` that hold ``start`` or ``end - 1`` without
+        lying inside ``[start, end)``, down to 4K."""
+        for gfn in {start, end - 1} if end > start else ():
+            n = self._pages_at(2)
+            first = gfn & ~(n - 1)
+            if first < start or first + n > end:
+                self._split_huge_pages_root(root, first, first + n, 1, SplitResult())
 
     def _tdp_mmu_zap_root(self, root, shared):
         """KVM's ``tdp_mmu_zap_root``: zap the 1 GiB-level entries first (each removal
         frees at most one 1 GiB subtree), then the entries above."""
         fmt = self.fmt
+        if root.role == "mirror" and shared:
+            raise RuntimeError("a mirror root is zapped only with the MMU lock held for write")
         for zap_level in (min(PG_LEVEL_1G, root.level), root.level):
             for it in self._iter(root, zap_level, 0, self._max_gfn):
                 if self._cond_resched(it, False, shared):
@@ -807,7 +1127,30 @@ class Vm:
         if root not in self._roots:
             raise ValueError("zap_root: not a root of this VM")
         self._tdp_mmu_zap_root(root, shared=False)
-        self.flush_remote_tlbs()
+        self.flush_remote_tlbs(space=self._root_space(root))
+        self._end_op()
+
+    # -- memory attributes (a TD's private/shared conversions) ------------------------
+
+    def set_memory_attributes(self, gfn, npages, private):
+        """KVM_SET_MEMORY_ATTRIBUTES on a TD: make ``[gfn, gfn + npages)`` private or
+        shared. The mappings of the side the range leaves are zapped and flushed first
+        (KVM's ``kvm_arch_pre_set_memory_attributes``: shared mappings for a
+        conversion to private, mirror and external ones for a conversion to shared);
+        later faults map the other side."""
+        if self.tdx is None:
+            raise ValueError("tdx: only a TD has memory attributes")
+        for name, value in (("gfn", gfn), ("npages", npages)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if gfn + npages > self._max_gfn:
+            raise ValueError(f"gfn/npages: the range ends beyond the TD's shared bit "
+                             f"{self.tdx.shared_bit}")
+        private = bool(private)
+        end = gfn + npages
+        self._trace("memory_attributes", gfn=gfn, npages=npages, private=private)
+        self.zap_gfn_range(gfn, end, space="shared" if private else "private")
+        self.tdx.attributes.set_range(gfn, end, private)
         self._end_op()
 
     # -- dirty logging and eager splitting --------------------------------------------
@@ -878,6 +1221,11 @@ class Vm:
         leaf and flush the slot once. Pages dirty (D set) when logging starts show up in
         the first bitmap. Stop: recover huge pages, one batched flush. Returns the
         :class:`SplitResult` of the split, or None.
+
+        In a TD, 2M private pages are split too (through the external tables), but
+        private leaves cannot be write-protected nor their D bits read (the TDX module
+        owns them): every mapped private page is reported dirty in every bitmap, and
+        private huge pages are not recovered.
         """
         slot = self.memslot(slot_id, as_id)
         enable = bool(enable)
@@ -890,7 +1238,7 @@ class Vm:
         if enable:
             if eager_split:
                 result = self.split_huge_pages(slot_id, as_id=as_id)
-            for root in self._roots_of(as_id):
+            for root in self._roots_of(as_id, space="shared"):
                 self._clear_dirty_gfn_range(root, slot.base_gfn, slot.end_gfn)
             # Unconditionally, as KVM's kvm_mmu_slot_apply_flags does: a TLB may hold a
             # writable translation whose entry write-protection did not change (aging
@@ -912,8 +1260,12 @@ class Vm:
         changed = False
         ad = self.fmt.tdp_ad_enabled(self.opts)
         if ad:
-            for root in self._roots_of(as_id):
+            for root in self._roots_of(as_id, space="shared"):
                 changed |= self._clear_dirty_gfn_range(root, slot.base_gfn, slot.end_gfn)
+        for root in self._roots_of(as_id, space="private") if self.tdx is not None else ():
+            for gfn, level, word, _ in self.walk_present(root):
+                if self.fmt.tdp_is_last_spte(word, level) and slot.contains(gfn):
+                    slot.mark_dirty(gfn, self._pages_at(level))
         bitmap = slot.dirty_bitmap.copy()
         slot.dirty_bitmap[:] = 0
         if not ad:
@@ -930,7 +1282,7 @@ class Vm:
         start = slot.base_gfn + offset
         end = min(start + 64, slot.end_gfn)
         changed = False
-        for root in self._roots_of(slot.as_id):
+        for root in self._roots_of(slot.as_id, space="shared"):
             changed |= self._clear_dirty_gfn_range(root, start, end, mask)
         return changed
 
@@ -979,12 +1331,13 @@ class Vm:
                         and self._split_two_levels(it, result):
                     break
                 if sp is None:
-                    if self.mem.free_pages <= self.min_free_pages:
+                    # A mirror split also takes a page for the external table.
+                    if self.mem.free_pages <= self.min_free_pages + it.mirror:
                         result.enomem = True
                         self._trace("kvm_mmu_split_huge_page", gfn=it.gfn, spte=it.old_spte,
                                     level=it.level, errno=-ENOMEM)
                         return
-                    sp = self._alloc_sp(it.level - 1, it.gfn, it.as_id)
+                    sp = self._alloc_sp(it.level - 1, it.gfn, it.as_id, it.role)
                 if self._split_huge_page(it, sp, True):
                     result.huge_pages_split += 1
                     result.sptes_created += self.fmt.table_entries(sp.level)
@@ -1005,7 +1358,7 @@ class Vm:
         fmt, opts, mem = self.fmt, self.opts, self.mem
         level = it.level
         n_mid = fmt.table_entries(level - 1)
-        if mem.free_pages - (1 + n_mid) < self.min_free_pages:
+        if it.mirror or mem.free_pages - (1 + n_mid) < self.min_free_pages:
             return False
         mid = fmt.tdp_split_children(it.old_spte, level, opts)
         low_exec = True if (level - 2 == 1 and self.nx_huge_pages) else None
@@ -1049,7 +1402,7 @@ class Vm:
         top = max(self._map_levels)
         recovered = 0
         flush = False
-        for root in self._roots_of(as_id, only_valid=True):
+        for root in self._roots_of(as_id, only_valid=True, space="shared"):
             for it in self._iter(root, 2, slot.base_gfn, slot.end_gfn):
                 while True:
                     if self._cond_resched(it, flush, True):
@@ -1060,7 +1413,7 @@ class Vm:
                             or fmt.tdp_is_last_spte(old, it.level):
                         break
                     if not slot.contains(it.gfn) \
-                            or self.max_mapping_level(slot, it.gfn) < it.level:
+                            or self.max_mapping_level(slot, it.gfn, private=False) < it.level:
                         break
                     huge = self._make_huge_spte(root, it)
                     if huge is None:
@@ -1095,6 +1448,9 @@ class Vm:
         pages over it are disallowed, write faults are emulated. Clearing MMU-writable
         is what makes a TLB flush necessary (spte.h); returns whether one was done."""
         self._check_as_id(as_id)
+        if self.tdx is not None:
+            raise ValueError("write tracking: a TD's private memory cannot be "
+                             "write-protected (the TDX module owns its permissions)")
         self._write_tracked[as_id].add(gfn)
         fmt = self.fmt
         flush = False
@@ -1160,7 +1516,8 @@ class Vm:
         self._check_as_id(as_id)
         fmt, opts = self.fmt, self.opts
         young = False
-        for root in self._roots_of(as_id):
+        # Private memory is not in the host's page tables: no aging (KVM_FILTER_SHARED).
+        for root in self._roots_of(as_id, space="shared"):
             for it in self._iter(root, 1, start, end):
                 while True:
                     old = it.old_spte
@@ -1184,7 +1541,7 @@ class Vm:
         """Whether any leaf mapping ``[start, end)`` is young; changes nothing."""
         self._check_as_id(as_id)
         fmt = self.fmt
-        for root in self._roots_of(as_id):
+        for root in self._roots_of(as_id, space="shared"):
             for it in self._iter(root, 1, start, end):
                 if fmt.tdp_is_shadow_present(it.old_spte) \
                         and fmt.tdp_is_last_spte(it.old_spte, it.level) \
@@ -1194,35 +1551,47 @@ class Vm:
 
     # -- TLB flushes -----------------------------------------------------------------------
 
-    def flush_remote_tlbs(self):
-        """Flush every translation of the VM (KVM's ``kvm_flush_remote_tlbs``)."""
+    def flush_remote_tlbs(self, *, space="both"):
+        """Flush every translation of the VM (KVM's ``kvm_flush_remote_tlbs``); a TD
+        may flush only its ``"private"`` or ``"shared"`` translations."""
+        check_space(space)
         self._counters["tlb_flush"] += 1
-        self._trace("tlb_flush", gfn=None, npages=None)
-        self.sink.flush_all()
-        self._free_pending(None, None)
+        self._trace("tlb_flush", gfn=None, npages=None, space=space)
+        if space == "both":
+            self.sink.flush_all()
+        else:
+            self.sink.flush_all(space=space)
+        self._free_pending(None, None, space)
 
-    def flush_remote_tlbs_range(self, gfn, npages):
-        """Flush ``[gfn, gfn + npages)``; a full flush if the sink cannot do ranges."""
+    def flush_remote_tlbs_range(self, gfn, npages, *, space="both"):
+        """Flush ``[gfn, gfn + npages)`` (GFNs without a TD's shared bit) in
+        ``space``; a full flush if the sink cannot do ranges."""
+        check_space(space)
         if not self.sink.supports_ranges:
-            self.flush_remote_tlbs()
+            self.flush_remote_tlbs(space=space)
             return
         self._counters["tlb_flush"] += 1
-        self._trace("tlb_flush", gfn=gfn, npages=npages)
-        self.sink.flush_range(gfn, npages)
-        self._free_pending(gfn, gfn + npages)
+        self._trace("tlb_flush", gfn=gfn, npages=npages, space=space)
+        if space == "both":
+            self.sink.flush_range(gfn, npages)
+        else:
+            self.sink.flush_range(gfn, npages, space=space)
+        self._free_pending(gfn, gfn + npages, space)
 
     def flush_remote_tlbs_memslot(self, slot_id, as_id=0):
         """Flush a memslot's range (KVM's ``kvm_flush_remote_tlbs_memslot``)."""
         slot = self.memslot(slot_id, as_id)
         self.flush_remote_tlbs_range(slot.base_gfn, slot.npages)
 
-    def _free_pending(self, start, end):
+    def _free_pending(self, start, end, space="both"):
         """Free the removed tables the flush covered (KVM's RCU callback): only then
         can no walker, and no page-walk cache, still reach them."""
         keep = []
         for sp in self._pending_free:
             span = self._pages_at(sp.level + 1)
-            if start is None or (start <= sp.gfn and sp.gfn + span <= end and not sp.is_root):
+            if space not in ("both", self._root_space(sp)):
+                keep.append(sp)
+            elif start is None or (start <= sp.gfn and sp.gfn + span <= end and not sp.is_root):
                 self.mem.free_table(sp.hpa, sp.nbytes)
             else:
                 keep.append(sp)
