@@ -30,8 +30,11 @@ demo:
 test:
 	$(PYTEST) -q -n $(JOBS) -m "not slow"
 
+# Every slow test on JOBS workers (pytest's progress); cocotb_tests/regress.py adds a table
+# per simulator x scenario/format and the seed of any failure. REGRESS_COUNT=N sets the
+# translations per format of the scoreboarded streams (default 1,000,000).
 regress:
-	$(PYTEST) -q -n $(JOBS) -m slow
+	$(PYTEST) -n $(JOBS) -m slow -p cocotb_tests.regress -o console_output_style=progress
 
 lint:
 	$(RUN) python -m hw lint

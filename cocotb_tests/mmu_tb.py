@@ -19,8 +19,8 @@ from cocotb.triggers import Event, RisingEdge
 from cocotb.utils import get_sim_time
 
 from hw.decode import ACCESS_IDS, EXIT_IDS
-from hw.sim import VmContext, unpack_response
-from hw.tlb import InvalKind, inval_layout
+from hw.sim import INVAL_SPACES, VmContext, unpack_response
+from hw.tlb import InvalKind, InvalSpace, inval_layout
 from hw.walker import response_layout
 from sw_model.formats import FAULT_KINDS
 from sw_model.tdp import FlushSink
@@ -47,13 +47,20 @@ class Response:
     accepted, answered : int
         Clock cycles of the request handshake and of the response.
     result : Translation or Fault
+    root : int
+        The root the RTL walks for this GPA (a TD's private GPA: the external root).
+    private : bool
+        A TD's private GPA.
+    gfn : int
+        The GPA's page number without a TD's shared bit (what invalidations name).
     """
     __slots__ = ("serial", "tag", "vm_index", "gpa", "access", "accepted", "answered",
-                 "result", "done", "refs", "root", "raced")
+                 "result", "done", "refs", "root", "raced", "private", "gfn")
 
     def __init__(self, serial, vm_index, gpa, access):
         self.serial, self.vm_index, self.gpa, self.access = serial, vm_index, gpa, access
         self.tag = self.accepted = self.answered = self.result = self.root = None
+        self.private, self.gfn = False, gpa >> 12
         self.done = Event()
         self.refs = []          # reference results seen while in flight
         self.raced = False      # a model step ran while in flight
@@ -69,18 +76,26 @@ class Response:
 
 class RtlFlushSink(FlushSink):
     """The model's flush API delivered to the MMU's ``inval`` port: ``flush_all`` is a
-    VM invalidation, ``flush_range`` a RANGE one. The TB drives them after the model
-    step that asked for them (:meth:`MmuTB.model_step`)."""
+    VM invalidation, ``flush_range`` a RANGE one, each of the ``space`` asked for
+    ("both", or a TD's "shared" / "private" translations; GFNs without the shared
+    bit). The TB drives them after the model step that asked for them
+    (:meth:`MmuTB.model_step`)."""
     supports_ranges = True
 
     def __init__(self, tb, vm_index):
         self.tb, self.vm_index = tb, vm_index
 
-    def flush_all(self):
-        self.tb.queue_inval(InvalKind.VM, self.vm_index, 0, 0)
+    @staticmethod
+    def _space(space):
+        if space not in INVAL_SPACES:
+            raise ValueError(f"space must be one of {', '.join(INVAL_SPACES)}, got {space!r}")
+        return INVAL_SPACES[space]
 
-    def flush_range(self, gfn, npages):
-        self.tb.queue_inval(InvalKind.RANGE, self.vm_index, gfn, npages)
+    def flush_all(self, *, space="both"):
+        self.tb.queue_inval(InvalKind.VM, self.vm_index, 0, 0, self._space(space))
+
+    def flush_range(self, gfn, npages, *, space="both"):
+        self.tb.queue_inval(InvalKind.RANGE, self.vm_index, gfn, npages, self._space(space))
 
 
 def _key(result):
@@ -136,7 +151,8 @@ class Scoreboard:
         self.mismatches = []
         self.checked = self.stale_hits = self.raced_faults = 0
         self.stale_kinds = {}
-        # (vm_index, root) -> {(level, region_gfn): {translation: [first_seen, removed_at]}}
+        # (vm_index, root, private) ->
+        #     {(level, region_gfn): {translation: [first_seen, removed_at]}}
         self._seen = collections.defaultdict(dict)
         self._cache = {}
 
@@ -163,12 +179,14 @@ class Scoreboard:
         return ref
 
     def _base(self, req, result):
-        """(vm, root), (level, region) and the translation of the region's first byte."""
+        """(vm, root, space), (level, region) and the translation of the region's first
+        byte. Regions are in GFNs without a TD's shared bit, as invalidations are."""
         span = 1 << (9 * (result.level - 1))
-        region = (req.gpa >> 12) & ~(span - 1)
+        region = req.gfn & ~(span - 1)
         key = _key(result)
-        base = result.hpa - (((req.gpa >> 12) - region) << 12) - (req.gpa & 0xfff)
-        return (req.vm_index, req.root), (result.level, region), (base, *key[2:])
+        base = result.hpa - ((req.gfn - region) << 12) - (req.gpa & 0xfff)
+        return (req.vm_index, req.root, req.private), (result.level, region), \
+            (base, *key[2:])
 
     def _note(self, req, result, cycle):
         if not result.ok:
@@ -186,10 +204,12 @@ class Scoreboard:
             req.refs.append(ref)
         self._note(req, ref, cycle)
 
-    def invalidated(self, vm_index, start, count, cycle):
+    def invalidated(self, vm_index, start, count, cycle, space=InvalSpace.BOTH):
         """An invalidation was accepted at ``cycle``: what it covers is no longer legit."""
-        for (vm, _root), table in self._seen.items():
+        for (vm, _root, private), table in self._seen.items():
             if vm_index is not None and vm != vm_index:
+                continue
+            if space != InvalSpace.BOTH and (space == InvalSpace.PRIVATE) != private:
                 continue
             for (level, region), records in table.items():
                 span = 1 << (9 * (level - 1))
@@ -282,7 +302,7 @@ class MmuTB:
         self._serial = 0
         self._queue = collections.deque()           # requests not yet driven
         self._ctx_queue = collections.deque()       # (index, raw)
-        self._inval_queue = collections.deque()     # (kind, vm, start, count)
+        self._inval_queue = collections.deque()     # (kind, vm, start, count, space)
         self._free_tags = collections.deque(range(1 << self.tag_bits))
         self._outstanding = {}                      # tag -> Response
         self._inval_waiters = []                    # [serial at accept, Event] for grace
@@ -322,13 +342,18 @@ class MmuTB:
         self.sync_context(vm_index)
 
     def sync_context(self, vm_index):
-        """Write the context if the VM's vCPU root changed (new root after a fast zap)."""
+        """Write the context if the VM's vCPU roots changed (new root after a fast zap).
+        A TD (``vm.tdx``) gets its external root and shared bit as well."""
         vm = self.guests[vm_index].vm
-        root = vm.root_for(0)
-        if self.contexts.get(vm_index) != root:
-            self.contexts[vm_index] = root
-            raw = VmContext(fmt=vm.fmt, root=root, vm=vm.opts).raw()
-            self._ctx_queue.append((vm_index, raw))
+        tdx = getattr(vm, "tdx", None)
+        if tdx is not None and not tdx.external.hkid_assigned:
+            return          # a torn-down TD: no vCPU runs, its roots are gone
+        context = VmContext(fmt=vm.fmt, root=vm.root_for(0), vm=vm.opts) if tdx is None else \
+            VmContext(fmt=vm.fmt, root=vm.root_for(0), vm=vm.opts,
+                      ext_root=vm.external_root_for(0), shared_bit=tdx.shared_bit)
+        if self.contexts.get(vm_index) != context:
+            self.contexts[vm_index] = context
+            self._ctx_queue.append((vm_index, context.raw()))
             self._wake.set()
 
     async def access(self, vm_index, gpa, access):
@@ -345,8 +370,8 @@ class MmuTB:
         self._wake.set()
         return req
 
-    def queue_inval(self, kind, vm_index, start, count):
-        self._inval_queue.append((kind, vm_index, start, count))
+    def queue_inval(self, kind, vm_index, start, count, space=InvalSpace.BOTH):
+        self._inval_queue.append((kind, vm_index, start, count, space))
         self._wake.set()
 
     async def model_step(self, fn, *args, **kwargs):
@@ -467,11 +492,11 @@ class MmuTB:
                 self._driving = None
             inval_busy = self._inval_completed < self._inval_accepted
             if self._inval_driving is not None and int(inval_ready.value):
-                kind, vm, start, count = self._inval_driving
+                kind, vm, start, count, space = self._inval_driving
                 self._inval_accepted += 1
                 self.scoreboard.invalidated(None if kind == InvalKind.ALL else vm,
                                             None if kind != InvalKind.RANGE else start,
-                                            count, cycle)
+                                            count, cycle, space)
                 if self._outstanding:
                     self._inval_waiters.append([max(r.serial for r in
                                                     self._outstanding.values()), Event()])
@@ -492,10 +517,10 @@ class MmuTB:
             if self._inval_driving is None:
                 if self._inval_queue and self._driving is None and not ctx_on:
                     self._inval_driving = item = self._inval_queue.popleft()
-                    kind, vm, start, count = item
+                    kind, vm, start, count, space = item
                     inval_payload.value = self.inval_layout.const(
-                        {"kind": kind, "vm": vm, "start": start, "count": count}
-                    ).as_value().value
+                        {"kind": kind, "vm": vm, "start": start, "count": count,
+                         "space": space}).as_value().value
                     inval_valid.value = 1
                 else:
                     inval_valid.value = 0
@@ -504,7 +529,11 @@ class MmuTB:
                         self._inval_driving is None and not self._inval_queue:
                     req = self._driving = self._queue.popleft()
                     req.tag = self._free_tags.popleft()
-                    req.root = self.contexts[req.vm_index]
+                    context = self.contexts[req.vm_index]
+                    req.root = context.root_of(req.gpa)
+                    if context.td:
+                        req.private = context.is_private(req.gpa)
+                        req.gfn = (req.gpa & ~(1 << context.shared_bit)) >> 12
                     req_payload.value = ((req.gpa & ((1 << 64) - 1))
                                          | (ACCESS_IDS[req.access] << 64)
                                          | (req.vm_index << vm_shift)

@@ -30,10 +30,31 @@ __all__ = ["VectorFile", "VectorFileError", "load_vectors", "save_vectors", "run
 
 VERSION = 1
 _DEFAULT_MEMORY = 8 << 20
+#: The largest memory a vector file may back. Only table pages need storage, so 1 GiB is
+#: far beyond any real file; a typo in ``size`` fails here instead of exhausting the host.
+MAX_MEMORY = 1 << 30
+_TOP_FIELDS = ("tdpwalk_vectors", "format", "vm", "root", "memory", "accesses", "seed")
+_VM_FIELDS = ("ad", "pa_bits", "exec_only", "nxe")
+_MEMORY_FIELDS = ("base", "size", "words", "bus_errors")
+_ACCESS_FIELDS = ("gpa", "access")
 
 
 class VectorFileError(ValueError):
-    """A vector file that cannot be used; the message names the offending field."""
+    """A vector file that cannot be used: ``FIELD: PROBLEM``, plus ``(in PATH)`` when it
+    was read from a file, so a message alone says what to fix where.
+
+    Members
+    -------
+    field : str
+        Where in the file, as a path (``accesses[3].gpa``, ``memory.words[0x1000]``).
+    problem : str
+    path : str or None
+    """
+
+    def __init__(self, field, problem, path=None):
+        self.field, self.problem, self.path = field, problem, path
+        where = f" (in {path})" if path is not None else ""
+        super().__init__(f"{field}: {problem}{where}")
 
 
 @dataclass
@@ -75,126 +96,199 @@ class VectorFile:
         }
 
 
-def _number(value, where):
-    if isinstance(value, bool):
-        raise VectorFileError(f"{where}: expected a number, got {value!r}")
+_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "true or false"}
+
+
+def _type_name(value):
+    return "null" if value is None else _KINDS.get(type(value), type(value).__name__)
+
+
+def _number(value, where, bits=64):
+    """A non-negative integer below ``2**bits``: a JSON integer, or a string in any base
+    ``int(s, 0)`` reads."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise VectorFileError(where, f"expected a number, got {_type_name(value)}")
     if isinstance(value, int):
         result = value
-    elif isinstance(value, str):
+    else:
         try:
             result = int(value, 0)
         except ValueError:
-            raise VectorFileError(f"{where}: {value!r} is not a number") from None
-    else:
-        raise VectorFileError(f"{where}: expected a number, got {type(value).__name__}")
+            raise VectorFileError(where, f"{value!r} is not a number") from None
     if result < 0:
-        raise VectorFileError(f"{where}: {value!r} is negative")
+        raise VectorFileError(where, f"{value!r} is negative")
+    if result >= 1 << bits:
+        raise VectorFileError(where, f"{result:#x} does not fit in {bits} bits")
     return result
 
 
-def _require(obj, key, where, kind):
-    if not isinstance(obj, dict) or key not in obj:
-        raise VectorFileError(f"{where}: missing field {key!r}")
-    value = obj[key]
-    if not isinstance(value, kind):
-        raise VectorFileError(f"{where}.{key}: expected {kind.__name__}, "
-                              f"got {type(value).__name__}")
+def _object(value, where, known):
+    """``value`` as a dict with no field outside ``known`` (a typo is an error, not a
+    silently missing field)."""
+    if not isinstance(value, dict):
+        raise VectorFileError(where, f"expected an object, got {_type_name(value)}")
+    unknown = [key for key in value if key not in known]
+    if unknown:
+        raise VectorFileError(where, f"unknown field(s) {', '.join(map(repr, unknown))} "
+                              f"(known: {', '.join(known)})")
     return value
 
 
-def load_vectors(source):
-    """Load and validate a vector file from a path or an already parsed ``dict``."""
-    if isinstance(source, dict):
-        data = source
-    else:
-        try:
-            with open(source) as f:
-                data = json.load(f)
-        except OSError as e:
-            raise VectorFileError(f"cannot read vector file {source}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise VectorFileError(f"{source}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise VectorFileError("vector file: the top level must be a JSON object")
-    version = data.get("tdpwalk_vectors")
-    if version != VERSION:
-        raise VectorFileError(f"tdpwalk_vectors: expected version {VERSION}, got {version!r}")
+def _require(obj, key, where):
+    if key not in obj:
+        raise VectorFileError(where, f"missing field {key!r}")
+    return obj[key]
 
+
+def _no_duplicates(pairs):
+    """``json.load``'s ``object_pairs_hook``: a key given twice is an error (JSON
+    would keep the last one silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise VectorFileError(f"key {key!r}", "given twice in one object")
+        out[key] = value
+    return out
+
+
+def load_vectors(source):
+    """Load and validate a vector file from a path or an already parsed ``dict``.
+
+    Every field is checked; :class:`VectorFileError` names the first bad one. A GPA
+    beyond the format's GPA width is valid: the walk answers with a ``gpa_range`` fault.
+    """
+    if isinstance(source, dict):
+        return _parse(source)
     try:
-        fmt = get_format(_require(data, "format", "vector file", str))
+        with open(source) as f:
+            data = json.load(f, object_pairs_hook=_no_duplicates)
+    except OSError as e:
+        raise VectorFileError("vector file", f"cannot read it: {e.strerror or e}",
+                              source) from None
+    except UnicodeDecodeError as e:
+        raise VectorFileError("vector file", f"not text ({e.reason})", source) from None
+    except json.JSONDecodeError as e:
+        raise VectorFileError("vector file", f"not valid JSON ({e})", source) from None
+    except VectorFileError as e:
+        raise VectorFileError(e.field, e.problem, source) from None
+    try:
+        return _parse(data)
+    except VectorFileError as e:
+        raise VectorFileError(e.field, e.problem, source) from None
+
+
+def _parse(data):
+    data = _object(data, "vector file", _TOP_FIELDS)
+    version = data.get("tdpwalk_vectors")
+    if type(version) is not int or version != VERSION:
+        raise VectorFileError("tdpwalk_vectors", f"expected version {VERSION}, got "
+                              f"{json.dumps(version) if version is not None else 'nothing'}")
+
+    name = _require(data, "format", "vector file")
+    try:
+        fmt = get_format(name)
     except FormatError as e:
-        raise VectorFileError(f"format: {e}") from None
-    vm_json = data.get("vm", {})
-    if not isinstance(vm_json, dict):
-        raise VectorFileError("vm: expected an object")
-    unknown = set(vm_json) - {"ad", "pa_bits", "exec_only", "nxe"}
-    if unknown:
-        raise VectorFileError(f"vm: unknown field(s) {', '.join(sorted(unknown))}")
+        raise VectorFileError("format", str(e)) from None
+    vm_json = _object(data.get("vm", {}), "vm", _VM_FIELDS)
+    for key in ("exec_only", "nxe"):
+        if key in vm_json and not isinstance(vm_json[key], bool):
+            raise VectorFileError(f"vm.{key}", f"expected true or false, got "
+                                  f"{json.dumps(vm_json[key])}")
+    if vm_json.get("ad") is not None and not isinstance(vm_json["ad"], str):
+        raise VectorFileError("vm.ad", f"expected a string, got {_type_name(vm_json['ad'])}")
+    pa_bits = vm_json.get("pa_bits")
+    if pa_bits is not None and (isinstance(pa_bits, bool) or not isinstance(pa_bits, int)):
+        raise VectorFileError("vm.pa_bits", f"expected an integer, got {_type_name(pa_bits)}")
     try:
         vm = fmt.vm_options(**vm_json)
     except FormatError as e:
-        raise VectorFileError(f"vm: {e}") from None
+        raise VectorFileError("vm", str(e)) from None
 
-    mem_json = _require(data, "memory", "vector file", dict)
+    mem_json = _object(_require(data, "memory", "vector file"), "memory", _MEMORY_FIELDS)
     base = _number(mem_json.get("base", 0), "memory.base")
     size = _number(mem_json.get("size", _DEFAULT_MEMORY), "memory.size")
+    if size > MAX_MEMORY:
+        raise VectorFileError("memory.size", f"{size:#x} bytes is more than a vector file "
+                              f"may back ({MAX_MEMORY:#x})")
     try:
         memory = HostMemory(size, base=base)
     except ValueError as e:
-        raise VectorFileError(f"memory: {e}") from None
+        raise VectorFileError("memory", str(e)) from None
+    end = base + size
+    if end > 1 << vm.pa_bits:
+        raise VectorFileError("memory", f"[{base:#x}, {end:#x}) extends beyond the "
+                              f"{vm.pa_bits}-bit physical-address width (vm.pa_bits)")
     words = mem_json.get("words", {})
     if not isinstance(words, dict):
-        raise VectorFileError("memory.words: expected an object of address: word")
+        raise VectorFileError("memory.words", f"expected an object of address: word, got "
+                              f"{_type_name(words)}")
+    seen = {}
     for key, value in words.items():
-        addr = _number(key, "memory.words key")
-        word = _number(value, f"memory.words[{key}]")
-        if addr % 8 or not memory.contains(addr):
-            raise VectorFileError(f"memory.words[{key}]: address is misaligned or outside "
-                                  f"memory [{base:#x}, {base + size:#x})")
-        if word >= 1 << 64:
-            raise VectorFileError(f"memory.words[{key}]: {value} does not fit in 64 bits")
+        where = f"memory.words[{key}]"
+        addr = _number(key, where)
+        word = _number(value, where)
+        if addr % 8:
+            raise VectorFileError(where, "address is not 8-byte aligned")
+        if not memory.contains(addr):
+            raise VectorFileError(where, f"address is outside memory [{base:#x}, {end:#x})")
+        if addr in seen:
+            raise VectorFileError(where, f"the same address as memory.words[{seen[addr]}]")
+        seen[addr] = key
         memory.write64(addr, word)
         memory.reserve(addr & ~(PAGE_SIZE - 1))
+    bus_json = mem_json.get("bus_errors", [])
+    if not isinstance(bus_json, list):
+        raise VectorFileError("memory.bus_errors", f"expected a list of addresses, got "
+                              f"{_type_name(bus_json)}")
     bus_errors = []
-    for i, value in enumerate(mem_json.get("bus_errors", [])):
-        addr = _number(value, f"memory.bus_errors[{i}]")
-        if addr % 8 or not memory.contains(addr):
-            raise VectorFileError(f"memory.bus_errors[{i}]: {value} is misaligned or "
-                                  f"outside memory")
+    for i, value in enumerate(bus_json):
+        where = f"memory.bus_errors[{i}]"
+        addr = _number(value, where)
+        if addr % 8:
+            raise VectorFileError(where, f"{addr:#x} is not 8-byte aligned")
+        if not memory.contains(addr):
+            raise VectorFileError(where, f"{addr:#x} is outside memory [{base:#x}, {end:#x})")
+        if addr in bus_errors:
+            raise VectorFileError(where, f"{addr:#x} is listed twice")
         bus_errors.append(addr)
 
-    root = _number(_require(data, "root", "vector file", (str, int)), "root")
+    root = _number(_require(data, "root", "vector file"), "root")
     try:
         fmt.check_root(root, vm)
     except FormatError as e:
-        raise VectorFileError(f"root: {e}") from None
+        raise VectorFileError("root", str(e)) from None
     if not memory.contains(root, fmt.root_table_bytes):
-        raise VectorFileError(f"root: table at {root:#x} lies outside memory "
-                              f"[{base:#x}, {base + size:#x})")
+        raise VectorFileError("root", f"the {fmt.root_table_bytes}-byte table at {root:#x} "
+                              f"lies outside memory [{base:#x}, {end:#x})")
     memory.reserve(root, fmt.root_table_bytes)
     for addr in bus_errors:
         memory.poison(addr)
 
+    accesses_json = _require(data, "accesses", "vector file")
+    if not isinstance(accesses_json, list):
+        raise VectorFileError("accesses", f"expected a list, got {_type_name(accesses_json)}")
     accesses = []
-    for i, item in enumerate(_require(data, "accesses", "vector file", list)):
+    for i, item in enumerate(accesses_json):
         where = f"accesses[{i}]"
-        gpa = _number(_require(item, "gpa", where, (str, int)), f"{where}.gpa")
-        access = _require(item, "access", where, str)
+        item = _object(item, where, _ACCESS_FIELDS)
+        gpa = _number(_require(item, "gpa", where), f"{where}.gpa")
+        access = _require(item, "access", where)
         if access not in ACCESSES:
-            raise VectorFileError(f"{where}.access: expected one of {', '.join(ACCESSES)}, "
-                                  f"got {access!r}")
-        if gpa >= 1 << 64:
-            raise VectorFileError(f"{where}.gpa: {gpa:#x} does not fit in 64 bits")
+            raise VectorFileError(f"{where}.access", f"expected one of "
+                                  f"{', '.join(ACCESSES)}, got {json.dumps(access)}")
         accesses.append((gpa, access))
     seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise VectorFileError("seed", f"expected an integer or null, got {_type_name(seed)}")
     return VectorFile(fmt=fmt, vm=vm, root=root, memory=memory, accesses=accesses,
                       seed=seed, bus_errors=bus_errors)
 
 
 def save_vectors(vectors, path):
+    """Write ``vectors`` as a vector file that :func:`load_vectors` reads back equal."""
+    text = json.dumps(vectors.to_json(), indent=1) + "\n"
     with open(path, "w") as f:
-        json.dump(vectors.to_json(), f, indent=1)
-        f.write("\n")
+        f.write(text)
 
 
 def run_vectors(vectors):

@@ -1,0 +1,34 @@
+"""Long regressions (`make regress`, -m slow): a scoreboarded random stream of
+REGRESS_COUNT translations per format (default 1,000,000) on Verilator, each format in
+its own pytest item so xdist spreads them; `make test` runs a short stream of one
+format. cocotb_tests/regress.py has the stream and the summary-table plugin."""
+
+import os
+
+import pytest
+
+from cocotb_tests.runner import run_mmu
+from sw_model.formats import FORMAT_NAMES
+
+COUNT = int(os.environ.get("REGRESS_COUNT", "1000000"))
+
+
+def run_stream(fmt, count, seed):
+    [result] = run_mmu("verilator", ["stream"], seed=seed, test_module="cocotb_tests.regress",
+                       extra={"TDPWALK_FORMAT": fmt, "TDPWALK_COUNT": str(count),
+                              "TDPWALK_CHURN": str(max(count // 40, 500)),
+                              "TDPWALK_PROGRESS": str(max(count // 10, 4096))})
+    assert result["mismatches"] == 0, f"{fmt} seed {seed}: {result['mismatch_list'][:3]}"
+    assert result["translations"] == result["checked"] >= count, f"{fmt} seed {seed}"
+    assert result["flushes"] > 0 and 0.1 < result["tlb_hit_rate"] < 0.99, result
+    return result
+
+
+def test_stream_short():
+    run_stream("sv48x4", 3000, 7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_stream_million(fmt):
+    run_stream(fmt, COUNT, 100 + FORMAT_NAMES.index(fmt))
