@@ -9,6 +9,8 @@ import time
 
 from cocotb_tests.runner import SIMULATORS, ToolchainError, run_mmu
 
+from .report import Table
+
 __all__ = ["main"]
 
 
@@ -21,10 +23,10 @@ def _amaranth(count):
     return count / (time.perf_counter() - start)
 
 
-def main(quick=False):
+def main(quick=False, simulators=SIMULATORS):
     counts = {"icarus": 500 if quick else 2000, "verilator": 5000 if quick else 30000}
-    rows = []
-    for sim in SIMULATORS:
+    rows, skipped = [], []
+    for sim in simulators:
         for check in (True, False):
             try:
                 results = run_mmu(sim, ["hit", "miss"], test_module="cocotb_tests.speed_bench",
@@ -34,24 +36,25 @@ def main(quick=False):
                                          "GPI_LOG_LEVEL": "WARNING",
                                          "PYTHONWARNINGS": "ignore::DeprecationWarning"})
             except ToolchainError as e:
-                print(f"{sim}: skipped ({e})")
+                skipped.append(f"{sim} skipped ({e})")
                 break
             for r in results:
-                rows.append((sim, r["stream"], "on" if check else "off", r["count"],
+                rows.append([sim, r["stream"], "on" if check else "off", r["count"],
                              f"{100 * r['hit_rate']:.0f}%", f"{r['cycles'] / r['count']:.2f}",
-                             f"{r['rate']:,.0f}"))
+                             f"{r['rate']:,.0f}"])
     amaranth_count = 100 if quick else 400
-    rows.append(("amaranth (walker only)", "miss", "on", amaranth_count, "0%", "-",
-                 f"{_amaranth(amaranth_count):,.0f}"))
-    header = ("simulator", "stream", "scoreboard", "translations", "TLB hits",
-              "cycles/transl.", "translations/s")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
-    print(f"(os.cpu_count() = {os.cpu_count()}; wall-clock time of the stream only, "
-          f"excluding build and simulator start-up)")
+    rows.append(["amaranth (walker only)", "miss", "on", amaranth_count, "0%", "-",
+                 f"{_amaranth(amaranth_count):,.0f}"])
+    note = (f"os.cpu_count() = {os.cpu_count()}; wall-clock time of the stream only, excluding "
+            f"build and simulator start-up; memory latency 2 cycles; ept4.")
+    if skipped:
+        note += " " + "; ".join(skipped) + "."
+    return [Table("Co-simulation speed (translations per second)",
+                  ["simulator", "stream", "scoreboard", "translations", "TLB hits",
+                   "cycles/transl.", "translations/s"], rows, note)]
 
 
 if __name__ == "__main__":
     import sys
-    main(quick="--quick" in sys.argv)
+    for table in main(quick="--quick" in sys.argv):
+        print(table.text())

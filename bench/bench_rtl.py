@@ -1,14 +1,16 @@
 """RTL cycle figures from Amaranth's simulator (simulator-independent: cycles, not seconds).
 
 1. The walker alone: cycles from request to response per format against the memory's
-   read latency, and the overhead beyond the memory's own latency per level (target:
-   at most one cycle per level plus two).
-2. The MMU top at a memory latency of 20 cycles: walk latency per format with a cold and
-   a warm walk cache, TLB hit throughput, and random-miss throughput with 1, 2, 4 and 8
-   walkers. Tables are printed and a PNG plot is written to docs/img/mmu.png.
+   read latency, and the overhead per level beyond the memory's own latency.
+2. The MMU top: walk latency per format against the memory latency with a cold walk
+   cache and with its upper levels cached; TLB hit throughput; random-miss throughput
+   against the number of walkers; TLB hit rate against the TLB's geometry on four
+   access patterns.
 
-Tables are built with the TDP model (sw_model.tdp), mapping pages by fault-in as a
-hypervisor would.
+Pages are mapped by the TDP model (sw_model.tdp) by fault-in, as a hypervisor would; their
+accessed bits are then set by the reference walker so the measured walks make reads only.
+All of it runs in Amaranth's simulator (no Verilator build per configuration), with
+fewer requests under ``BENCH=quick``.
 """
 
 import pathlib
@@ -18,15 +20,59 @@ from hw.sim import VmContext, run_mmu, walk_latency
 from sw_model.formats import FORMAT_NAMES
 from sw_model.memory import HostMemory
 from sw_model.tdp import Vm
+from sw_model.walker import translate
 
-MEMORY_LATENCY = 20
+from .report import Table
+
+__all__ = ["main", "PATTERNS", "pattern"]
+
 IMG = pathlib.Path(__file__).resolve().parent.parent / "docs" / "img"
+LATENCIES = (1, 5, 20, 100)
+MISS_LATENCY = 20
+#: TLB geometries (sets, ways) of the hit-rate sweep; (16, 4) is the default.
+TLB_SIZES = ((4, 2), (8, 4), (16, 4), (32, 4), (16, 8), (64, 4))
+PATTERNS = ("sequential", "strided", "random", "hot/cold")
 
 
-def _table(header, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+def pattern(name, count, seed=1):
+    """GPAs of an access pattern (4 KiB pages in the first 1 GiB).
+
+    sequential: sweeps over 96 pages, four 8-byte accesses per page, repeated;
+    strided: one access every 16 pages (64 KiB) over 16 pages, repeated (every page
+    falls in the same TLB set while the TLB has at most 16 sets);
+    random: uniform over 256 pages;
+    hot/cold: the recorded-style mix of a guest working set, 85 % of accesses to
+    24 hot pages and 15 % to 1024 cold ones.
+    """
+    rng = random.Random(seed)
+    if name == "sequential":
+        gpas = [(page << 12) | (k << 3) for page in range(96) for k in range(4)]
+    elif name == "strided":
+        gpas = [(page * 16) << 12 for page in range(16)]
+    elif name == "random":
+        return [rng.randrange(256) << 12 for _ in range(count)]
+    elif name == "hot/cold":
+        hot = rng.sample(range(4096), 24)
+        return [(rng.choice(hot) if rng.random() < 0.85 else 4096 + rng.randrange(1024)) << 12
+                for _ in range(count)]
+    else:
+        raise ValueError(f"pattern must be one of {', '.join(PATTERNS)}, got {name!r}")
+    return [gpas[i % len(gpas)] for i in range(count)]
+
+
+def _mapped_vm(name, gpas, *, accessed=True):
+    """A VM with the 4 KiB pages at ``gpas`` faulted in (slot: the first 1 GiB); with
+    ``accessed`` every entry on their paths has its A bit set already."""
+    memory = HostMemory(64 << 20)
+    vm = Vm(name, memory, trace=False)
+    vm.add_memslot(0, 0, 1 << 18, 1 << 32, host_level=1)
+    for gpa in sorted(set(gpas)):
+        vm.handle_fault(gpa, "read")
+    context = VmContext(vm.fmt, vm.root_for(), vm.opts)
+    if accessed:
+        for gpa in sorted(set(gpas)):
+            assert translate(memory, vm.fmt, context.root, gpa, "read", vm=vm.opts).ok
+    return memory, context
 
 
 def walker_latency(latencies):
@@ -35,102 +81,174 @@ def walker_latency(latencies):
         row = [name]
         for latency in latencies:
             levels, cycles = walk_latency(name, latency)
-            overhead = (cycles - levels * latency) / levels
-            row.append(f"{cycles} ({overhead:.2f}/lvl)")
-        levels, _ = walk_latency(name, 1)
-        row.append(f"{levels * 2 + 2}")
+            row.append(f"{cycles} ({(cycles - levels * latency) / levels:.2f})")
         rows.append(row)
-    print("Walker alone: cycles from request to response, 4 KiB walk, A/D already set;")
-    print("in brackets, cycles per level beyond the memory latency (target <= 1 + 2/levels).")
-    _table(["format"] + [f"L={n}" for n in latencies] + ["target L=1"], rows)
+    return Table("Walker alone: walk latency (cycles)", ["format"] + [f"mem {n}" for n in latencies],
+                 rows, "hw.walker.Walker in hw/sim.py's harness, one 4 KiB write walk with A/D "
+                 "already set, memory read latency 1 to 100 cycles; in brackets the cycles per "
+                 "level beyond the memory latency.")
 
 
-def _mapped_vm(name, gpas):
-    """A VM with the 4 KiB pages at ``gpas`` faulted in (slot: the first 1 GiB)."""
-    memory = HostMemory(64 << 20)
-    vm = Vm(name, memory)
-    vm.add_memslot(0, 0, 1 << 18, 1 << 32, host_level=1)
-    for gpa in gpas:
-        vm.handle_fault(gpa, "read")
-    return memory, VmContext(vm.fmt, vm.root_for(), vm.opts)
-
-
-def mmu_figures(quick):
-    rng = random.Random(1)
-    rows, cold_warm = [], {}
+def mmu_walk_latency(latencies):
+    """{format: {latency: (cold, pwc hit, reads saved)}}."""
     first, second = 0x40_0000, 0x40_1000     # two pages of one 2 MiB region
+    out = {}
     for name in FORMAT_NAMES:
         memory, context = _mapped_vm(name, [first, second])
         # Walk-cache fills land one level per cycle after the response: wait for them.
         script = [("req", first, "read", 0), ("drain",), ("delay", 8),
                   ("req", second, "read", 0), ("drain",)]
-        run = run_mmu(memory, [context], script, latency=MEMORY_LATENCY)
-        cold_warm[name] = (run.cycles[0], run.cycles[1])
-        rows.append([name, run.cycles[0], run.cycles[1], run.counters["pwc_reads_saved"]])
-    print(f"\nMMU, memory latency {MEMORY_LATENCY}: walk latency (cycles) with a cold walk "
-          f"cache (on x86 this walk also sets A in every level: one AtomicCompare each), and "
-          f"for a second page of the same 2 MiB region (upper levels cached).")
-    _table(["format", "cold", "walk cache hit", "reads saved"], rows)
+        out[name] = {}
+        for latency in latencies:
+            run = run_mmu(memory.copy(), [context], script, latency=latency)
+            out[name][latency] = (run.cycles[0], run.cycles[1], run.counters["pwc_reads_saved"])
+    return out
 
-    # TLB hit throughput: one warm page, then back-to-back hits.
-    hits = 64 if quick else 512
+
+def tlb_hit_throughput(hits):
+    first = 0x40_0000
     memory, context = _mapped_vm("ept4", [first])
     warm = [("req", first, "read", 0), ("drain",)]
-    base = run_mmu(memory.copy(), [context], warm, latency=MEMORY_LATENCY).total
-    full = run_mmu(memory.copy(), [context],
-                   warm + [("req", first + 8 * i, "read", 0) for i in range(hits)]
-                   + [("drain",)], latency=MEMORY_LATENCY).total
-    print(f"\nTLB hit throughput: {hits} back-to-back hits in {full - base} cycles = "
-          f"{hits / (full - base):.2f} requests per cycle")
+    base = run_mmu(memory.copy(), [context], warm, latency=MISS_LATENCY).total
+    run = run_mmu(memory.copy(), [context],
+                  warm + [("req", first + 8 * i, "read", 0) for i in range(hits)]
+                  + [("drain",)], latency=MISS_LATENCY)
+    return hits, run.total - base, run.cycles[1]
 
-    # Random misses: distinct pages spread over 1 GiB, with 1, 2, 4, 8 walkers.
-    count = 48 if quick else 256
-    order = rng.sample(range(1 << 18), count)
-    order = [page << 12 for page in order]
+
+def miss_throughput(count, walker_counts, latency):
+    """{walkers: requests per cycle} for ``count`` distinct random pages (ept4)."""
+    order = [page << 12 for page in random.Random(1).sample(range(1 << 18), count)]
     memory, context = _mapped_vm("ept4", order)
     script = [("req", gpa, "read", 0) for gpa in order] + [("drain",)]
-    miss_rows, miss = [], {}
-    for walkers in (1, 2, 4, 8):
-        run = run_mmu(memory.copy(), [context], script, latency=MEMORY_LATENCY,
-                      num_walkers=walkers, pending=max(8, 2 * walkers))
-        miss[walkers] = len(order) / run.total
-        miss_rows.append([walkers, run.total, f"{1000 * miss[walkers]:.1f}",
-                          f"{miss[walkers] / miss[1]:.2f}"])
-    print(f"\nRandom-miss stream ({len(order)} distinct 4 KiB pages over 1 GiB, ept4):")
-    _table(["walkers", "cycles", "requests/1000 cycles", "speed-up"], miss_rows)
-    _plot(cold_warm, miss)
+    out = {}
+    for walkers in walker_counts:
+        run = run_mmu(memory.copy(), [context], script, latency=latency,
+                      num_walkers=walkers, pending=max(8, 2 * walkers), timeout=100000)
+        out[walkers] = (run.total, count / run.total)
+    return out
 
 
-def _plot(cold_warm, miss):
+def hit_rates(count):
+    """{pattern: {(sets, ways): hit rate}}: TLB hits / requests, cold start included."""
+    out = {}
+    for name in PATTERNS:
+        gpas = pattern(name, count)
+        memory, context = _mapped_vm("ept4", gpas)
+        # One request at a time: a miss completes (and fills) before the next lookup, so
+        # no miss merges into a walk in flight and every repeat can hit.
+        script = [item for gpa in gpas for item in (("req", gpa, "read", 0), ("drain",))]
+        out[name] = {}
+        for sets, ways in TLB_SIZES:
+            run = run_mmu(memory.copy(), [context], script, latency=1, tlb_sets=sets,
+                          tlb_ways=ways, timeout=100000)
+            out[name][(sets, ways)] = run.counters["tlb_hits"] / run.counters["requests"]
+        print(f"  hit rate {name}: done", flush=True)
+    return out
+
+
+def _plots(walk, miss, rates):
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("(matplotlib missing: no plot; install the [bench] extra)")
-        return
+        print("(matplotlib missing: no plots; install the [bench] extra)")
+        return []
     IMG.mkdir(parents=True, exist_ok=True)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    names = list(cold_warm)
-    x = range(len(names))
-    left.bar([i - 0.2 for i in x], [cold_warm[n][0] for n in names], 0.4, label="cold")
-    left.bar([i + 0.2 for i in x], [cold_warm[n][1] for n in names], 0.4,
-             label="walk-cache hit")
-    left.set_xticks(list(x), names, rotation=30)
-    left.set_ylabel("cycles")
-    left.set_title(f"walk latency, memory latency {MEMORY_LATENCY}")
-    left.legend()
-    right.plot(list(miss), [1000 * v for v in miss.values()], marker="o")
-    right.set_xscale("log", base=2)
-    right.set_xlabel("walkers")
-    right.set_ylabel("requests per 1000 cycles")
-    right.set_title("random-miss throughput")
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (name, by_latency) in enumerate(walk.items()):
+        lat = list(by_latency)
+        color = f"C{i}"
+        ax.plot(lat, [by_latency[l][0] for l in lat], marker="o", color=color, label=name)
+        ax.plot(lat, [by_latency[l][1] for l in lat], marker="x", ls="--", color=color)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("memory read latency (cycles)")
+    ax.set_ylabel("walk latency (cycles)")
+    ax.set_title("MMU walk latency: cold (solid) vs walk-cache hit (dashed)")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path = IMG / "mmu.png"
-    fig.savefig(path, dpi=80)
-    print(f"\nplot: {path}")
+    fig.savefig(IMG / "walk_latency.png", dpi=72)
+    plt.close(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(list(miss), [1000 * v[1] for v in miss.values()], marker="o")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("walkers")
+    left.set_ylabel("requests per 1000 cycles")
+    left.set_title(f"random-miss throughput, memory latency {MISS_LATENCY}")
+    labels = [f"{s}x{w}" for s, w in TLB_SIZES]
+    for name, by_size in rates.items():
+        right.plot(labels, [100 * by_size[size] for size in TLB_SIZES], marker="o", label=name)
+    right.set_xlabel("TLB sets x ways")
+    right.set_ylabel("hit rate (%)")
+    right.set_title("TLB hit rate")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(IMG / "mmu.png", dpi=72)
+    plt.close(fig)
+    return ["img/walk_latency.png", "img/mmu.png"]
 
 
 def main(quick=False):
-    walker_latency((1, 5, 20) if quick else (1, 5, 20, 100))
-    mmu_figures(quick)
+    latencies = (1, 20) if quick else LATENCIES
+    tables = [walker_latency(latencies)]
+    walk = mmu_walk_latency(latencies)
+    rows = []
+    for name, by_latency in walk.items():
+        row = [name]
+        for latency in latencies:
+            cold, warm, _ = by_latency[latency]
+            row.append(f"{cold} / {warm}")
+        row.append(by_latency[latencies[0]][2])
+        rows.append(row)
+    walk_table = Table("MMU walk latency: cold / walk-cache hit (cycles)",
+                       ["format"] + [f"mem {n}" for n in latencies] + ["reads saved"], rows,
+                       "hw.mmu.MMU defaults (4 walkers, 16x4 TLB, 4 walk-cache entries per "
+                       "level); cycles from request accepted to response for a 4 KiB read "
+                       "whose entries have A set (no A/D write), with a cold walk cache and "
+                       "then for a second page of the same 2 MiB region (every non-leaf level "
+                       "cached: one memory read). Each cached level still costs two walker "
+                       "FSM cycles (docs/mmu.md).")
+    tables.append(walk_table)
+
+    hits, cycles, latency = tlb_hit_throughput(64 if quick else 512)
+    tables.append(Table("TLB hit throughput", ["hits", "cycles", "requests/cycle",
+                                               "hit latency (cycles)"],
+                        [[hits, cycles, f"{hits / cycles:.2f}", latency]],
+                        "back-to-back hits to one warm page (ept4), after the warm-up walk; "
+                        "cycles include draining the last response. The latency runs from the "
+                        "cycle a request is accepted (TLB lookup) to its response (hw/mmu.py "
+                        "answers a hit on the next cycle)."))
+
+    walkers = (1, 2, 4, 8)
+    count = 48 if quick else 256
+    miss = miss_throughput(count, walkers, MISS_LATENCY)
+    tables.append(Table(f"Random-miss throughput against walkers (memory latency {MISS_LATENCY})",
+                        ["walkers", "cycles", "requests/1000 cycles", "speed-up"],
+                        [[w, total, f"{1000 * rate:.1f}", f"{rate / miss[1][1]:.2f}"]
+                         for w, (total, rate) in miss.items()],
+                        f"{count} distinct 4 KiB pages spread over 1 GiB (ept4), each a full "
+                        f"walk; pending = max(8, 2 x walkers)."))
+
+    rates = hit_rates(200 if quick else 800)
+    rate_table = Table("TLB hit rate against TLB size",
+                       ["pattern"] + [f"{s}x{w} ({s * w})" for s, w in TLB_SIZES],
+                       [[name] + [f"{100 * by_size[size]:.1f}%" for size in TLB_SIZES]
+                        for name, by_size in rates.items()],
+                       f"TLB hits / requests over {200 if quick else 800} reads, one at a time "
+                       f"(ept4, 4 KiB pages, memory latency 1, cold start included); columns: "
+                       f"sets x ways (entries). Patterns: "
+                       + " ".join(pattern.__doc__.split("\n\n")[1].split()))
+    tables.append(rate_table)
+    plots = _plots(walk, miss, rates)
+    walk_table.plots = plots[:1]
+    rate_table.plots = plots[1:]
+    return tables
+
+
+if __name__ == "__main__":
+    import sys
+    for table in main(quick="--quick" in sys.argv):
+        print(table.text())

@@ -1,0 +1,122 @@
+"""The benchmark machinery: a cheap benchmark through ``python -m bench`` writes a
+results file with real tables; the table protocol, the access patterns and the parsers
+of the synthesis flow's logs."""
+
+import re
+
+import pytest
+
+import bench.__main__ as runner
+from bench.__main__ import available, main
+from bench.bench_rtl import PATTERNS, pattern
+from bench.bench_synth import _parse_nextpnr, _parse_yosys
+from bench.report import SECTIONS, Table
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """Saved sections and docs/ in a temporary directory."""
+    monkeypatch.setattr(runner, "SAVED", tmp_path / "saved")
+    monkeypatch.setattr(runner, "DOCS", tmp_path / "docs")
+    return tmp_path
+
+
+def test_compare_writes_results(scratch, capsys):
+    out = scratch / "results.md"
+    assert main(["compare", "--quick", "--output", str(out)]) == 0
+    text = out.read_text()
+    printed = capsys.readouterr().out
+    assert "Open MMUs compared" in printed
+    assert text.startswith("# tdpwalk results")
+    assert re.search(r"^- machine: .+, \d+ cores", text, re.M)
+    assert re.search(r"^- tools: python [\d.]+, amaranth [\d.]+", text, re.M)
+    assert "yosys" in text and "nextpnr" in text and "icarus" in text
+    assert f"## {SECTIONS['compare']}" in text
+    row = next(l for l in text.splitlines() if l.startswith("| tdpwalk"))
+    # measured: cycles per level of both formats and the hit latency in cycles
+    assert re.search(r"ept4 \d+\.\d\d, sv39x4 \d+\.\d\d", row)
+    hit = int(re.search(r"(\d+) cycles from request accepted", row).group(1))
+    assert 1 <= hit <= 4
+    for anchor in ("| CVA6", "| Rocket", "| XiangShan"):
+        assert anchor in text
+
+
+def test_sections_merge(scratch, capsys):
+    """Running one benchmark updates its section; the report needs every section."""
+    info = {"date": "2026-01-01 00:00 UTC", "machine": "m"}
+    others = [n for n in available() if n != "compare"]
+    runner.save(others[0], True, [Table("first", ["a"], [[1]])], 1.0, info)
+    assert main(["--report", "--quick"]) == 0
+    assert "not written: no saved results of" in capsys.readouterr().out
+    assert not (scratch / "docs" / "results.md").exists()
+    for name in others[1:]:
+        runner.save(name, True, [Table(f"table of {name}", ["a", "b"], [[1, "x"]])], 2.0, info)
+    assert main(["compare", "--quick"]) == 0
+    text = (scratch / "docs" / "results.md").read_text()
+    assert "### first" in text and "| 1 | x |" in text and "### Open MMUs compared" in text
+    headings = [l for l in text.splitlines() if l.startswith("## ")]
+    assert headings == [f"## {SECTIONS.get(n, n)}" for n in available()]
+    assert runner.load("compare", True)[0][0].title == "Open MMUs compared"
+    assert runner.load("compare", False) is None
+
+
+def test_available_in_report_order():
+    names = available()
+    assert {"rtl", "synth", "cosim", "model", "compare"} <= set(names)
+    assert names.index("rtl") < names.index("synth") < names.index("compare")
+
+
+def test_table_checks_rows():
+    with pytest.raises(ValueError, match="row 0 has 1 cells, expected 2"):
+        Table("t", ["a", "b"], [[1]])
+    md = Table("t", ["a", "b"], [[1, 2]], "note", ["img/x.png"]).markdown()
+    assert "| 1 | 2 |" in md and "![t](img/x.png)" in md
+
+
+def test_patterns():
+    for name in PATTERNS:
+        gpas = pattern(name, 300)
+        assert len(gpas) == 300 and gpas == pattern(name, 300)
+        assert all(gpa < 1 << 30 for gpa in gpas)
+    assert len({g >> 12 for g in pattern("strided", 300)}) == 16
+    with pytest.raises(ValueError, match="pattern must be one of"):
+        pattern("zigzag", 10)
+
+
+NEXTPNR_LOG = """\
+Info: Device utilisation:
+Info: 	          TRELLIS_IO:       3/    365     0%
+Info: 	                DCCA:       1/     56     1%
+Info: 	              DP16KD:       0/    208     0%
+Info: 	          TRELLIS_FF:    6035/  83640     7%
+Info: 	        TRELLIS_COMB:   14380/  83640    17%
+Info: Critical path report for clock 'clk$TRELLIS_IO_IN' (posedge -> posedge):
+Info:       type curr  total name
+Info:   clk-to-q  0.52  0.52 Source mmu.U$$0.state_TRELLIS_FF_Q.Q
+Info:    routing  1.20  1.72 Net mmu.U$$0.state (12,3) -> (14,5)
+Info:                          Sink $abc$123$auto$lut.A
+Info:      logic  0.24  1.96 Source $abc$123$auto$lut.Z
+Info:    routing  0.80  2.76 Net x (14,5) -> (15,5)
+Info:                          Sink mmu.tlb.valid_TRELLIS_FF_Q.DI
+Info: 4.1 ns logic, 5.3 ns routing
+Info: Max frequency for clock 'clk$TRELLIS_IO_IN': 106.38 MHz (PASS at 100.00 MHz)
+"""
+
+YOSYS_STAT = """\
+=== top ===
+    22263 cells
+      746   CCU2C
+    12027   LUT4
+     2882   PFUMX
+     6035   TRELLIS_FF
+"""
+
+
+def test_log_parsers():
+    r = _parse_nextpnr(NEXTPNR_LOG)
+    assert r["fmax"] == pytest.approx(106.38)
+    assert r["util"]["TRELLIS_COMB"] == (14380, 83640)
+    assert r["path"] == ["mmu.U$$0.state_TRELLIS_FF_Q.Q", "mmu.tlb.valid_TRELLIS_FF_Q.DI"]
+    assert r["logic_routing"] == ("4.1", "5.3")
+    cells = _parse_yosys("Printing statistics.\n" + YOSYS_STAT)
+    assert cells["LUT4"] == 12027 and cells["TRELLIS_FF"] == 6035 and cells["DP16KD"] == 0
