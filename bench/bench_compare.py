@@ -9,7 +9,7 @@ their data cache; ours is a stage-2 walker on its own AXI port, so "cycles per l
 is relative to each design's memory (data cache or AXI) latency.
 """
 
-from hw.sim import VmContext, run_mmu, walk_latency
+from hw.sim import run_mmu, walk_latency
 
 from .report import Table
 
@@ -48,9 +48,9 @@ ANCHORS = [
      f"Page Cache per level: l3 and l2 16 entries fully associative, l1 8 sets x 4 ways, "
      f"l0 32 sets x 8 ways, 16 superpage entries; an entry holds the 8 PTEs of a 64-byte "
      f"line ({XS} src/main/scala/xiangshan/cache/mmu/MMUConst.scala, PageTableCache.scala)",
-     f"one L2 cache access per level (64-byte line refills the Page Cache sector); the "
-     f"Page Cache answers the next cycle per PageTableCache.scala's header, a 4-stage "
-     f"access in OpenXiangShan/XiangShan-doc docs/memory/mmu/l2tlb.md",
+     "one L2 cache access per level (64-byte line refills the Page Cache sector); the "
+     "Page Cache answers the next cycle per PageTableCache.scala's header, a 4-stage "
+     "access in OpenXiangShan/XiangShan-doc docs/memory/mmu/l2tlb.md",
      f"not stated in the files read (L1 TLB in {XS} src/main/scala/xiangshan/cache/mmu/TLB.scala)"),
 ]
 

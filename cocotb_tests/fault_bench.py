@@ -33,7 +33,6 @@ Faults (docs/verification.md says what each one catches):
 """
 
 import collections
-import json
 import os
 import random
 import time
@@ -47,7 +46,7 @@ from sw_model.formats import FORMAT_NAMES, get_format
 from sw_model.memory import HostMemory, MemoryAccessError
 from sw_model.walker import translate
 
-from .mmu_tb import MmuTB, _key
+from .mmu_tb import MmuTB, _key, record_result
 from .scenarios import SCENARIOS, SLOT0_PAGES, Env, Guest, pick_formats
 
 __all__ = ["FAULTS", "FaultTB", "FaultView"]
@@ -544,12 +543,7 @@ async def run_fault(dut, fault):
               "mismatch_list": (chk.mismatches + sb.mismatches)[:10],
               "resets": tb.resets, "lost": tb.lost, "axi_resets": tb.axi.resets,
               "seconds": time.monotonic() - wall}
-    out = os.environ.get("TDPWALK_RESULTS")
-    if out:
-        data = json.loads(open(out).read()) if os.path.exists(out) else []
-        data.append(result)
-        with open(out, "w") as f:
-            json.dump(data, f)
+    record_result(result)
     dut._log.info("%s: %s", fault, {k: v for k, v in result.items()
                                      if not isinstance(v, (list, dict))})
     assert not result["mismatches"], (

@@ -10,7 +10,6 @@ guest's format; default from the seed), ``TDPWALK_AD``, ``TDPWALK_LATENCY``,
 hypervisor the scoreboard must catch; used by the tests to show it has teeth).
 """
 
-import json
 import os
 import time
 
@@ -18,7 +17,7 @@ import cocotb
 
 from sw_model.memory import HostMemory
 
-from .mmu_tb import MmuTB
+from .mmu_tb import MmuTB, record_result
 from .report import summarize
 from .scenarios import SCENARIOS, SIZES, Env, pick_formats
 
@@ -61,12 +60,7 @@ async def run_scenario(dut, scenario):
     await tb.quiesce()
     await tb.drain_invals()
     result = summarize(tb, scenario, seed, extra, time.monotonic() - wall)
-    out = os.environ.get("TDPWALK_RESULTS")
-    if out:
-        data = json.loads(open(out).read()) if os.path.exists(out) else []
-        data.append(result)
-        with open(out, "w") as f:
-            json.dump(data, f)
+    record_result(result)
     dut._log.info("%s: %s", scenario, {k: v for k, v in result.items()
                                         if not isinstance(v, (list, dict))})
     assert not tb.scoreboard.mismatches, (

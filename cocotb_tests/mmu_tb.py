@@ -11,7 +11,10 @@ serves the same :class:`~sw_model.memory.HostMemory` the model edits: zero copy.
 """
 
 import collections
+import json
 import logging
+import os
+import random
 
 import cocotb
 from cocotb.clock import Clock
@@ -28,7 +31,8 @@ from sw_model.walker import Fault, Translation, translate
 
 from .axi_memory import HostMemoryAxi
 
-__all__ = ["MmuTB", "Response", "RtlFlushSink", "Scoreboard", "PERIOD_NS", "HIT_CYCLES"]
+__all__ = ["MmuTB", "Response", "RtlFlushSink", "Scoreboard", "PERIOD_NS", "HIT_CYCLES",
+           "run_vcpus", "record_result"]
 
 PERIOD_NS = 10
 #: A response this many cycles after its request was accepted came from the TLB: the
@@ -249,6 +253,34 @@ class Scoreboard:
                               req.gpa, req.accepted, req.answered, req.result.to_json(),
                               [r.to_json() for r in req.refs])
         return False
+
+
+def record_result(result):
+    """Append ``result`` (a JSON object) to the list in the file named by
+    ``TDPWALK_RESULTS``, where the pytest side of a bench reads it; no-op without it."""
+    out = os.environ.get("TDPWALK_RESULTS")
+    if out:
+        data = json.loads(open(out).read()) if os.path.exists(out) else []
+        data.append(result)
+        with open(out, "w") as f:
+            json.dump(data, f)
+
+
+async def run_vcpus(access, rng, pattern, count, *, vcpus=4, stop=None):
+    """``vcpus`` concurrent streams of ``await access(gpa, access)`` with addresses from
+    ``pattern(rng)`` until ``count`` are done (or ``stop()`` is true); each stream has
+    its own generator seeded from ``rng``."""
+    left = [count]
+
+    async def vcpu(seed):
+        vcpu_rng = random.Random(seed)
+        while left[0] > 0 and not (stop and stop()):
+            left[0] -= 1
+            await access(*pattern(vcpu_rng))
+
+    tasks = [cocotb.start_soon(vcpu(rng.random())) for _ in range(vcpus)]
+    for task in tasks:
+        await task
 
 
 class MmuTB:

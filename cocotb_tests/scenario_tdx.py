@@ -25,7 +25,7 @@ from cocotb.triggers import Timer
 from sw_model.formats import get_format
 from sw_model.tdp import PfResult, Vm
 
-from .mmu_tb import PERIOD_NS, RtlFlushSink
+from .mmu_tb import PERIOD_NS, RtlFlushSink, run_vcpus
 
 __all__ = ["tdx", "TdGuest"]
 
@@ -144,18 +144,7 @@ class TdGuest:
     async def run(self, pattern, count, *, vcpus=4, stop=None):
         """``vcpus`` concurrent streams of accesses from ``pattern(rng)`` until ``count``
         are done (or ``stop()`` is true)."""
-        left = [count]
-
-        async def vcpu(seed):
-            rng = random.Random(seed)
-            while left[0] > 0 and not (stop and stop()):
-                left[0] -= 1
-                gpa, access = pattern(rng)
-                await self.access(gpa, access)
-
-        tasks = [cocotb.start_soon(vcpu(self.rng.random())) for _ in range(vcpus)]
-        for task in tasks:
-            await task
+        await run_vcpus(self.access, self.rng, pattern, count, vcpus=vcpus, stop=stop)
 
 
 def _sequential(guest, base_gfn, npages, stride):

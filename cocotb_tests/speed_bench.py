@@ -9,7 +9,6 @@ Environment: ``TDPWALK_SCENARIOS`` (``hit``, ``miss``), ``TDPWALK_COUNT``,
 ``TDPWALK_CHECK`` (0 or 1), ``TDPWALK_RESULTS``.
 """
 
-import json
 import os
 import random
 import time
@@ -18,7 +17,7 @@ import cocotb
 
 from sw_model.memory import HostMemory
 
-from .mmu_tb import MmuTB
+from .mmu_tb import MmuTB, record_result
 from .scenarios import Guest
 
 STREAMS = [n for n in os.environ.get("TDPWALK_SCENARIOS", "hit").split(",") if n]
@@ -55,10 +54,5 @@ async def speed(dut, stream):
               "rate": count / seconds, "cycles": tb.cycle() - cycles0,
               "hit_rate": counters["tlb_hits"] / max(counters["requests"], 1),
               "mismatches": len(tb.scoreboard.mismatches)}
-    out = os.environ.get("TDPWALK_RESULTS")
-    if out:
-        data = json.loads(open(out).read()) if os.path.exists(out) else []
-        data.append(result)
-        with open(out, "w") as f:
-            json.dump(data, f)
+    record_result(result)
     assert not tb.scoreboard.mismatches

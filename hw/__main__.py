@@ -7,7 +7,6 @@ the Verilog with Verilator (``-Wall`` with the waivers in hw/lint.vlt) and elabo
 with Icarus Verilog.
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -17,6 +16,7 @@ import sys
 
 from amaranth.back import verilog
 
+from sw_model.cli import OneLineParser, positive_int, probability, run_command
 from sw_model.formats import FormatError
 from sw_model.vectors import VectorFileError, load_vectors, write_results
 
@@ -167,9 +167,11 @@ def _cmd_run(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hw",
-                                     description="tdpwalk's RTL: generate, simulate, lint")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """Run the command line; returns the exit status: 0, 1 when a replay under cocotb
+    disagrees with the model, or 2 with a one-line ``error: ...`` for bad input."""
+    parser = OneLineParser(prog="python -m hw",
+                           description="tdpwalk's RTL: generate, simulate, lint")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     gen = sub.add_parser("generate", help="write Verilog for a configuration")
     gen.add_argument("--top", choices=list(TOPS), default="walker",
@@ -187,9 +189,9 @@ def main(argv=None):
                      help="Amaranth's simulator, or the generated Verilog under cocotb")
     run.add_argument("--waves", help="write a waveform of the run to this file (VCD on "
                                      "amaranth, FST under cocotb) and a GTKWave save file")
-    run.add_argument("--latency", type=int, default=1,
+    run.add_argument("--latency", type=positive_int, default=1,
                      help="memory read latency in cycles (default 1)")
-    run.add_argument("--stall", type=float, default=0.0,
+    run.add_argument("--stall", type=probability, default=0.0,
                      help="probability of back-pressure on each AXI channel per cycle")
     run.add_argument("--seed", type=int, default=0, help="seeds the back-pressure")
     run.add_argument("-o", "--output", help="write results here instead of stdout")
@@ -204,14 +206,8 @@ def main(argv=None):
     lint.set_defaults(func=_cmd_lint)
 
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (VectorFileError, FormatError, ConfigError, ProtocolError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-
+    return run_command(args.func, args, (VectorFileError, FormatError, ConfigError,
+                                         ProtocolError))
 
 if __name__ == "__main__":
     sys.exit(main())

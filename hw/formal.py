@@ -153,7 +153,30 @@ class _CacheGhost:
 
 # -- TLB and walk cache ------------------------------------------------------------------
 
-class TLBHarness(Elaboratable):
+class _CacheHarness(Elaboratable):
+    """A TLB or walk cache built with ``vpn_bits``-bit page numbers (small problems),
+    its inputs free, lookups of one symbolic key and a :class:`_CacheGhost` per level
+    in ``levels``; :meth:`check` adds the assertions of ``prop``."""
+
+    def __init__(self, prop, vpn_bits, build, levels):
+        self.prop, self.vpn_bits, self.levels = prop, vpn_bits, levels
+        with _page_bits(vpn_bits):
+            self.dut = build()
+
+    def elaborate(self, platform):
+        with _page_bits(self.vpn_bits):
+            m = _harness_module()
+            m.submodules.dut = Fragment.get(self.dut, None)
+            dut = self.dut
+            _drive_inputs(m, dut)
+            g = _CacheGhost(m, dut.lookup.payload.shape(), self.levels, dut.data_width)
+            m.d.comb += Assume(~dut.lookup.valid | (dut.lookup.payload.as_value()
+                                                    == g.key0.as_value()))
+            self.check(m, dut, g)
+            return m
+
+
+class TLBHarness(_CacheHarness):
     """:class:`hw.tlb.TLB` with unconstrained fills and invalidations and lookups of a
     symbolic key (:class:`_CacheGhost`).
 
@@ -166,30 +189,16 @@ class TLBHarness(Elaboratable):
 
     def __init__(self, prop, *, sets=2, ways=2, vm_bits=1, root_bits=2, data_width=4,
                  max_level=2, vpn_bits=10):
-        self.prop, self.vpn_bits = prop, vpn_bits
-        with _page_bits(vpn_bits):
-            self.dut = TLB(sets=sets, ways=ways, vm_bits=vm_bits, root_bits=root_bits,
-                           data_width=data_width, max_level=max_level)
+        super().__init__(prop, vpn_bits, lambda: TLB(
+            sets=sets, ways=ways, vm_bits=vm_bits, root_bits=root_bits,
+            data_width=data_width, max_level=max_level), range(1, max_level + 1))
 
-    def elaborate(self, platform):
-        with _page_bits(self.vpn_bits):
-            return self._elaborate()
-
-    def _elaborate(self):
-        m = _harness_module()
-        m.submodules.dut = Fragment.get(self.dut, None)
-        dut = self.dut
-        _drive_inputs(m, dut)
-        levels = range(1, dut.max_level + 1)
-        g = _CacheGhost(m, dut.lookup.payload.shape(), levels, dut.data_width)
-        m.d.comb += Assume(~dut.lookup.valid | (dut.lookup.payload.as_value()
-                                                == g.key0.as_value()))
+    def check(self, m, dut, g):
         fill_go = dut.fill.valid & ~dut.busy            # fills are dropped while busy
-        inval_go = dut.inval.valid & dut.inval.ready
         res = dut.result
-        for l in levels:
-            g.update(m, l, dut.fill.valid, fill_go, dut.fill.payload, inval_go,
-                     dut.inval.payload)
+        for l in self.levels:
+            g.update(m, l, dut.fill.valid, fill_go, dut.fill.payload,
+                     dut.inval.valid & dut.inval.ready, dut.inval.payload)
             hit = res.valid & res.payload.hit & (res.payload.level == l)
             if self.prop == "isolation":
                 m.d.comb += Assert(~hit | (g.filled[l] & (res.payload.data == g.payload[l])),
@@ -197,45 +206,29 @@ class TLBHarness(Elaboratable):
             else:
                 m.d.comb += Assert(~hit | g.valid[l],
                                    f"TLB hit at level {l} on an invalidated entry")
-        return m
 
 
-class PWCHarness(Elaboratable):
+class PWCHarness(_CacheHarness):
     """:class:`hw.pwc.PageWalkCache` with unconstrained fills and invalidations and
     lookups of a symbolic key; ``prop`` as for :class:`TLBHarness`, per walk-cache
     level. The "inval" check skips the one busy cycle (``inval_done`` follows it)."""
 
     def __init__(self, prop, *, entries=2, vm_bits=1, root_bits=2, data_width=4,
                  max_level=2, vpn_bits=10):
-        self.prop, self.vpn_bits = prop, vpn_bits
-        with _page_bits(vpn_bits):
-            self.dut = PageWalkCache(entries=entries, vm_bits=vm_bits, root_bits=root_bits,
-                                     data_width=data_width, max_level=max_level)
+        super().__init__(prop, vpn_bits, lambda: PageWalkCache(
+            entries=entries, vm_bits=vm_bits, root_bits=root_bits, data_width=data_width,
+            max_level=max_level), range(2, max_level + 1))
 
-    def elaborate(self, platform):
-        with _page_bits(self.vpn_bits):
-            return self._elaborate()
-
-    def _elaborate(self):
-        m = _harness_module()
-        m.submodules.dut = Fragment.get(self.dut, None)
-        dut = self.dut
-        _drive_inputs(m, dut)
-        levels = range(2, dut.max_level + 1)
-        g = _CacheGhost(m, dut.lookup.payload.shape(), levels, dut.data_width)
-        m.d.comb += Assume(~dut.lookup.valid | (dut.lookup.payload.as_value()
-                                                == g.key0.as_value()))
+    def check(self, m, dut, g):
         # The result answers the last key looked up: before the first lookup, none.
         looked = Signal()
         with m.If(dut.lookup.valid):
             m.d.sync += looked.eq(1)
         busy = ~dut.inval.ready
-        fill_go = dut.fill.valid & ~busy
-        inval_go = dut.inval.valid & dut.inval.ready
         res = dut.result
-        for l in levels:
-            g.update(m, l, dut.fill.valid, fill_go, dut.fill.payload, inval_go,
-                     dut.inval.payload)
+        for l in self.levels:
+            g.update(m, l, dut.fill.valid, dut.fill.valid & ~busy, dut.fill.payload,
+                     dut.inval.valid & dut.inval.ready, dut.inval.payload)
             hit = looked & res.hits[l - 2]
             if self.prop == "isolation":
                 m.d.comb += Assert(~hit | (g.filled[l] & (res.data[l - 2] == g.payload[l])),
@@ -243,7 +236,6 @@ class PWCHarness(Elaboratable):
             else:
                 m.d.comb += Assert(busy | ~hit | g.valid[l],
                                    f"walk-cache hit at level {l} on an invalidated entry")
-        return m
 
 
 # -- walker ------------------------------------------------------------------------------
@@ -523,8 +515,6 @@ class FormalProperty:
         Depth of the fast slice in ``make test``.
     mode : str
         "bmc", or "prove" for k-induction (``depth`` is then the induction length).
-    xfail : str or None
-        A patch path when the property fails on the RTL as it stands.
     """
     name: str
     summary: str
@@ -532,7 +522,6 @@ class FormalProperty:
     depth: int
     quick_depth: int
     mode: str = "bmc"
-    xfail: str = None
 
 
 @dataclass
@@ -651,7 +640,7 @@ PROPERTIES = [
                    "gstage, roots not assumed aligned: reads stay in the root table",
                    (lambda: WalkerHarness("table", formats=_FAMILIES["gstage"],
                                           aligned_roots=False)),
-                   depth=4, quick_depth=4, xfail="/tmp/formal-walker.patch"),
+                   depth=4, quick_depth=4),
     FormalProperty("mmu_response",
                    "no response without an outstanding request of that tag, none twice",
                    lambda: MMUHarness("response"), depth=14, quick_depth=6),
@@ -704,12 +693,8 @@ def main(argv=None):
     for prop in selected:
         depth = args.depth or (prop.quick_depth if args.quick else prop.depth)
         result = run_property(prop, depth, workdir=args.workdir, timeout=args.timeout)
-        # An expected failure that passes means its patch is in: not an error.
-        ok = result.status == "pass" or (prop.xfail and result.status == "fail")
+        ok = result.status == "pass"
         shown = result.status if ok else result.status.upper()
-        if prop.xfail:
-            shown = (f"xfail until {prop.xfail}" if result.status == "fail"
-                     else f"{shown} (patch applied? drop xfail)")
         rows.append((prop.name, prop.mode, depth, shown, f"{result.seconds:.1f} s"))
         print(f"{prop.name}: {result.status} at depth {depth} in {result.seconds:.1f} s",
               file=sys.stderr, flush=True)

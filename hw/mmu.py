@@ -150,10 +150,17 @@ class MMU(wiring.Component):
         self.num_walkers, self.num_vms, self.tag_bits = num_walkers, num_vms, tag_bits
         self.vm_bits = max(1, (num_vms - 1).bit_length())
         self.pending = pending
-        self.tlb = TLB(sets=tlb_sets, ways=tlb_ways, vm_bits=self.vm_bits, root_bits=ROOT_BITS,
-                       data_width=TLB_DATA_LAYOUT.size, max_level=4)
-        self.pwc = PageWalkCache(entries=pwc_entries, vm_bits=self.vm_bits, root_bits=ROOT_BITS,
-                                 data_width=64, max_level=MAX_LEVELS)
+        # The parts' errors name their own parameters ("sets ..."): prefix the MMU's.
+        try:
+            self.tlb = TLB(sets=tlb_sets, ways=tlb_ways, vm_bits=self.vm_bits,
+                           root_bits=ROOT_BITS, data_width=TLB_DATA_LAYOUT.size, max_level=4)
+        except ValueError as e:
+            raise ValueError(f"tlb_{e}") from None
+        try:
+            self.pwc = PageWalkCache(entries=pwc_entries, vm_bits=self.vm_bits,
+                                     root_bits=ROOT_BITS, data_width=64, max_level=MAX_LEVELS)
+        except ValueError as e:
+            raise ValueError(f"pwc_{e}") from None
         self.walkers = [Walker(num_vms=num_vms, tag_bits=1, axi_id_width=1)
                         for _ in range(num_walkers)]
         super().__init__({

@@ -189,6 +189,8 @@ def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_a
         if not 0 <= vm_index < len(contexts):
             raise ValueError(f"accesses[{i}]: vm index {vm_index} has no context")
         jobs.append((gpa, access, vm_index))
+    if not jobs:
+        return []
 
     dut = Walker(num_vms=num_vms, tag_bits=tag_bits)
     layout = response_layout(tag_bits)

@@ -91,11 +91,14 @@ class ContextWriteSignature(wiring.Signature):
 
 def check_parameters(*, num_vms=4, tag_bits=8, axi_id_width=4):
     """Raise ValueError naming the parameter unless the walker can be built with these."""
-    if not isinstance(num_vms, int) or num_vms < 1 or num_vms & (num_vms - 1):
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if not is_int(num_vms) or num_vms < 1 or num_vms & (num_vms - 1):
         raise ValueError(f"num_vms must be a power of two >= 1, got {num_vms!r}")
-    if not isinstance(tag_bits, int) or not 1 <= tag_bits <= 32:
+    if not is_int(tag_bits) or not 1 <= tag_bits <= 32:
         raise ValueError(f"tag_bits must be an integer in [1, 32], got {tag_bits!r}")
-    AXI4Signature(addr_width=64, id_width=axi_id_width)
+    if not is_int(axi_id_width) or not 1 <= axi_id_width <= 16:
+        raise ValueError(f"axi_id_width must be an integer in [1, 16], got {axi_id_width!r}")
 
 
 class Walker(wiring.Component):
@@ -185,8 +188,7 @@ class Walker(wiring.Component):
         in_root_addr = Signal(PA_WIDTH)
         in_arch = Signal(2)
         in_levels = Signal(3)
-        in_base = Signal(PA_WIDTH)      # the root table this GPA walks
-        m.d.comb += in_base.eq(walk_root(ctx_in, in_gpa))
+        in_base = walk_root(ctx_in, in_gpa)[12:]    # the root table this GPA walks, in pages
         with m.Switch(ctx_in.format):
             for c in ALL_CONSTANTS:
                 with m.Case(c.fmt_id):
@@ -194,7 +196,12 @@ class Walker(wiring.Component):
                     index = in_gpa[shift:shift + c.root_index_bits]
                     m.d.comb += [
                         in_range.eq(in_gpa[c.gpa_bits:] == 0),
-                        in_root_addr.eq(in_base + (index << 3)),
+                        # The root table is aligned to its size: address bits below
+                        # it are not part of the root (hgatp.PPN[1:0] read as zero,
+                        # RISC-V priv. spec "Hypervisor Address Translation and
+                        # Protection Register"; EPTP/nCR3 bits 11:0 are not address bits).
+                        in_root_addr.eq(Cat(Const(0, 3), index,
+                                            in_base[3 + c.root_index_bits - 12:])),
                         in_arch.eq(c.arch_id),
                         in_levels.eq(c.levels),
                     ]

@@ -1,10 +1,10 @@
 """Command line of the model: ``python -m sw_model {run,random,demo} ...``."""
 
-import argparse
 import collections
 import sys
 import time
 
+from .cli import OneLineParser, run_command
 from .formats import AD_MODES, FORMAT_NAMES, FormatError, get_format
 from .vectors import (VectorFileError, load_vectors, random_vectors, run_vectors,
                       save_vectors, write_results)
@@ -46,20 +46,12 @@ def _cmd_demo(args):
           "  python -m sw_model run v.json")
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr and exit status 2
-    (argparse's default prints the whole usage first); ``-h`` still prints it."""
-
-    def error(self, message):
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} -h)\n")
-
-
 def main(argv=None):
     """Run the command line; returns the exit status: 0, or 2 with a one-line
     ``error: ...`` on stderr for any bad input (never a traceback)."""
-    parser = _Parser(prog="python -m sw_model",
+    parser = OneLineParser(prog="python -m sw_model",
                      description="tdpwalk's Python model of stage-2 translation")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run = sub.add_parser("run", help="translate every access of a vector file, one JSON "
                                      "result per line")
@@ -85,20 +77,7 @@ def main(argv=None):
     if getattr(args, "count", 0) < 0:
         sub.choices[args.command].error(f"argument --count: must not be negative, "
                                         f"got {args.count}")
-    try:
-        args.func(args)
-    except (VectorFileError, FormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:            # an output file that cannot be written
-        if e.filename is None:
-            raise
-        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-    return 0
-
+    return run_command(args.func, args, (VectorFileError, FormatError))
 
 if __name__ == "__main__":
     sys.exit(main())

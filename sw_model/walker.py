@@ -16,7 +16,7 @@ A/D bits are written only when the access succeeds (the RISC-V rule; a permitted
 deterministic choice for x86, which may also set them on faulting walks).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .formats import FormatError, check_access
 from .memory import MemoryAccessError
@@ -95,7 +95,9 @@ def translate(mem, fmt, root, gpa, access, *, vm=None, ad_update=True, max_resta
     mem : HostMemory
     fmt : PageTableFormat
     root : int
-        Host-physical address of the root table.
+        Host-physical address of the root table. Bits below the root table's size
+        are ignored, as the hardware does (hgatp.PPN[1:0] read as zero; EPTP and
+        nCR3 bits 11:0 are not address bits), so a walk never leaves the root table.
     gpa : int
     access : str
         ``"read"``, ``"write"`` or ``"execute"``.
@@ -118,7 +120,7 @@ def translate(mem, fmt, root, gpa, access, *, vm=None, ad_update=True, max_resta
 
     for restarts in range(max_restarts + 1):
         entries, addrs = [], []
-        table = root
+        table = root & ~(fmt.root_table_bytes - 1)
         for level in range(fmt.root_level, 0, -1):
             addr = fmt.entry_addr(table, gpa, level)
             addrs.append(addr)

@@ -230,3 +230,17 @@ class RacingMemory(HostMemory):
             self._race = None
             self.write64(target, fn(self.read64(target)))
         return super().cmpxchg64(addr, old, new)
+
+
+def leaf_addr(fmt, mem, root, gpa, level):
+    """The address of ``gpa``'s entry at ``level``, creating tables above it as needed."""
+    t = root
+    for lvl in range(fmt.levels, level, -1):
+        addr = fmt.entry_addr(t, gpa, lvl)
+        word = mem.read64(addr)
+        if fmt.is_present(word):
+            t = fmt.frame_of(word)
+        else:
+            t = mem.alloc_table(4096)
+            mem.write64(addr, fmt.make_table(t))
+    return fmt.entry_addr(t, gpa, level)

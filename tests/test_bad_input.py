@@ -5,9 +5,6 @@ one ``error:`` line, never a traceback), the TDP MMU model (an impossible operat
 raises and leaves the VM exactly as it was: statistics, a recount of the tables, every
 memory word, memslots and their bitmaps, roots and their references, the event log),
 memslots built directly, and the RTL's constructors and simulator harness.
-
-Tests marked xfail need a patch to a file this suite's author does not own; the reason
-names it (the patch is in /tmp, to be applied by the lead).
 """
 
 import gc
@@ -27,10 +24,6 @@ from sw_model.memory import HostMemory
 from sw_model.tdp import Memslot, PfResult, Vm
 from sw_model.vectors import (MAX_MEMORY, VectorFileError, load_vectors, random_vectors,
                               run_vectors, save_vectors)
-
-
-def needs(patch):
-    return pytest.mark.xfail(reason=f"needs /tmp/badinput-{patch}.patch", strict=False)
 
 
 # -- vector files ------------------------------------------------------------------------
@@ -348,7 +341,6 @@ def test_hw_cli_bad_vector_file(bad_file, capsys):
     _assert_one_line_error(status, err, "colour")
 
 
-@needs("hw-main")
 @pytest.mark.parametrize("args, words", [
     (["--latency", "0"], ["--latency"]),
     (["--stall", "1.5"], ["--stall"]),
@@ -463,19 +455,16 @@ REFUSED = [
     ("clear_dirty_log negative mask", lambda vm: vm.clear_dirty_log(1, 0, -1), "mask"),
     ("clear_dirty_log mask above 64 bits", lambda vm: vm.clear_dirty_log(1, 0, 1 << 64), "mask"),
     ("split a missing slot", lambda vm: vm.split_huge_pages(9), "slot_id 9"),
-]
-
-REFUSED_WITH_PATCH = [
     # The slot has 100 pages: bits 36..63 of the second word name pages beyond it
     # (KVM_CLEAR_DIRTY_LOG's -EINVAL in kvm_clear_dirty_log_protect).
     ("clear_dirty_log mask beyond the slot", lambda vm: vm.clear_dirty_log(1, 64, 1 << 40),
-     "mask", "mmu"),
-    ("find a slot in a bad as_id", lambda vm: vm.find_memslot(0, as_id=-1), "as_id", "mmu"),
-    ("age a reversed range", lambda vm: vm.age_gfn_range(10, 0), "start/end", "mmu"),
-    ("test the age of a reversed range", lambda vm: vm.test_age_gfn(10, 0), "start/end", "mmu"),
-    ("write-track a negative gfn", lambda vm: vm.write_track_add_gfn(-1), "gfn", "mmu"),
+     "mask"),
+    ("find a slot in a bad as_id", lambda vm: vm.find_memslot(0, as_id=-1), "as_id"),
+    ("age a reversed range", lambda vm: vm.age_gfn_range(10, 0), "start/end"),
+    ("test the age of a reversed range", lambda vm: vm.test_age_gfn(10, 0), "start/end"),
+    ("write-track a negative gfn", lambda vm: vm.write_track_add_gfn(-1), "gfn"),
     ("split to a level that cannot be mapped", lambda vm: vm.split_huge_pages(0, target_level=7),
-     "target_level", "mmu"),
+     "target_level"),
 ]
 
 
@@ -483,16 +472,6 @@ REFUSED_WITH_PATCH = [
 def test_refused_operation_changes_nothing(vm, op, match):
     before = _snapshot(vm)
     with pytest.raises((ValueError, FormatError), match=match):
-        op(vm)
-    _assert_unchanged(before, _snapshot(vm))
-
-
-@pytest.mark.parametrize("op, match", [pytest.param(*c[1:3], marks=needs(c[3]))
-                                       for c in REFUSED_WITH_PATCH],
-                         ids=[c[0] for c in REFUSED_WITH_PATCH])
-def test_refused_operation_changes_nothing_patched(vm, op, match):
-    before = _snapshot(vm)
-    with pytest.raises(ValueError, match=match):
         op(vm)
     _assert_unchanged(before, _snapshot(vm))
 
@@ -511,7 +490,6 @@ def test_double_put_of_a_freed_root(vm):
     _assert_unchanged(before, _snapshot(vm))
 
 
-@needs("mmu")
 def test_put_of_a_live_roots_last_reference(vm):
     """The MMU's own reference to a valid root goes only by invalidation: a put that
     would drop it is refused before the count changes."""
@@ -552,8 +530,8 @@ def test_faults_that_map_nothing(vm, gpa, access, why):
     (dict(fmt_name="sv48x4", nx_huge_pages=True), "nx_huge_pages"),
     (dict(fmt_name="ept4", yield_every=-1), "yield_every"),
     (dict(fmt_name="ept4", min_free_pages=-1), "min_free_pages"),
-    pytest.param(dict(fmt_name="ept4", exec_only="no"), "exec_only", marks=needs("base")),
-    pytest.param(dict(fmt_name="npt4", nxe="yes"), "nxe", marks=needs("base")),
+    (dict(fmt_name="ept4", exec_only="no"), "exec_only"),
+    (dict(fmt_name="npt4", nxe="yes"), "nxe"),
 ])
 def test_bad_vm_parameters(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -619,8 +597,8 @@ def _refused_elaboratable(build, match):
     (dict(tag_bits=0), "tag_bits"), (dict(tag_bits=33), "tag_bits"),
     (dict(tag_bits=8.0), "tag_bits"), (dict(axi_id_width=0), "id_width"),
     (dict(axi_id_width=17), "id_width"),
-    pytest.param(dict(num_vms=True), "num_vms", marks=needs("hw-walker")),
-    pytest.param(dict(axi_id_width=-1), "axi_id_width", marks=needs("hw-walker")),
+    (dict(num_vms=True), "num_vms"),
+    (dict(axi_id_width=-1), "axi_id_width"),
 ])
 def test_bad_walker_parameters(kwargs, match):
     from hw.walker import Walker
@@ -632,9 +610,9 @@ def test_bad_walker_parameters(kwargs, match):
     (dict(num_walkers=8, axi_id_width=2), "axi_id_width"), (dict(pending=2), "pending"),
     (dict(pending=65), "pending"), (dict(counter_width=0), "counter_width"),
     (dict(num_vms=5), "num_vms"), (dict(tag_bits=0), "tag_bits"),
-    pytest.param(dict(tlb_sets=3), "tlb_sets", marks=needs("hw-mmu")),
-    pytest.param(dict(tlb_ways=0), "tlb_ways", marks=needs("hw-mmu")),
-    pytest.param(dict(pwc_entries=0), "pwc_entries", marks=needs("hw-mmu")),
+    (dict(tlb_sets=3), "tlb_sets"),
+    (dict(tlb_ways=0), "tlb_ways"),
+    (dict(pwc_entries=0), "pwc_entries"),
 ])
 def test_bad_mmu_parameters(kwargs, match):
     from hw.mmu import MMU
@@ -661,7 +639,6 @@ def test_bad_run_walker_arguments(kwargs, match):
         run_walker(**(args | kwargs))
 
 
-@needs("hw-sim")
 def test_run_walker_with_no_accesses():
     from hw.sim import run_walker
     assert run_walker(HostMemory(1 << 16), [_context()], [], timeout=50) == []

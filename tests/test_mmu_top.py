@@ -9,15 +9,12 @@ the response conversion and the context encoding are hw.sim's own.
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
-from hw.axi import Atop, Burst, Resp
-from hw.decode import ACCESS_IDS
-from hw.mmu import COUNTERS, MMU
-from hw.sim import TAG_BITS, ProtocolError, VmContext, run_mmu
-from hw.walker import response_layout
+from hw.mmu import MMU
+from conftest import leaf_addr
+from hw.sim import VmContext, run_mmu
 from sw_model.formats import FORMAT_NAMES, get_format
-from sw_model.memory import HostMemory, MemoryAccessError
+from sw_model.memory import HostMemory
 from sw_model.vectors import random_vectors
 from sw_model.walker import translate
 
@@ -48,20 +45,6 @@ def check_results(run, memory_before, contexts, script):
         assert essential(got) == essential(want), f"request {index}: RTL {got} model {want}"
         index += 1
     return model_memory
-
-
-def leaf_addr(fmt, mem, root, gpa, level):
-    """The address of ``gpa``'s entry at ``level``, creating tables above it as needed."""
-    t = root
-    for lvl in range(fmt.levels, level, -1):
-        addr = fmt.entry_addr(t, gpa, lvl)
-        word = mem.read64(addr)
-        if fmt.is_present(word):
-            t = fmt.frame_of(word)
-        else:
-            t = mem.alloc_table(4096)
-            mem.write64(addr, fmt.make_table(t))
-    return fmt.entry_addr(t, gpa, level)
 
 
 # -- random vector files, every format --------------------------------------------------

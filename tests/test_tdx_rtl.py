@@ -13,6 +13,7 @@ import random
 
 import pytest
 
+from conftest import leaf_addr
 from hw.sim import VmContext, check_against_model, run_mmu
 from sw_model.formats import get_format
 from sw_model.memory import HostMemory
@@ -20,20 +21,6 @@ from sw_model.walker import translate
 
 SHARED_BIT = {"ept4": 47, "ept5": 51}
 PRIVATE_HPA, SHARED_HPA, TRAP_HPA = 1 << 40, 2 << 40, 3 << 40
-
-
-def leaf_addr(fmt, mem, root, gpa, level):
-    """The address of ``gpa``'s entry at ``level`` under ``root``, creating tables."""
-    t = root
-    for lvl in range(fmt.levels, level, -1):
-        addr = fmt.entry_addr(t, gpa, lvl)
-        word = mem.read64(addr)
-        if fmt.is_present(word):
-            t = fmt.frame_of(word)
-        else:
-            t = mem.alloc_table(4096)
-            mem.write64(addr, fmt.make_table(t))
-    return fmt.entry_addr(t, gpa, level)
 
 
 def map_page(fmt, mem, root, gpa, hpa, level=1):

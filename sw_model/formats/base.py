@@ -202,7 +202,10 @@ class PageTableFormat:
         lo, hi = self.pa_bits_range
         if not isinstance(pa_bits, int) or not lo <= pa_bits <= hi:
             raise FormatError(f"{self.name}: pa_bits must be an integer in [{lo}, {hi}], got {pa_bits!r}")
-        return VmOptions(ad=ad, pa_bits=pa_bits, exec_only=bool(exec_only), nxe=bool(nxe))
+        for name, value in (("exec_only", exec_only), ("nxe", nxe)):
+            if not isinstance(value, bool):
+                raise FormatError(f"{self.name}: {name} must be True or False, got {value!r}")
+        return VmOptions(ad=ad, pa_bits=pa_bits, exec_only=exec_only, nxe=nxe)
 
     def check_root(self, root, vm):
         """Raise :class:`FormatError` unless ``root`` is a valid root-table address."""

@@ -347,6 +347,11 @@ class Vm:
 
     # -- memslots ------------------------------------------------------------------------
 
+    @staticmethod
+    def _check_gfn_range(start, end):
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+            raise ValueError(f"start/end must be integers with 0 <= start <= end, got {start!r}, {end!r}")
+
     def _check_as_id(self, as_id):
         if not isinstance(as_id, int) or not 0 <= as_id < self._address_spaces:
             raise ValueError(f"as_id must be in [0, {self._address_spaces}), got {as_id!r}")
@@ -415,6 +420,7 @@ class Vm:
 
     def find_memslot(self, gfn, as_id=0):
         """The memslot holding ``gfn``, or None (MMIO)."""
+        self._check_as_id(as_id)
         for slot in self._slots[as_id].values():
             if slot.contains(gfn):
                 return slot
@@ -466,11 +472,14 @@ class Vm:
     def _put_root(self, root):
         if root.refcount <= 0 or root not in self._roots:
             raise ValueError(f"put_root: root {root.hpa:#x} holds no reference")
+        if root.refcount == 1 and not root.invalid:
+            # The last reference of a valid root is the MMU's own: it goes only by
+            # invalidation (kvm_tdp_mmu_invalidate_roots), never by a caller's put.
+            raise ValueError(f"put_root: root {root.hpa:#x} is valid and its last "
+                             "reference is the MMU's own (invalidate it first)")
         root.refcount -= 1
         if root.refcount:
             return
-        if not root.invalid:
-            raise RuntimeError(f"root {root.hpa:#x}: last reference dropped while valid")
         self._tdp_mmu_zap_root(root, shared=False)
         self._roots.remove(root)
         self._pending_free.append(root)
@@ -1080,8 +1089,7 @@ class Vm:
         memory outside the range stays mapped (the TDX huge-page series)."""
         self._check_as_id(as_id)
         check_space(space)
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
-            raise ValueError(f"start/end must be integers with 0 <= start <= end, got {start!r}, {end!r}")
+        self._check_gfn_range(start, end)
         if space != "both" and self.tdx is None:
             raise ValueError(f"space: only a TD has private and shared mappings, got {space!r}")
         owed = False
@@ -1296,6 +1304,10 @@ class Vm:
             raise ValueError(f"first_page must be a multiple of 64 inside the slot, got {first_page!r}")
         if not isinstance(mask, int) or not 0 <= mask < 1 << 64:
             raise ValueError(f"mask must be a 64-bit unsigned integer, got {mask!r}")
+        if mask >> min(64, slot.npages - first_page):
+            # kvm_clear_dirty_log_protect's -EINVAL: bits beyond the slot's last page.
+            raise ValueError(f"mask {mask:#x} names pages beyond the slot's "
+                             f"{slot.npages} pages (first_page {first_page})")
         if self._clear_dirty_pt_masked(slot, first_page, mask) or mask:
             self.flush_remote_tlbs_memslot(slot_id, as_id)    # as kvm_clear_dirty_log_protect
         word = first_page // 64
@@ -1307,6 +1319,9 @@ class Vm:
         ``kvm_tdp_mmu_try_split_huge_pages``): 1G → 2M → 4K in one pre-order pass.
         Stops, reporting ``enomem``, when free table pages reach the low-water mark."""
         slot = self.memslot(slot_id, as_id)
+        if target_level not in self.fmt.tdp_map_levels():
+            raise ValueError(f"target_level must be one of the levels the TDP core maps "
+                             f"{self.fmt.tdp_map_levels()}, got {target_level!r}")
         result = SplitResult()
         for root in self._roots_of(as_id, only_valid=True):
             self._split_huge_pages_root(root, slot.base_gfn, slot.end_gfn, target_level,
@@ -1448,6 +1463,8 @@ class Vm:
         pages over it are disallowed, write faults are emulated. Clearing MMU-writable
         is what makes a TLB flush necessary (spte.h); returns whether one was done."""
         self._check_as_id(as_id)
+        if not isinstance(gfn, int) or gfn < 0:
+            raise ValueError(f"gfn must be a non-negative integer, got {gfn!r}")
         if self.tdx is not None:
             raise ValueError("write tracking: a TD's private memory cannot be "
                              "write-protected (the TDX module owns its permissions)")
@@ -1514,6 +1531,7 @@ class Vm:
         ``kvm_tdp_mmu_age_gfn_range``). KVM does not flush here; ``flush=True`` does
         (the ``clear_flush_young`` notifier)."""
         self._check_as_id(as_id)
+        self._check_gfn_range(start, end)
         fmt, opts = self.fmt, self.opts
         young = False
         # Private memory is not in the host's page tables: no aging (KVM_FILTER_SHARED).
@@ -1540,6 +1558,7 @@ class Vm:
     def test_age_gfn(self, start, end, *, as_id=0):
         """Whether any leaf mapping ``[start, end)`` is young; changes nothing."""
         self._check_as_id(as_id)
+        self._check_gfn_range(start, end)
         fmt = self.fmt
         for root in self._roots_of(as_id, space="shared"):
             for it in self._iter(root, 1, start, end):
