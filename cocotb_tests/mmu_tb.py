@@ -30,6 +30,7 @@ from sw_model.tdp import FlushSink
 from sw_model.walker import Fault, Translation, translate
 
 from .axi_memory import HostMemoryAxi
+from .batch_shell import STAMP_BITS
 
 __all__ = ["MmuTB", "Response", "RtlFlushSink", "Scoreboard", "PERIOD_NS", "HIT_CYCLES",
            "run_vcpus", "record_result"]
@@ -345,6 +346,9 @@ class MmuTB:
         self._inval_accepted = 0
         self._inval_completed = 0
         self.on_response = []                       # callbacks(Response)
+        #: Requests per :meth:`run_batch` (the BatchShell's depth), 0 without the shell.
+        self.batch_depth = len(dut.batch_accepted) // STAMP_BITS \
+            if hasattr(dut, "batch_accepted") else 0
 
     # -- time -------------------------------------------------------------------------
 
@@ -447,6 +451,80 @@ class MmuTB:
 
     # -- the per-cycle driver and monitor -------------------------------------------------
 
+    def _request_word(self, req, tag):
+        """Give ``req`` its tag and the root and space the RTL will use; the request
+        word (``hw.walker.request_layout``)."""
+        req.tag = tag
+        context = self.contexts[req.vm_index]
+        req.root = context.root_of(req.gpa)
+        if context.td:
+            req.private = context.is_private(req.gpa)
+            req.gfn = (req.gpa & ~(1 << context.shared_bit)) >> 12
+        return ((req.gpa & ((1 << 64) - 1)) | (ACCESS_IDS[req.access] << 64)
+                | (req.vm_index << 66) | (tag << (66 + self.vm_bits)))
+
+    def _answered(self, req, raw, cycle):
+        """Record the response word ``raw`` of ``req`` answered at ``cycle``: decode,
+        check, keep, call back, wake the waiter."""
+        req.answered = cycle
+        req.result = self._decode(req, raw)
+        if self.check:
+            self.scoreboard.check(req)
+        self.answered += 1
+        if self.keep:
+            self.responses.append(req)
+        for callback in self.on_response:
+            callback(req)
+        req.done.set()
+
+    async def run_batch(self, items):
+        """Translate ``items`` (``(vm_index, gpa, access)``, at most
+        ``batch_depth``) in one batch of the :class:`~cocotb_tests.batch_shell.BatchShell`
+        top: requests back to back with no Python in the loop, each response checked
+        as the per-cycle driver checks it. The TB must be idle (no request, context
+        write or invalidation pending), and stays so; the list of :class:`Response`."""
+        if not hasattr(self.dut, "batch_go"):
+            raise RuntimeError("run_batch needs the BatchShell top (runner.run_mmu(..., "
+                               "shell=True))")
+        if not 0 < len(items) <= self.batch_depth:
+            raise ValueError(f"a batch has 1 to {self.batch_depth} requests, got {len(items)}")
+        if self._queue or self._outstanding or self._driving or self._ctx_queue \
+                or self._inval_queue or self._inval_driving \
+                or self._inval_completed < self._inval_accepted:
+            raise RuntimeError("run_batch: the TB is not idle")
+        dut, clk = self.dut, self.dut.clk
+        reqs, words = [], 0
+        width = len(dut.req__payload)
+        for slot, (vm_index, gpa, access) in enumerate(items):
+            req = Response(self._serial, vm_index, gpa, access)
+            self._serial += 1
+            words |= self._request_word(req, slot) << (slot * width)
+            reqs.append(req)
+        start = self.cycle()
+        if self.check:
+            for req in reqs:        # no model step can run during the batch
+                self.scoreboard.take(req, start)
+        dut.batch_req.value = words
+        dut.batch_count.value = len(reqs)
+        dut.batch_go.value = 1
+        await RisingEdge(clk)
+        dut.batch_go.value = 0
+        base = self.cycle()
+        await RisingEdge(dut.batch_done)
+        accepted = dut.batch_accepted.value.to_unsigned()
+        answers = dut.batch_resp.value.to_unsigned()
+        stamp_mask = (1 << STAMP_BITS) - 1
+        for slot, req in enumerate(reqs):
+            req.accepted = base + ((accepted >> (slot * STAMP_BITS)) & stamp_mask)
+        size = self.resp_layout.size
+        tag_shift, tag_mask = size - self.tag_bits, (1 << self.tag_bits) - 1
+        for j in range(len(reqs)):
+            answer = answers >> (j * (size + STAMP_BITS))
+            raw = answer & ((1 << size) - 1)
+            self._answered(reqs[(raw >> tag_shift) & tag_mask], raw,
+                           base + ((answer >> size) & stamp_mask))
+        return reqs
+
     def _decode(self, req, raw):
         fmt = self.guests[req.vm_index].vm.fmt
         if raw & 1:     # ok: the fast path, straight from the layout's offsets
@@ -486,7 +564,6 @@ class MmuTB:
         ctx_valid, ctx_index, ctx_data = dut.ctx__valid, dut.ctx__index, dut.ctx__data
         tag_shift = self.resp_layout.size - self.tag_bits
         tag_mask = (1 << self.tag_bits) - 1
-        vm_shift, tag_req_shift = 66, 66 + self.vm_bits
         ctx_on = False
         edge = RisingEdge(clk)
         while True:
@@ -505,16 +582,7 @@ class MmuTB:
                 raw = resp_payload.value.to_unsigned()
                 req = self._outstanding.pop((raw >> tag_shift) & tag_mask)
                 self._free_tags.append(req.tag)
-                req.answered = cycle
-                req.result = self._decode(req, raw)
-                if self.check:
-                    self.scoreboard.check(req)
-                self.answered += 1
-                if self.keep:
-                    self.responses.append(req)
-                for callback in self.on_response:
-                    callback(req)
-                req.done.set()
+                self._answered(req, raw, cycle)
             if self._driving is not None and int(req_ready.value):
                 req = self._driving
                 req.accepted = cycle
@@ -560,16 +628,7 @@ class MmuTB:
                 if self._queue and self._free_tags and not ctx_on and \
                         self._inval_driving is None and not self._inval_queue:
                     req = self._driving = self._queue.popleft()
-                    req.tag = self._free_tags.popleft()
-                    context = self.contexts[req.vm_index]
-                    req.root = context.root_of(req.gpa)
-                    if context.td:
-                        req.private = context.is_private(req.gpa)
-                        req.gfn = (req.gpa & ~(1 << context.shared_bit)) >> 12
-                    req_payload.value = ((req.gpa & ((1 << 64) - 1))
-                                         | (ACCESS_IDS[req.access] << 64)
-                                         | (req.vm_index << vm_shift)
-                                         | (req.tag << tag_req_shift))
+                    req_payload.value = self._request_word(req, self._free_tags.popleft())
                     req_valid.value = 1
                 else:
                     req_valid.value = 0

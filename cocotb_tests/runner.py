@@ -32,6 +32,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "cocotb"
 MIN_VERILATOR = (5, 36)
 MMU_TOP = "tdpwalk_mmu"
+#: The MMU in the co-simulation benches' batch shell (cocotb_tests/batch_shell.py).
+SHELL_TOP = "tdpwalk_mmu_batch"
 #: ``hw.mmu.MMU`` parameters of the co-simulated MMU (its defaults, spelled out).
 MMU_DEFAULT_CONFIG = {"num_walkers": 4, "num_vms": 4, "tag_bits": 8, "tlb_sets": 16,
                       "tlb_ways": 4, "pwc_entries": 4, "pending": 8, "axi_id_width": 4}
@@ -184,7 +186,8 @@ def _wave_args(sim, waves):
 def _sources_digest():
     """A digest of everything the MMU's Verilog is generated from."""
     digest = hashlib.sha256()
-    sources = [*(REPO / "hw").glob("*.py"), *(REPO / "sw_model" / "formats").glob("*.py")]
+    sources = [*(REPO / "hw").glob("*.py"), *(REPO / "sw_model" / "formats").glob("*.py"),
+               REPO / "cocotb_tests" / "batch_shell.py"]
     for path in sorted(sources):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -202,48 +205,54 @@ class _NoWavesEnv:
             os.environ["WAVES"] = self.saved
 
 
-def build_mmu(sim, config=None, *, waves=False):
+def build_mmu(sim, config=None, *, waves=False, shell=False):
     """Generate the MMU's Verilog for ``config`` (``hw.mmu.MMU`` parameters) and build it
     for ``sim``; ``(runner, build_dir)``. Reuses the build directory when the
-    configuration and hw/ and sw_model/formats/ are unchanged."""
+    configuration and hw/ and sw_model/formats/ are unchanged. ``shell``: the MMU inside
+    :class:`~cocotb_tests.batch_shell.BatchShell` (top ``tdpwalk_mmu_batch``)."""
     check_toolchain(sim)
     unknown = set(config or {}) - set(MMU_DEFAULT_CONFIG)
     if unknown:
         raise ValueError(f"config: unknown MMU parameter(s) {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(MMU_DEFAULT_CONFIG)})")
     config = dict(MMU_DEFAULT_CONFIG, **(config or {}))
-    key = hashlib.sha256(f"{sim}\n{waves}\n{_fst(waves)}\n"
+    top = SHELL_TOP if shell else MMU_TOP
+    key = hashlib.sha256(f"{sim}\n{waves}\n{_fst(waves)}\n{top}\n"
                          f"{json.dumps(config, sort_keys=True)}\n"
                          f"{_sources_digest()}".encode()).hexdigest()[:16]
     build_dir = BUILD / f"mmu-{sim}-{key}"
     runner = get_runner(sim)
     with _Lock(BUILD / f"mmu-{sim}-{key}.lock"):
-        rtl = build_dir / f"{MMU_TOP}.v"
+        rtl = build_dir / f"{top}.v"
         if not rtl.exists():
             from amaranth.back import verilog
             from hw.mmu import MMU
+            from .batch_shell import BatchShell
             build_dir.mkdir(parents=True, exist_ok=True)
-            text = verilog.convert(MMU(**config), name=MMU_TOP, emit_src=False)
+            design = BatchShell(MMU(**config)) if shell else MMU(**config)
+            text = verilog.convert(design, name=top, emit_src=False)
             (build_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
             tmp = rtl.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(rtl)
-        sources, build_args = _sim_args(sim, build_dir, rtl, MMU_TOP, waves, WAIVERS)
-        _build(runner, sim, sources, MMU_TOP, build_dir, build_args, waves)
+        sources, build_args = _sim_args(sim, build_dir, rtl, top, waves, WAIVERS)
+        _build(runner, sim, sources, top, build_dir, build_args, waves)
     return runner, build_dir
 
 
 def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, results=None,
-            extra=None, testcase=None, test_module="cocotb_tests.mmu_bench"):
+            extra=None, testcase=None, test_module="cocotb_tests.mmu_bench", shell=False):
     """Run MMU scenarios (names from ``cocotb_tests.scenarios.SCENARIOS``) in one
     simulator process; the list of per-scenario result dicts.
 
     ``size`` is ``"short"`` (``make test``), ``"long"`` (``make regress``) or ``"demo"``.
     ``waves`` is an FST path to write (both simulators), or None. ``results`` is where
     the bench writes its JSON (a temporary file by default). ``extra`` adds environment
-    variables for the bench. Raises AssertionError naming the seed when a scenario fails.
+    variables for the bench. ``shell`` runs the :class:`~cocotb_tests.batch_shell.BatchShell`
+    build (for :meth:`~cocotb_tests.mmu_tb.MmuTB.run_batch`). Raises AssertionError
+    naming the seed when a scenario fails.
     """
-    runner, build_dir = build_mmu(sim, config, waves=bool(waves))
+    runner, build_dir = build_mmu(sim, config, waves=bool(waves), shell=shell)
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(results or pathlib.Path(tmp) / "results.json").resolve()
         env = {"TDPWALK_SCENARIOS": ",".join(scenarios), "TDPWALK_SEED": str(seed),
@@ -257,7 +266,8 @@ def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, re
         results_xml = pathlib.Path(tmp) / "results.xml"
         try:
             with _NoWavesEnv():
-                runner.test(hdl_toplevel=MMU_TOP, test_module=test_module,
+                runner.test(hdl_toplevel=SHELL_TOP if shell else MMU_TOP,
+                            test_module=test_module,
                             build_dir=build_dir, test_dir=tmp, waves=bool(waves),
                             results_xml=str(results_xml), plusargs=plusargs,
                             test_args=test_args, extra_env=env, testcase=testcase)

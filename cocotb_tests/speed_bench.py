@@ -3,10 +3,13 @@ miss-heavy stream, with and without the scoreboard. Run by bench/bench_cosim.py 
 :func:`cocotb_tests.runner.run_mmu` (``test_module="cocotb_tests.speed_bench"``).
 
 The tables are built by the model before the clock starts (``handle_fault`` on every
-page), so the stream itself never faults; requests are queued up front and the
-driver keeps one request per cycle in flight as long as tags are free.
+page), so the stream itself never faults. Two drivers: the per-cycle one of the
+hypervisor loop (requests queued up front, one presented per cycle while tags are
+free), and batches of the :class:`~cocotb_tests.batch_shell.BatchShell` build
+(``TDPWALK_BATCH=1``, :meth:`~cocotb_tests.mmu_tb.MmuTB.run_batch`), where Python
+touches the simulator once per batch instead of every cycle.
 Environment: ``TDPWALK_SCENARIOS`` (``hit``, ``miss``), ``TDPWALK_COUNT``,
-``TDPWALK_CHECK`` (0 or 1), ``TDPWALK_RESULTS``.
+``TDPWALK_CHECK`` (0 or 1), ``TDPWALK_BATCH`` (0 or 1), ``TDPWALK_RESULTS``.
 """
 
 import os
@@ -42,15 +45,21 @@ async def speed(dut, stream):
     # Warm up (fills the TLB for the hit stream), then measure.
     for gpa in gpas[:64]:
         await tb.access(0, gpa, "read")
+    batch = os.environ.get("TDPWALK_BATCH", "0") == "1"
     start, cycles0 = time.perf_counter(), tb.cycle()
-    last = None
-    for gpa in gpas:
-        last = tb.submit(0, gpa, "read")
-    await last.done.wait()
-    await tb.quiesce()
+    if batch:
+        for first in range(0, count, tb.batch_depth):
+            await tb.run_batch([(0, gpa, "read") for gpa in gpas[first:first + tb.batch_depth]])
+    else:
+        last = None
+        for gpa in gpas:
+            last = tb.submit(0, gpa, "read")
+        await last.done.wait()
+        await tb.quiesce()
     seconds = time.perf_counter() - start
     counters = tb.counters()
-    result = {"stream": stream, "count": count, "check": check, "seconds": seconds,
+    result = {"stream": stream, "count": count, "check": check, "batch": batch,
+              "seconds": seconds, "checked": tb.scoreboard.checked,
               "rate": count / seconds, "cycles": tb.cycle() - cycles0,
               "hit_rate": counters["tlb_hits"] / max(counters["requests"], 1),
               "mismatches": len(tb.scoreboard.mismatches)}

@@ -73,3 +73,19 @@ def test_dirty_logging_after_aging_without_ad_loses_no_write():
     # translation are never logged. Seed 19 lost about 40 pages before the model did.
     run_mmu("verilator", ["mixed"], seed=19, size="short",
             extra={"TDPWALK_FORMAT": "ept4", "TDPWALK_AD": "off"})
+
+
+def test_batches_are_checked_response_by_response():
+    """The speed bench's batched driver (cocotb_tests/batch_shell.py) answers every
+    request of the hit and miss streams, each checked by the scoreboard."""
+    count = 300
+    results = run_mmu("verilator", ["hit", "miss"], shell=True,
+                      test_module="cocotb_tests.speed_bench",
+                      extra={"TDPWALK_COUNT": str(count), "TDPWALK_BATCH": "1"})
+    assert [r["stream"] for r in results] == ["hit", "miss"]
+    for r in results:
+        assert r["batch"] and r["mismatches"] == 0, r
+        assert r["checked"] == count + 64, r       # the stream and its warm-up
+    hit, miss = results
+    assert hit["hit_rate"] > 0.9 and miss["hit_rate"] < 0.5
+    assert hit["cycles"] < 1.2 * count < miss["cycles"]
