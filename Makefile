@@ -5,7 +5,7 @@ RUN := tools/with-env
 PYTEST := $(RUN) python -m pytest
 JOBS ?= 2
 SIM ?= icarus
-export SIM BENCH
+export SIM BENCH BENCH_SYNTH
 
 .PHONY: help demo test regress lint bench formal clean distclean env
 
@@ -18,6 +18,7 @@ help:
 	@echo "make formal    bounded model checking of the RTL's properties"
 	@echo "make clean     remove build outputs; make distclean also removes .venv"
 	@echo "variables: SIM=icarus|verilator  JOBS=N (parallel test workers, default 2)"
+	@echo "           BENCH=quick  BENCH_SYNTH=run|full|nopnr|cached (bench/bench_synth.py)"
 
 env:
 	@$(RUN) sh -c 'python --version; iverilog -V 2>&1 | head -1; verilator --version; echo VERILATOR_ROOT=$$VERILATOR_ROOT'

@@ -45,9 +45,12 @@ DEVICE, PACKAGE, FREQ_MHZ = "85k", "CABGA381", 100
 DEFAULT = {"num_walkers": 4, "tlb_sets": 16, "tlb_ways": 4, "pwc_entries": 4, "pending": 8}
 SMALL = {"num_walkers": 1, "tlb_sets": 4, "tlb_ways": 2, "pwc_entries": 1, "pending": 2,
          "axi_id_width": 1, "num_vms": 1}
-#: Growth: TLB entries (sets x ways) at 4 walkers, then walkers at 16 x 4 entries.
-GROWTH_TLB = [(4, 2), (8, 4), (16, 4), (32, 4), (16, 8)]
-GROWTH_WALKERS = [1, 2, 4, 8]
+#: Growth: TLB entries (sets x ways) at 4 walkers, then walkers at 16 x 4 entries; the
+#: largest take Yosys about 15 minutes each and run with ``BENCH_SYNTH=full`` only.
+GROWTH_TLB = [(4, 2), (8, 4), (16, 4)]
+GROWTH_WALKERS = [1, 2, 4]
+GROWTH_TLB_FULL = GROWTH_TLB + [(32, 4), (16, 8)]
+GROWTH_WALKERS_FULL = GROWTH_WALKERS + [8]
 #: Part of the cache key: bump WRAPPER_VERSION when IoWrapper or the flow's scripts change.
 WRAPPER_VERSION = 1
 FLOW = f"{WRAPPER_VERSION}|synth_ecp5|{DEVICE}|{PACKAGE}|{FREQ_MHZ}|router2|pnr=True|seed=1"
@@ -261,14 +264,27 @@ def _run_yosys(config, work):
                                         "yosys": round(time.perf_counter() - t0, 1)}, wrapper)
 
 
-def _get(config, pnr):
-    """A result by ``BENCH_SYNTH``: ``run`` (default) runs what is not cached, ``nopnr``
-    never places and routes, ``cached`` runs nothing (None when nothing is cached)."""
+#: ``BENCH_SYNTH`` values: ``run`` (default) runs Yosys on what is not cached and places
+#: and routes the small configuration (the default one only when an earlier ``full`` run
+#: cached it: its place and route takes about an hour on 2 cores); ``full`` places and
+#: routes both and adds the largest growth points; ``nopnr`` never places and routes;
+#: ``cached`` runs nothing.
+SYNTH_MODES = ("run", "full", "nopnr", "cached")
+
+
+def _mode():
     mode = os.environ.get("BENCH_SYNTH", "run")
-    if mode not in ("run", "nopnr", "cached"):
-        raise ValueError(f"BENCH_SYNTH must be run, nopnr or cached, got {mode!r}")
+    if mode not in SYNTH_MODES:
+        raise ValueError(f"BENCH_SYNTH must be one of {', '.join(SYNTH_MODES)}, got {mode!r}")
+    return mode
+
+
+def _get(config, pnr):
+    """A result by ``BENCH_SYNTH`` (:data:`SYNTH_MODES`); ``pnr`` asks for place and
+    route where the mode allows it. None when ``cached`` finds nothing."""
+    mode = _mode()
     if mode != "cached":
-        return synthesize(config, pnr=pnr and mode == "run")
+        return synthesize(config, pnr=pnr and mode in ("run", "full"))
     for stage in (True, False):
         try:
             return synthesize(config, pnr=stage, cached_only=True)
@@ -326,12 +342,13 @@ def _plot(growth_tlb, growth_walkers):
 
 
 def main(quick=False):
-    """Default and small configurations through nextpnr (quick: Yosys only unless cached),
-    then the growth tables through Yosys only; two tool runs at a time."""
-    pnr = not quick
-    tlb_sizes = GROWTH_TLB if not quick else [(4, 2), (16, 4)]
-    walker_counts = GROWTH_WALKERS if not quick else [1, 4]
-    jobs = [(DEFAULT, pnr), (SMALL, pnr)]
+    """Default and small configurations through nextpnr as ``BENCH_SYNTH`` says (quick:
+    Yosys only unless cached), then the growth tables through Yosys only; two tool runs
+    at a time."""
+    full = _mode() == "full"
+    tlb_sizes = [(4, 2), (16, 4)] if quick else GROWTH_TLB_FULL if full else GROWTH_TLB
+    walker_counts = [1, 4] if quick else GROWTH_WALKERS_FULL if full else GROWTH_WALKERS
+    jobs = [(DEFAULT, full and not quick), (SMALL, not quick)]
     jobs += [(dict(DEFAULT, tlb_sets=s, tlb_ways=w), False) for s, w in tlb_sizes]
     jobs += [(dict(DEFAULT, num_walkers=n, pending=max(8, n)), False) for n in walker_counts]
     unique = []
@@ -363,8 +380,13 @@ def main(quick=False):
                  + (f" ({default['logic_routing'][0]} ns logic, {default['logic_routing'][1]} ns "
                     f"routing)" if default.get("logic_routing") else "") + ".")
     else:
-        note += (" Not placed and routed in this run (BENCH=quick or BENCH_SYNTH without a "
-                 "cached result): no Fmax.")
+        note += (" The default configuration was not placed and routed in this run and no "
+                 "earlier run cached it: `BENCH_SYNTH=full make bench` does (about an hour on "
+                 "2 cores).")
+    if small and small.get("fmax"):
+        path = small.get("path") or ["?"]
+        note += (f" Small configuration: Fmax {small['fmax']:.1f} MHz, critical path from "
+                 f"`{path[0]}` to `{path[-1]}`.")
     tables = [Table("Area and timing on ECP5", COLUMNS, rows, note)]
 
     growth_tlb = [(s * w, result(dict(DEFAULT, tlb_sets=s, tlb_ways=w))) for s, w in tlb_sizes]
