@@ -240,6 +240,37 @@ class PWCHarness(_CacheHarness):
 
 # -- walker ------------------------------------------------------------------------------
 
+def _axi_subordinate(m, axi, *, id0=False):
+    """Assume an AXI subordinate that answers only what was asked: an R beat for an
+    outstanding read or AtomicCompare, a B for an AtomicCompare whose AW was taken, one
+    transaction at a time (``id0``: with ID 0, the one walker of the MMU harness). Data,
+    response codes, readies and latencies stay free. ``(ar_hs, r_hs, aw_hs, w_hs,
+    ar_out)``, ``ar_out`` meaning a read is outstanding."""
+    ar_out, at_r, at_b = Signal(), Signal(), Signal()
+    ar_hs = axi.arvalid & axi.arready
+    r_hs = axi.rvalid & axi.rready
+    aw_hs = axi.awvalid & axi.awready
+    w_hs = axi.wvalid & axi.wready
+    b_hs = axi.bvalid & axi.bready
+    rid_ok = (axi.rid == 0) if id0 else 1
+    bid_ok = (axi.bid == 0) if id0 else 1
+    m.d.comb += [Assume(~axi.rvalid | ((ar_out | at_r) & rid_ok)),
+                 Assume(~axi.bvalid | (at_b & bid_ok)),
+                 Assume(~(ar_out & at_r))]
+    with m.If(ar_hs):
+        m.d.sync += ar_out.eq(1)
+    with m.Elif(r_hs & ar_out):
+        m.d.sync += ar_out.eq(0)
+    with m.If(aw_hs):
+        m.d.sync += [at_r.eq(1), at_b.eq(1)]
+    with m.Else():
+        with m.If(r_hs & ~ar_out):
+            m.d.sync += at_r.eq(0)
+        with m.If(b_hs):
+            m.d.sync += at_b.eq(0)
+    return ar_hs, r_hs, aw_hs, w_hs, ar_out
+
+
 def _format_switch(m, fmt_id, width, value_of, default=0):
     """A ``width``-bit signal: ``value_of(format)`` for the format id ``fmt_id``,
     ``default`` for an id naming no format."""
@@ -280,27 +311,7 @@ class WalkerHarness(Elaboratable):
         m.submodules.dut = dut = self.dut
         _drive_inputs(m, dut)
         axi = dut.axi
-
-        # Outstanding transactions, for the subordinate's assumptions.
-        ar_out, at_r, at_b = Signal(), Signal(), Signal()
-        ar_hs = axi.arvalid & axi.arready
-        r_hs = axi.rvalid & axi.rready
-        aw_hs = axi.awvalid & axi.awready
-        w_hs = axi.wvalid & axi.wready
-        b_hs = axi.bvalid & axi.bready
-        m.d.comb += [Assume(~axi.rvalid | ar_out | at_r), Assume(~axi.bvalid | at_b),
-                     Assume(~(ar_out & at_r))]
-        with m.If(ar_hs):
-            m.d.sync += ar_out.eq(1)
-        with m.Elif(r_hs & ar_out):
-            m.d.sync += ar_out.eq(0)
-        with m.If(aw_hs):
-            m.d.sync += [at_r.eq(1), at_b.eq(1)]
-        with m.Else():
-            with m.If(r_hs & ~ar_out):
-                m.d.sync += at_r.eq(0)
-            with m.If(b_hs):
-                m.d.sync += at_b.eq(0)
+        ar_hs, r_hs, aw_hs, w_hs, ar_out = _axi_subordinate(m, axi)
 
         # Every context write writes the same symbolic context ``c0`` (a second copy of
         # the context table would make the solver rediscover that both copies agree).
@@ -312,8 +323,8 @@ class WalkerHarness(Elaboratable):
             m.d.sync += written.bit_select(dut.ctx.index, 1).eq(1)
         # Software writes roots aligned to the root table (sw_model's check_root; SDM
         # 29.2.6 EPTP bits 11:0 are not address bits; the H extension's hgatp PPN is
-        # 16 KiB aligned). The walker adds the index to the root unmasked, so an
-        # unaligned root would make unaligned reads outside the table.
+        # 16 KiB aligned). Without the assumption (walker_root_unaligned) the walker
+        # must still read inside the table: it ignores the bits below its size.
         c0_bytes = _format_switch(m, c0.format, 15, lambda f: f.root_table_bytes, 4096)
         if self.aligned_roots:
             m.d.comb += Assume(((c0.root | c0.ext_root) & (c0_bytes - 1)) == 0)
@@ -428,26 +439,7 @@ class MMUHarness(Elaboratable):
         m = _harness_module()
         m.submodules.dut = dut = self.dut
         _drive_inputs(m, dut)
-        axi = dut.axi
-        ar_out, at_r, at_b = Signal(), Signal(), Signal()
-        ar_hs = axi.arvalid & axi.arready
-        r_hs = axi.rvalid & axi.rready
-        aw_hs = axi.awvalid & axi.awready
-        b_hs = axi.bvalid & axi.bready
-        m.d.comb += [Assume(~axi.rvalid | ((ar_out | at_r) & (axi.rid == 0))),
-                     Assume(~axi.bvalid | (at_b & (axi.bid == 0))),
-                     Assume(~(ar_out & at_r))]
-        with m.If(ar_hs):
-            m.d.sync += ar_out.eq(1)
-        with m.Elif(r_hs & ar_out):
-            m.d.sync += ar_out.eq(0)
-        with m.If(aw_hs):
-            m.d.sync += [at_r.eq(1), at_b.eq(1)]
-        with m.Else():
-            with m.If(r_hs & ~ar_out):
-                m.d.sync += at_r.eq(0)
-            with m.If(b_hs):
-                m.d.sync += at_b.eq(0)
+        _axi_subordinate(m, dut.axi, id0=True)
 
         inval_go = dut.inval.valid & dut.inval.ready
         if self.prop == "response":
