@@ -26,14 +26,14 @@ from hw.sim import INVAL_SPACES, VmContext, unpack_response
 from hw.tlb import InvalKind, InvalSpace, inval_layout
 from hw.walker import response_layout
 from sw_model.formats import FAULT_KINDS
-from sw_model.tdp import FlushSink
+from sw_model.tdp import FlushSink, PfResult
 from sw_model.walker import Fault, Translation, translate
 
 from .axi_memory import HostMemoryAxi
 from .batch_shell import STAMP_BITS
 
 __all__ = ["MmuTB", "Response", "RtlFlushSink", "Scoreboard", "PERIOD_NS", "HIT_CYCLES",
-           "run_vcpus", "record_result"]
+           "run_vcpus", "record_result", "hypervisor_access"]
 
 PERIOD_NS = 10
 #: A response this many cycles after its request was accepted came from the TLB: the
@@ -265,6 +265,33 @@ def record_result(result):
         data.append(result)
         with open(out, "w") as f:
             json.dump(data, f)
+
+
+async def hypervisor_access(guest, gpa, access, *, on_memory_fault=None):
+    """One guest access on the hypervisor loop: the request goes to the RTL; a fault
+    goes to the model's fault handler (``guest.vm.handle_fault``, a model step) and the
+    access is retried, as KVM does on an EPT violation. The final response.
+
+    ``guest`` has ``tb``, ``index``, ``vm``, ``name``, ``stats`` (counts by outcome) and
+    ``_translated(req)``; ``on_memory_fault(gpa)`` handles MEMORY_FAULT (a TD's
+    userspace conversion) before the retry."""
+    for _ in range(16):
+        req = await guest.tb.access(guest.index, gpa, access)
+        if req.result.ok:
+            guest._translated(req)
+            return req
+        guest.stats["faults"] += 1
+        result = await guest.tb.model_step(guest.vm.handle_fault, gpa, access)
+        guest.stats[result.value] = guest.stats.get(result.value, 0) + 1
+        if result is PfResult.MEMORY_FAULT and on_memory_fault is not None:
+            await on_memory_fault(gpa)
+        elif result is PfResult.EMULATE:
+            guest.stats["emulated"] += 1
+            return req
+        elif result is PfResult.NOMEM:
+            raise AssertionError(f"{guest.name}: out of table pages at {gpa:#x}")
+    raise AssertionError(f"{guest.name}: no forward progress on {access} {gpa:#x}: "
+                         f"last answer {req.result.to_json()}")
 
 
 async def run_vcpus(access, rng, pattern, count, *, vcpus=4, stop=None):

@@ -23,9 +23,9 @@ import cocotb
 from cocotb.triggers import Timer
 
 from sw_model.formats import get_format
-from sw_model.tdp import PfResult, Vm
+from sw_model.tdp import Vm
 
-from .mmu_tb import PERIOD_NS, RtlFlushSink, run_vcpus
+from .mmu_tb import PERIOD_NS, RtlFlushSink, hypervisor_access, run_vcpus
 
 __all__ = ["tdx", "TdGuest"]
 
@@ -95,24 +95,12 @@ class TdGuest:
 
     async def access(self, gpa, access):
         """One guest access on the hypervisor loop; the final response."""
-        for _ in range(16):
-            req = await self.tb.access(self.index, gpa, access)
-            if req.result.ok:
-                self._translated(req)
-                return req
-            self.stats["faults"] += 1
-            result = await self.tb.model_step(self.vm.handle_fault, gpa, access)
-            self.stats[result.value] = self.stats.get(result.value, 0) + 1
-            if result is PfResult.MEMORY_FAULT:
-                self.stats["implicit_conversions"] += 1
-                await self.convert((gpa & ~self.shared) >> 12, 1, not gpa & self.shared)
-            elif result is PfResult.EMULATE:
-                self.stats["emulated"] += 1
-                return req
-            elif result is PfResult.NOMEM:
-                raise AssertionError(f"{self.name}: out of table pages at {gpa:#x}")
-        raise AssertionError(f"{self.name}: no forward progress on {access} {gpa:#x}: "
-                             f"last answer {req.result.to_json()}")
+        return await hypervisor_access(self, gpa, access, on_memory_fault=self._implicit)
+
+    async def _implicit(self, gpa):
+        """KVM_EXIT_MEMORY_FAULT: userspace converts the page to the side the guest used."""
+        self.stats["implicit_conversions"] += 1
+        await self.convert((gpa & ~self.shared) >> 12, 1, not gpa & self.shared)
 
     def _translated(self, req):
         self.stats["translations"] += 1
