@@ -8,6 +8,10 @@ each clock edge: it samples the response, the request and invalidation handshake
 write or invalidation. It sleeps on an event while nothing is queued or outstanding, so
 idle time costs no Python. The AXI memory (:class:`~cocotb_tests.axi_memory.HostMemoryAxi`)
 serves the same :class:`~sw_model.memory.HostMemory` the model edits: zero copy.
+
+Streams that need no model step between requests can instead run in batches
+(:meth:`MmuTB.run_batch`) on the :class:`~cocotb_tests.batch_shell.BatchShell` build,
+where Python touches the simulator once per batch rather than at every clock edge.
 """
 
 import collections
