@@ -413,9 +413,9 @@ def main(quick=False):
     grow_rows += [_row(f"{n} walkers", dict(DEFAULT, num_walkers=n), r)
                   for n, r in growth_walkers]
     table = Table("Area growth with TLB entries and walkers", COLUMNS, grow_rows,
-                  "Yosys `synth_ecp5` cell counts (same wrapper); slices and Fmax only where the "
-                  "configuration was also placed and routed (the default one). Walkers: "
-                  "pending = max(8, walkers).")
+                  "Yosys `synth_ecp5` cell counts (same wrapper); nextpnr's figures only where "
+                  "the configuration was also placed (the default one, with BENCH_SYNTH=full). "
+                  "Walkers: pending = max(8, walkers).")
     table.plots = _plot(growth_tlb, growth_walkers)
     tables.append(table)
     return tables
