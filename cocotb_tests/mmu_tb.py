@@ -277,8 +277,11 @@ async def hypervisor_access(guest, gpa, access, *, on_memory_fault=None):
     access is retried, as KVM does on an EPT violation. The final response.
 
     ``guest`` has ``tb``, ``index``, ``vm``, ``name``, ``stats`` (counts by outcome) and
-    ``_translated(req)``; ``on_memory_fault(gpa)`` handles MEMORY_FAULT (a TD's
-    userspace conversion) before the retry."""
+    ``_translated(req)``; ``await on_memory_fault(gpa, started)`` handles MEMORY_FAULT (a
+    TD's userspace conversion) before the retry and may return the GPA to retry with
+    (``started``: the cycle this access began)."""
+    results = []
+    started = guest.tb.cycle()
     for _ in range(16):
         req = await guest.tb.access(guest.index, gpa, access)
         if req.result.ok:
@@ -286,16 +289,18 @@ async def hypervisor_access(guest, gpa, access, *, on_memory_fault=None):
             return req
         guest.stats["faults"] += 1
         result = await guest.tb.model_step(guest.vm.handle_fault, gpa, access)
+        results.append(result.value)
         guest.stats[result.value] = guest.stats.get(result.value, 0) + 1
         if result is PfResult.MEMORY_FAULT and on_memory_fault is not None:
-            await on_memory_fault(gpa)
+            gpa = await on_memory_fault(gpa, started) or gpa
         elif result is PfResult.EMULATE:
             guest.stats["emulated"] += 1
             return req
         elif result is PfResult.NOMEM:
             raise AssertionError(f"{guest.name}: out of table pages at {gpa:#x}")
     raise AssertionError(f"{guest.name}: no forward progress on {access} {gpa:#x}: "
-                         f"last answer {req.result.to_json()}")
+                         f"last answer {req.result.to_json()}; the model's fault handler "
+                         f"said {', '.join(results)}")
 
 
 async def run_vcpus(access, rng, pattern, count, *, vcpus=4, stop=None):

@@ -50,7 +50,9 @@ class TdGuest:
         The shared bit as a GPA mask.
     stats : dict
         ``faults``, results by :class:`PfResult`, ``translations``, ``conversions``
-        (explicit) and ``implicit_conversions`` (after a MEMORY_FAULT).
+        (explicit), ``implicit_conversions`` (after a MEMORY_FAULT) and
+        ``followed_conversions`` (a MEMORY_FAULT of an access that raced a conversion:
+        retried on the new side).
     checks : collections.Counter
         Translations checked against their side: ``private``, ``shared``, and
         ``after a conversion`` (accepted after a conversion of their GFN completed).
@@ -72,11 +74,13 @@ class TdGuest:
         for slot_id, (base, npages, hpa) in self.slots.items():
             self.vm.add_memslot(slot_id, base, npages, hpa, private_hpa=hpa + PRIVATE_OFFSET)
         self.stats = {"faults": 0, "emulated": 0, "translations": 0, "conversions": 0,
-                      "implicit_conversions": 0}
+                      "implicit_conversions": 0, "followed_conversions": 0}
         self.checks = collections.Counter()
         self.levels = {}
         self.huge_private = 0
-        self.conversions = []       # (start gfn, end gfn, cycle done, private)
+        # [start gfn, end gfn, cycle begun, cycle done (None while its flush runs),
+        # private], in the order the model made them.
+        self.conversions = []
         tb.add_guest(index, self)
 
     @property
@@ -90,17 +94,28 @@ class TdGuest:
     async def convert(self, gfn, npages, private):
         """KVM_SET_MEMORY_ATTRIBUTES: zap the side the range leaves, flush it; later
         faults map the other side."""
+        entry = [gfn, gfn + npages, self.tb.cycle(), None, private]
+        self.conversions.append(entry)     # model_step changes the attributes at once
         await self.tb.model_step(self.vm.set_memory_attributes, gfn, npages, private)
-        self.conversions.append((gfn, gfn + npages, self.tb.cycle(), private))
+        entry[3] = self.tb.cycle()
 
     async def access(self, gpa, access):
         """One guest access on the hypervisor loop; the final response."""
         return await hypervisor_access(self, gpa, access, on_memory_fault=self._implicit)
 
-    async def _implicit(self, gpa):
-        """KVM_EXIT_MEMORY_FAULT: userspace converts the page to the side the guest used."""
+    async def _implicit(self, gpa, started):
+        """KVM_EXIT_MEMORY_FAULT: userspace converts the page to the side the guest used,
+        unless the guest converted it while this access was under way: the vCPU then
+        follows the guest's own view and retries on the new side (without that, two
+        vCPUs using the page on either side would convert it back and forth forever)."""
+        gfn = (gpa & ~self.shared) >> 12
+        if any(start <= gfn < end and begun >= started
+               for start, end, begun, _, _ in self.conversions):
+            self.stats["followed_conversions"] += 1
+            return self.gpa(gfn, gpa & 0xfff)
         self.stats["implicit_conversions"] += 1
-        await self.convert((gpa & ~self.shared) >> 12, 1, not gpa & self.shared)
+        await self.convert(gfn, 1, not gpa & self.shared)
+        return None
 
     def _translated(self, req):
         self.stats["translations"] += 1
@@ -116,9 +131,10 @@ class TdGuest:
             f"{self.name}: {side} {req.access} {req.gpa:#x} (cycles {req.accepted}.."
             f"{req.answered}) -> {req.result.hpa:#x}, the {side} frame is {want:#x}")
         self.checks[side] += 1
-        for start, end, cycle, to_private in reversed(self.conversions):
+        for start, end, _, cycle, to_private in reversed(self.conversions):
             if start <= gfn < end:
-                if req.accepted > cycle:
+                # Accepted after the latest conversion of the GFN finished its flush.
+                if cycle is not None and req.accepted > cycle:
                     assert to_private == private, (
                         f"{self.name}: {side} {req.access} {req.gpa:#x} accepted at cycle "
                         f"{req.accepted} translated to {req.result.hpa:#x}, but gfn {gfn:#x} "
@@ -237,6 +253,7 @@ async def tdx(tb, env):
     checks.update({"private 2M translations": guest.huge_private,
                    "conversions": guest.stats["conversions"],
                    "implicit conversions": guest.stats["implicit_conversions"],
+                   "accesses that followed a conversion": guest.stats["followed_conversions"],
                    "2M private pages split": splits})
     return {"guests": [guest], "details": {
         "TDX module calls": dict(vm.tdx.external.calls),
