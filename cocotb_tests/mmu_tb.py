@@ -111,8 +111,9 @@ def _key(result):
     """What the RTL answers, comparable with the reference: a TLB hit has no PTE
     addresses or A/D writes."""
     if result.ok:
-        return ("ok", result.hpa, result.level, tuple(sorted(result.perms.items())),
-                result.memtype)
+        perms = result.perms
+        return ("ok", result.hpa, result.level,
+                (perms["r"], perms["w"], perms["x"], perms.get("u")), result.memtype)
     return ("fault", result.kind, result.level, result.pte_addr,
             tuple(sorted(result.report.items())))
 
@@ -233,9 +234,13 @@ class Scoreboard:
         return record is not None and record[0] <= req.accepted and \
             (record[1] is None or record[1] > req.accepted)
 
-    def check(self, req):
+    def check(self, req, *, retake=True):
+        """Whether ``req``'s response is legit. ``retake=False``: the tables cannot have
+        changed since the last :meth:`take` (a batch), so the reference is not taken
+        again at the answer."""
         self.checked += 1
-        self.take(req, req.answered)
+        if retake:
+            self.take(req, req.answered)
         got = _key(req.result)
         if any(_key(ref) == got for ref in req.refs):
             self._note(req, req.result, req.answered)
@@ -499,13 +504,14 @@ class MmuTB:
         return ((req.gpa & ((1 << 64) - 1)) | (ACCESS_IDS[req.access] << 64)
                 | (req.vm_index << 66) | (tag << (66 + self.vm_bits)))
 
-    def _answered(self, req, raw, cycle):
+    def _answered(self, req, raw, cycle, *, retake=True):
         """Record the response word ``raw`` of ``req`` answered at ``cycle``: decode,
-        check, keep, call back, wake the waiter."""
+        check (``retake``: see :meth:`Scoreboard.check`), keep, call back, wake the
+        waiter."""
         req.answered = cycle
         req.result = self._decode(req, raw)
         if self.check:
-            self.scoreboard.check(req)
+            self.scoreboard.check(req, retake=retake)
         self.answered += 1
         if self.keep:
             self.responses.append(req)
@@ -558,7 +564,7 @@ class MmuTB:
             answer = answers >> (j * (size + STAMP_BITS))
             raw = answer & ((1 << size) - 1)
             self._answered(reqs[(raw >> tag_shift) & tag_mask], raw,
-                           base + ((answer >> size) & stamp_mask))
+                           base + ((answer >> size) & stamp_mask), retake=False)
         return reqs
 
     def _decode(self, req, raw):
