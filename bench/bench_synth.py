@@ -284,7 +284,7 @@ SYNTH_MODES = ("run", "full", "nopnr", "cached")
 
 
 def _mode():
-    mode = os.environ.get("BENCH_SYNTH", "run")
+    mode = os.environ.get("BENCH_SYNTH") or "run"     # the Makefile exports it, maybe empty
     if mode not in SYNTH_MODES:
         raise ValueError(f"BENCH_SYNTH must be one of {', '.join(SYNTH_MODES)}, got {mode!r}")
     return mode

@@ -120,3 +120,16 @@ def test_log_parsers():
     assert r["logic_routing"] == ("4.1", "5.3")
     cells = _parse_yosys("Printing statistics.\n" + YOSYS_STAT)
     assert cells["LUT4"] == 12027 and cells["TRELLIS_FF"] == 6035 and cells["DP16KD"] == 0
+
+
+def test_synth_mode(monkeypatch):
+    """The Makefile exports BENCH_SYNTH even when unset: empty means the default."""
+    from bench import bench_synth
+    for value, mode in [("", "run"), ("full", "full"), ("cached", "cached")]:
+        monkeypatch.setenv("BENCH_SYNTH", value)
+        assert bench_synth._mode() == mode
+    monkeypatch.delenv("BENCH_SYNTH")
+    assert bench_synth._mode() == "run"
+    monkeypatch.setenv("BENCH_SYNTH", "fast")
+    with pytest.raises(ValueError, match="BENCH_SYNTH must be one of run, full"):
+        bench_synth._mode()
