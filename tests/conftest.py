@@ -13,6 +13,8 @@ arithmetic: every table index is taken from the GPA bits the manuals name.
   GPA bits indexed at the root).
 """
 
+from hypothesis import HealthCheck, Phase, settings
+
 from sw_model.formats import get_format
 from sw_model.memory import HostMemory
 from sw_model.walker import translate
@@ -244,3 +246,11 @@ def leaf_addr(fmt, mem, root, gpa, level):
             t = mem.alloc_table(4096)
             mem.write64(addr, fmt.make_table(t))
     return fmt.entry_addr(t, gpa, level)
+
+
+def sequence_settings(examples):
+    """Hypothesis settings for the operation-sequence property tests: reproducible, no
+    deadline, and no shrinking (an example runs many model operations)."""
+    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=[HealthCheck.too_slow])

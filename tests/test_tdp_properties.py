@@ -13,7 +13,9 @@ Hypothesis runs derandomized (reproducible) and prints the failing operation seq
 """
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import given, strategies as st
+
+from conftest import sequence_settings
 
 from sw_model.formats import FORMAT_NAMES, get_format
 from sw_model.memory import HostMemory
@@ -104,14 +106,8 @@ OPS = ["fault", "fault", "fault", "zap", "log_start", "log_stop", "get_log", "ag
        "nx_recover", "slot_delete", "zap_all_fast", "split", "write_track"]
 
 
-def _settings(examples):
-    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                    phases=[Phase.explicit, Phase.generate],  # no shrinking: examples are slow
-                    suppress_health_check=[HealthCheck.too_slow])
-
-
 @pytest.mark.parametrize("name, ad", CONFIGS, ids=IDS)
-@_settings(8)
+@sequence_settings(8)
 @given(data=st.data())
 def test_random_operation_sequences(name, ad, data):
     run_sequence(name, ad, data)
@@ -119,7 +115,7 @@ def test_random_operation_sequences(name, ad, data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, ad", CONFIGS, ids=IDS)
-@_settings(300)
+@sequence_settings(300)
 @given(data=st.data())
 def test_random_operation_sequences_long(name, ad, data):
     run_sequence(name, ad, data)

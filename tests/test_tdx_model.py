@@ -11,7 +11,9 @@ shared root or the reverse, and leak no page after teardown.
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import given, strategies as st
+
+from conftest import sequence_settings
 
 from sw_model.memory import PAGE_SIZE, HostMemory, PageOwnershipError
 from sw_model.tdp import FlushRecorder, PfResult, Vm
@@ -536,14 +538,8 @@ CONFIGS = [("ept4", "hardware"), ("ept4", "off"), ("ept5", "hardware")]
 IDS = [f"{name}-{ad}" for name, ad in CONFIGS]
 
 
-def _settings(examples):
-    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                    phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=[HealthCheck.too_slow])
-
-
 @pytest.mark.parametrize("name, ad", CONFIGS, ids=IDS)
-@_settings(10)
+@sequence_settings(10)
 @given(data=st.data())
 def test_td_random_operation_sequences(name, ad, data):
     run_td_sequence(name, ad, data)
@@ -551,7 +547,7 @@ def test_td_random_operation_sequences(name, ad, data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, ad", CONFIGS, ids=IDS)
-@_settings(150)
+@sequence_settings(150)
 @given(data=st.data())
 def test_td_random_operation_sequences_long(name, ad, data):
     run_td_sequence(name, ad, data)
