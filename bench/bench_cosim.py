@@ -59,8 +59,8 @@ def main(quick=False, simulators=SIMULATORS):
              for sim in simulators if (rate := rates.get((sim, "per cycle", "hit", "on")))]
     if gains:
         note += (f" Batches of 64 against the per-cycle driver, hit stream, scoreboard on: "
-                 f"{', '.join(gains)}; where the ratio is below 1 the simulator spends more "
-                 f"on the shell's wide buffer ports each cycle than the Python it saves.")
+                 f"{', '.join(gains)}; a ratio near 1 means the simulator's evaluation of "
+                 f"the design, not Python, is what limits the rate.")
     if skipped:
         note += " " + "; ".join(skipped) + "."
     return [Table("Co-simulation speed (translations per second)",

@@ -10,7 +10,7 @@ keeps every response with its cycle stamps, and the TB reads them all at once
 the hypervisor loop drives the same build cycle by cycle.
 """
 
-from amaranth import Array, Cat, Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
@@ -44,10 +44,16 @@ class BatchShell(wiring.Component):
     batch_done : Out(1)
         High for one cycle when every request of the batch has been answered.
     batch_resp : Out(depth * (response width + STAMP_BITS))
-        Response ``j`` in the order they came, each the MMU's response word with the
-        cycle it was answered above it.
+        The responses in the order they came, each the MMU's response word with the
+        cycle it was answered above it: a shift register entered from the top, so after
+        a batch of ``n`` the ``j``-th response is in slot ``depth - n + j``.
     batch_accepted : Out(depth * STAMP_BITS)
-        The cycle request ``i`` was accepted.
+        The cycle each request was accepted, shifted in the same way: request ``i`` of
+        ``n`` in slot ``depth - n + i``.
+
+    The buffers are shift registers rather than slots indexed by a counter: a simulator
+    such as Icarus then evaluates one wide shift per cycle instead of ``depth`` blocks
+    of next-state logic.
     """
 
     def __init__(self, mmu, depth=64):
@@ -79,12 +85,12 @@ class BatchShell(wiring.Component):
         issued = Signal(range(self.depth + 1))
         received = Signal(range(self.depth + 1))
         now = Signal(STAMP_BITS)
-        answers = Array(Signal(self.resp_width + STAMP_BITS, name=f"answer{j}")
-                        for j in range(self.depth))
-        accepted = Array(Signal(STAMP_BITS, name=f"accepted{i}") for i in range(self.depth))
+        answers = Signal.like(self.batch_resp)
+        accepted = Signal.like(self.batch_accepted)
+        answer_width = self.resp_width + STAMP_BITS
         m.d.comb += [
-            self.batch_resp.eq(Cat(*answers)),
-            self.batch_accepted.eq(Cat(*accepted)),
+            self.batch_resp.eq(answers),
+            self.batch_accepted.eq(accepted),
             self.batch_done.eq(running & (received == count)),
         ]
 
@@ -103,9 +109,11 @@ class BatchShell(wiring.Component):
         with m.If(running):
             m.d.sync += now.eq(now + 1)
             with m.If(present & mmu.req.ready):
-                m.d.sync += [accepted[issued].eq(now), issued.eq(issued + 1)]
+                m.d.sync += [accepted.eq(Cat(accepted[STAMP_BITS:], now)),
+                             issued.eq(issued + 1)]
             with m.If(mmu.resp.valid):
-                m.d.sync += [answers[received].eq(Cat(mmu.resp.payload.as_value(), now)),
+                m.d.sync += [answers.eq(Cat(answers[answer_width:],
+                                            mmu.resp.payload.as_value(), now)),
                              received.eq(received + 1)]
             with m.If(self.batch_done):
                 m.d.sync += running.eq(0)

@@ -556,11 +556,12 @@ class MmuTB:
         accepted = dut.batch_accepted.value.to_unsigned()
         answers = dut.batch_resp.value.to_unsigned()
         stamp_mask = (1 << STAMP_BITS) - 1
-        for slot, req in enumerate(reqs):
+        first = self.batch_depth - len(reqs)     # the shell's buffers shift in from the top
+        for slot, req in enumerate(reqs, first):
             req.accepted = base + ((accepted >> (slot * STAMP_BITS)) & stamp_mask)
         size = self.resp_layout.size
         tag_shift, tag_mask = size - self.tag_bits, (1 << self.tag_bits) - 1
-        for j in range(len(reqs)):
+        for j in range(first, self.batch_depth):
             answer = answers >> (j * (size + STAMP_BITS))
             raw = answer & ((1 << size) - 1)
             self._answered(reqs[(raw >> tag_shift) & tag_mask], raw,
