@@ -64,7 +64,8 @@ class Response:
         The GPA's page number without a TD's shared bit (what invalidations name).
     """
     __slots__ = ("serial", "tag", "vm_index", "gpa", "access", "accepted", "answered",
-                 "result", "done", "refs", "root", "raced", "private", "gfn")
+                 "result", "done", "refs", "refs_generation", "root", "raced", "private",
+                 "gfn")
 
     def __init__(self, serial, vm_index, gpa, access):
         self.serial, self.vm_index, self.gpa, self.access = serial, vm_index, gpa, access
@@ -72,6 +73,7 @@ class Response:
         self.private, self.gfn = False, gpa >> 12
         self.done = Event()
         self.refs = []          # reference results seen while in flight
+        self.refs_generation = None     # the Scoreboard.generation of the last one
         self.raced = False      # a model step ran while in flight
 
     @property
@@ -111,9 +113,8 @@ def _key(result):
     """What the RTL answers, comparable with the reference: a TLB hit has no PTE
     addresses or A/D writes."""
     if result.ok:
-        perms = result.perms
-        return ("ok", result.hpa, result.level,
-                (perms["r"], perms["w"], perms["x"], perms.get("u")), result.memtype)
+        return ("ok", result.hpa, result.level, frozenset(result.perms.items()),
+                result.memtype)
     return ("fault", result.kind, result.level, result.pte_addr,
             tuple(sorted(result.report.items())))
 
@@ -165,10 +166,12 @@ class Scoreboard:
         #     {(level, region_gfn): {translation: [first_seen, removed_at]}}
         self._seen = collections.defaultdict(dict)
         self._cache = {}
+        self.generation = 0     # counts calls of changed()
 
     def changed(self):
         """The model changed the tables (a model step): forget cached references."""
         self._cache.clear()
+        self.generation += 1
 
     def reference(self, req):
         """translate() without A/D updates. A successful walk is cached per (VM, root,
@@ -208,8 +211,13 @@ class Scoreboard:
             records[base] = [cycle, None]
 
     def take(self, req, cycle):
-        """A reference for ``req`` now (accept, after a model step)."""
+        """A reference for ``req`` now (accept, after a model step, answer). The tables
+        change only where :meth:`changed` is called, so when they have not changed since
+        ``req``'s last reference that one still holds, noted when it was taken."""
+        if req.refs_generation == self.generation:
+            return
         ref = self.reference(req)
+        req.refs_generation = self.generation
         if not req.refs or _key(req.refs[-1]) != _key(ref):
             req.refs.append(ref)
         self._note(req, ref, cycle)
@@ -234,13 +242,10 @@ class Scoreboard:
         return record is not None and record[0] <= req.accepted and \
             (record[1] is None or record[1] > req.accepted)
 
-    def check(self, req, *, retake=True):
-        """Whether ``req``'s response is legit. ``retake=False``: the tables cannot have
-        changed since the last :meth:`take` (a batch), so the reference is not taken
-        again at the answer."""
+    def check(self, req):
+        """Whether ``req``'s response is legit (see the class docstring)."""
         self.checked += 1
-        if retake:
-            self.take(req, req.answered)
+        self.take(req, req.answered)
         got = _key(req.result)
         if any(_key(ref) == got for ref in req.refs):
             self._note(req, req.result, req.answered)
@@ -504,14 +509,13 @@ class MmuTB:
         return ((req.gpa & ((1 << 64) - 1)) | (ACCESS_IDS[req.access] << 64)
                 | (req.vm_index << 66) | (tag << (66 + self.vm_bits)))
 
-    def _answered(self, req, raw, cycle, *, retake=True):
+    def _answered(self, req, raw, cycle):
         """Record the response word ``raw`` of ``req`` answered at ``cycle``: decode,
-        check (``retake``: see :meth:`Scoreboard.check`), keep, call back, wake the
-        waiter."""
+        check, keep, call back, wake the waiter."""
         req.answered = cycle
         req.result = self._decode(req, raw)
         if self.check:
-            self.scoreboard.check(req, retake=retake)
+            self.scoreboard.check(req)
         self.answered += 1
         if self.keep:
             self.responses.append(req)
@@ -565,7 +569,7 @@ class MmuTB:
             answer = answers >> (j * (size + STAMP_BITS))
             raw = answer & ((1 << size) - 1)
             self._answered(reqs[(raw >> tag_shift) & tag_mask], raw,
-                           base + ((answer >> size) & stamp_mask), retake=False)
+                           base + ((answer >> size) & stamp_mask))
         return reqs
 
     def _decode(self, req, raw):
