@@ -287,7 +287,7 @@ async def hypervisor_access(guest, gpa, access, *, on_memory_fault=None):
     access is retried, as KVM does on an EPT violation. The final response.
 
     ``guest`` has ``tb``, ``index``, ``vm``, ``name``, ``stats`` (counts by outcome) and
-    ``_translated(req)``; ``await on_memory_fault(gpa, started)`` handles MEMORY_FAULT (a
+    ``translated(req)``; ``await on_memory_fault(gpa, started)`` handles MEMORY_FAULT (a
     TD's userspace conversion) before the retry and may return the GPA to retry with
     (``started``: the cycle this access began)."""
     results = []
@@ -295,7 +295,7 @@ async def hypervisor_access(guest, gpa, access, *, on_memory_fault=None):
     for _ in range(16):
         req = await guest.tb.access(guest.index, gpa, access)
         if req.result.ok:
-            guest._translated(req)
+            guest.translated(req)
             return req
         guest.stats["faults"] += 1
         result = await guest.tb.model_step(guest.vm.handle_fault, gpa, access)

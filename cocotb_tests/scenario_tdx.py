@@ -117,7 +117,9 @@ class TdGuest:
         await self.convert(gfn, 1, not gpa & self.shared)
         return None
 
-    def _translated(self, req):
+    def translated(self, req):
+        """A successful translation (from :func:`~cocotb_tests.mmu_tb.hypervisor_access`):
+        count it and check it went through the side (private or shared) of its GPA."""
         self.stats["translations"] += 1
         private = not req.gpa & self.shared
         gfn = (req.gpa & ~self.shared) >> 12

@@ -95,7 +95,9 @@ class Guest:
         """One guest access on the hypervisor loop; the final response."""
         return await hypervisor_access(self, gpa, access)
 
-    def _translated(self, req):
+    def translated(self, req):
+        """A successful translation (from :func:`~cocotb_tests.mmu_tb.hypervisor_access`):
+        count it and check it against the memslot, independently of the scoreboard."""
         self.stats["translations"] += 1
         gfn = req.gpa >> 12
         slot = self.vm.find_memslot(gfn)
