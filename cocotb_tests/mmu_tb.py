@@ -27,7 +27,8 @@ from cocotb.utils import get_sim_time
 
 from hw.decode import ACCESS_IDS, EXIT_IDS
 from hw.sim import INVAL_SPACES, VmContext, unpack_response
-from hw.tlb import InvalKind, InvalSpace, inval_layout
+from hw.mmu import inval_layout
+from hw.tlb import InvalKind, InvalSpace
 from hw.walker import response_layout
 from sw_model.formats import FAULT_KINDS
 from sw_model.tdp import FlushSink, PfResult

@@ -36,7 +36,8 @@ MMU_TOP = "tdpwalk_mmu"
 SHELL_TOP = "tdpwalk_mmu_batch"
 #: ``hw.mmu.MMU`` parameters of the co-simulated MMU (its defaults, spelled out).
 MMU_DEFAULT_CONFIG = {"num_walkers": 4, "num_vms": 4, "tag_bits": 8, "tlb_sets": 16,
-                      "tlb_ways": 4, "pwc_entries": 4, "pending": 8, "axi_id_width": 4}
+                      "tlb_ways": 4, "tlb_huge": 8, "pwc_entries": 4, "pending": 8,
+                      "axi_id_width": 4}
 #: Part of every build directory's key: what the Verilator model exposes to VPI.
 VERILATOR_VISIBILITY = "public_flat_rw: top module only"
 

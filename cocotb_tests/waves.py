@@ -16,7 +16,7 @@ GROUPS = [
     ("Context and invalidation", [
         ("ctx__valid", BIN), ("ctx__index", DEC), ("ctx__data", HEX),
         ("inval__valid", BIN), ("inval__ready", BIN), ("inval__payload", HEX),
-        ("inval_done", BIN), ("inv_busy", BIN), ("stale", BIN)]),
+        ("inval_done", BIN), ("invalidator.inval_state", DEC), ("misses.stale", BIN)]),
     ("AXI read", [("axi__arvalid", BIN), ("axi__arready", BIN), ("axi__arid", DEC),
                   ("axi__araddr", HEX), ("axi__rvalid", BIN), ("axi__rready", BIN),
                   ("axi__rid", DEC), ("axi__rdata", HEX), ("axi__rresp", BIN)]),
@@ -25,13 +25,13 @@ GROUPS = [
                           ("axi__wready", BIN), ("axi__wdata", HEX), ("axi__wlast", BIN),
                           ("axi__bvalid", BIN), ("axi__bready", BIN), ("axi__bid", DEC),
                           ("axi__bresp", BIN)]),
-    ("Walkers", [("busy", BIN), ("p_valid", BIN), ("take_hit", BIN)]
-     + [(f"walker{i}.walk_state", DEC) for i in range(4)]),
-    ("TLB and walk cache", [("tlb.lookup__valid", BIN), ("tlb.lookup__payload", HEX),
-                            ("tlb.result__payload", HEX), ("tlb.fill__valid", BIN),
-                            ("tlb.fill__payload", HEX), ("tlb.inval__valid", BIN),
-                            ("tlb.inval_done", BIN), ("pwc.fill__valid", BIN),
-                            ("pwc.inval_done", BIN)]),
+    ("Walkers", [("misses.busy", BIN), ("misses.entry_valid", BIN), ("hit_turn", BIN)]
+     + [(f"walkers.engine{i}.walk_state", DEC) for i in range(4)]),
+    ("TLB and walk cache", [("tlb.op__valid", BIN), ("tlb.op__ready", BIN),
+                            ("tlb.op__payload", HEX), ("tlb.result__payload", HEX),
+                            ("tlb.inval__valid", BIN), ("tlb.inval_done", BIN),
+                            ("pwc.fill__valid", BIN), ("pwc.fill__payload", HEX),
+                            ("pwc.start", HEX), ("pwc.inval_done", BIN)]),
     ("Counters", [("counters", HEX)]),
 ]
 
@@ -39,7 +39,7 @@ GROUPS = [
 #: The same for the walker alone (``tdpwalk_walker``, cocotb_tests/walker_bench.py).
 WALKER_GROUPS = [GROUPS[0], GROUPS[1], GROUPS[2],
                  ("Context", [("ctx__valid", BIN), ("ctx__index", DEC), ("ctx__data", HEX)]),
-                 GROUPS[4], GROUPS[5], ("Walker", [("walk_state", DEC)])]
+                 GROUPS[4], GROUPS[5], ("Walker", [("pool.engine0.walk_state", DEC)])]
 
 
 def write_gtkw(waves, sim="icarus", top="tdpwalk_mmu", groups=None):

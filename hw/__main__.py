@@ -31,8 +31,9 @@ DEFAULT_CONFIG = {"num_vms": 4, "tag_bits": 8, "axi_id_width": 4}
 TOPS = {
     "walker": (Walker, TOP, DEFAULT_CONFIG),
     "mmu": (MMU, "tdpwalk_mmu", {"num_walkers": 4, "num_vms": 4, "tag_bits": 8,
-                                 "tlb_sets": 16, "tlb_ways": 4, "pwc_entries": 4,
-                                 "pending": 8, "axi_id_width": 4, "counter_width": 32}),
+                                 "tlb_sets": 16, "tlb_ways": 4, "tlb_huge": 8,
+                                 "pwc_entries": 4, "pending": 8, "axi_id_width": 4,
+                                 "counter_width": 32}),
 }
 
 

@@ -35,16 +35,17 @@ from amaranth import (Cat, ClockDomain, ClockSignal, Const, Elaboratable, Fragme
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume
 from amaranth.hdl._ast import AnyConst, AnySeq
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 
 from sw_model.formats import FORMAT_NAMES, get_format
 
 from .decode import FORMAT_IDS, MAX_LEVELS, PA_WIDTH
 from .mmu import MMU
-from .pwc import PageWalkCache
+from .pwc import PWC_DATA, PageWalkCache
 from . import pwc as pwc_module, tlb as tlb_module
 from .tlb import LEVEL_BITS, TLB, InvalKind, InvalSpace
-from .walker import CONTEXT_LAYOUT, Walker
+from .context import CONTEXT_LAYOUT
+from .walker import Walker
 
 __all__ = ["PROPERTIES", "FormalProperty", "run_property", "main"]
 
@@ -93,14 +94,15 @@ def _align(vpn, level):
 
 
 def _covers(inval, vm0, private0, base, size):
-    """1 when the invalidation ``inval`` (an ``inval_layout`` view) must remove an entry
+    """1 when the invalidation ``inval`` (a ``sweep_layout`` view) must remove an entry
     of VM ``vm0``, space ``private0`` covering pages ``[base, base + size)``: the rule of
-    docs/mmu.md (every kind honours ``space``; RANGE removes any overlap)."""
+    docs/mmu.md (every kind honours ``space``; RANGE removes any overlap with
+    ``[first, last]``, compared with the ``ignore`` bits of the entry cleared)."""
     space_ok = ((inval.space == InvalSpace.BOTH)
                 | ((inval.space == InvalSpace.PRIVATE) & private0)
                 | ((inval.space == InvalSpace.SHARED) & ~private0))
-    end = inval.start + inval.count
-    overlap = (base < end) & (inval.start < base + size)
+    start = base & ~inval.ignore
+    overlap = (start <= inval.last) & (inval.first <= start + (size - 1))
     return space_ok & ((inval.kind == InvalKind.ALL)
                        | ((inval.vm == vm0) & ((inval.kind == InvalKind.VM)
                                                | ((inval.kind == InvalKind.RANGE) & overlap))))
@@ -121,7 +123,7 @@ class _CacheGhost:
     def __init__(self, m, key_shape, levels, data_width):
         self.key0 = Signal(key_shape)
         m.d.comb += self.key0.eq(AnyConst(len(Value.cast(self.key0))))
-        self.tag_fields = [name for name, _ in key_shape if name != "vpn"]
+        self.tag_fields = [name for name, _ in key_shape if name not in ("vpn", "access")]
         self.filled = {l: Signal(name=f"g_filled_l{l}") for l in levels}
         self.valid = {l: Signal(name=f"g_valid_l{l}") for l in levels}
         self.payload = {l: Signal(data_width, name=f"g_payload_l{l}") for l in levels}
@@ -169,35 +171,44 @@ class _CacheHarness(Elaboratable):
             m.submodules.dut = Fragment.get(self.dut, None)
             dut = self.dut
             _drive_inputs(m, dut)
-            g = _CacheGhost(m, dut.lookup.payload.shape(), self.levels, dut.data_width)
-            m.d.comb += Assume(~dut.lookup.valid | (dut.lookup.payload.as_value()
-                                                    == g.key0.as_value()))
+            key = self.lookup_key(dut)
+            g = _CacheGhost(m, key.shape(), self.levels, self.data_width)
+            m.d.comb += Assume(~self.looks_up(dut) | (key.as_value() == g.key0.as_value()))
             self.check(m, dut, g)
             return m
 
 
 class TLBHarness(_CacheHarness):
     """:class:`hw.tlb.TLB` with unconstrained fills and invalidations and lookups of a
-    symbolic key (:class:`_CacheGhost`).
+    symbolic key (:class:`_CacheGhost`); the entry payload is the fill's ``data``.
 
     ``prop`` "isolation": a hit returns the payload filled for exactly that entry (same
-    VM, root, space, level and page), so an entry of one VM (or root, or space) never
-    answers another's lookup. "inval": a hit needs a fill of that entry after every
-    invalidation covering it: after an invalidation completes, no entry overlapping its
-    range (for its VM and space) hits until a new fill.
+    VM, generation, space, level and page), so an entry of one VM (or generation, or
+    space) never answers another's lookup. "inval": a hit needs a fill of that entry
+    after every invalidation covering it: after an invalidation, no entry overlapping
+    its range (for its VM and space) hits until a new fill.
     """
 
-    def __init__(self, prop, *, sets=2, ways=2, vm_bits=1, root_bits=2, data_width=4,
+    def __init__(self, prop, *, sets=2, ways=2, huge=2, vm_bits=1, gen_bits=2, data_width=4,
                  max_level=2, vpn_bits=10):
         super().__init__(prop, vpn_bits, lambda: TLB(
-            sets=sets, ways=ways, vm_bits=vm_bits, root_bits=root_bits,
+            sets=sets, ways=ways, huge=huge, vm_bits=vm_bits, gen_bits=gen_bits,
             data_width=data_width, max_level=max_level), range(1, max_level + 1))
+        self.data_width = data_width
+
+    def lookup_key(self, dut):
+        return dut.op.payload.key
+
+    def looks_up(self, dut):
+        return dut.op.valid & ~dut.op.payload.fill
 
     def check(self, m, dut, g):
-        fill_go = dut.fill.valid & ~dut.busy            # fills are dropped while busy
+        op = dut.op
+        fill = _Fields(op.payload.key, level=op.payload.level, data=op.payload.data)
+        fill_valid = op.valid & op.payload.fill
         res = dut.result
         for l in self.levels:
-            g.update(m, l, dut.fill.valid, fill_go, dut.fill.payload,
+            g.update(m, l, fill_valid, fill_valid & op.ready, fill,
                      dut.inval.valid & dut.inval.ready, dut.inval.payload)
             hit = res.valid & res.payload.hit & (res.payload.level == l)
             if self.prop == "isolation":
@@ -208,31 +219,66 @@ class TLBHarness(_CacheHarness):
                                    f"TLB hit at level {l} on an invalidated entry")
 
 
+class _Fields:
+    """The key fields of ``key`` plus extra named values, as one object for the ghost."""
+
+    def __init__(self, key, **extra):
+        for name, _ in key.shape():
+            setattr(self, name, getattr(key, name))
+        for name, value in extra.items():
+            setattr(self, name, value)
+
+
 class PWCHarness(_CacheHarness):
     """:class:`hw.pwc.PageWalkCache` with unconstrained fills and invalidations and
-    lookups of a symbolic key; ``prop`` as for :class:`TLBHarness`, per walk-cache
-    level. The "inval" check skips the one busy cycle (``inval_done`` follows it)."""
+    lookups of a symbolic key; the payload is the cached table's frame and permissions.
+    ``prop`` as for :class:`TLBHarness`, per walk-cache level: a walk start at level
+    ``l - 1`` is the level-``l`` entry. As in the MMU, an invalidation is given only
+    with no lookup in the pipeline; the "inval" check skips the cycles of a range sweep
+    (``inval_done`` ends it)."""
 
-    def __init__(self, prop, *, entries=2, vm_bits=1, root_bits=2, data_width=4,
-                 max_level=2, vpn_bits=10):
+    def __init__(self, prop, *, entries=2, vm_bits=1, gen_bits=2, max_level=3, vpn_bits=20):
         super().__init__(prop, vpn_bits, lambda: PageWalkCache(
-            entries=entries, vm_bits=vm_bits, root_bits=root_bits, data_width=data_width,
-            max_level=max_level), range(2, max_level + 1))
+            entries=entries, vm_bits=vm_bits, gen_bits=gen_bits, max_level=max_level),
+            range(2, max_level + 1))
+        self.data_width = PWC_DATA.size
+
+    def lookup_key(self, dut):
+        return dut.fill.payload.key          # the key layout, for the ghost
+
+    def looks_up(self, dut):
+        return Const(0)
 
     def check(self, m, dut, g):
-        # The result answers the last key looked up: before the first lookup, none.
-        looked = Signal()
-        with m.If(dut.lookup.valid):
-            m.d.sync += looked.eq(1)
+        # Lookups of the symbolic key only, taken only when the pipeline moves.
+        m.d.comb += [
+            Assume(~dut.take | ((dut.key.vm == g.key0.vm) & (dut.key.vpn == g.key0.vpn))),
+            Assume((dut.key_late.gen == g.key0.gen) & (dut.key_late.private == g.key0.private)),
+            Assume(~dut.take | dut.adv),
+        ]
+        # The MMU invalidates only with no lookup in the pipeline (S1, S2).
+        s1, s2 = Signal(), Signal()
+        with m.If(dut.adv):
+            m.d.sync += [s1.eq(dut.take), s2.eq(s1)]
+        m.d.comb += Assume(~dut.inval.valid | ~(dut.take | s1 | s2))
         busy = ~dut.inval.ready
-        res = dut.result
+        fill = _Fields(dut.fill.payload.key, level=dut.fill.payload.level,
+                       data=dut.fill.payload.data.as_value())
+        start = dut.start
+        frame_bits = PWC_DATA["frame"].width
         for l in self.levels:
-            g.update(m, l, dut.fill.valid, dut.fill.valid & ~busy, dut.fill.payload,
+            # A fill is dropped in a cycle an invalidation is taken, or during a sweep.
+            g.update(m, l, dut.fill.valid, dut.fill.valid & ~busy & ~dut.inval.valid, fill,
                      dut.inval.valid & dut.inval.ready, dut.inval.payload)
-            hit = looked & res.hits[l - 2]
+            hit = start.hit & (start.level == l - 1)
+            payload = data.View(PWC_DATA, g.payload[l])
+            index = g.key0.vpn[LEVEL_BITS * (l - 2):LEVEL_BITS * (l - 1)]
             if self.prop == "isolation":
-                m.d.comb += Assert(~hit | (g.filled[l] & (res.data[l - 2] == g.payload[l])),
-                                   f"walk-cache hit at level {l} returns another entry")
+                m.d.comb += Assert(
+                    ~hit | (g.filled[l] & (start.addr[:LEVEL_BITS] == index)
+                            & (start.addr[LEVEL_BITS:][:frame_bits] == payload.frame)
+                            & (start.acc == payload.acc)),
+                    f"walk-cache hit at level {l} returns another entry")
             else:
                 m.d.comb += Assert(busy | ~hit | g.valid[l],
                                    f"walk-cache hit at level {l} on an invalidated entry")
@@ -425,15 +471,15 @@ class MMUHarness(Elaboratable):
     request with it is outstanding (no response without a request, none twice).
     "stale": a TLB or walk-cache fill only comes from a walk that started after the last
     invalidation was accepted (a fill from an older walk would undo the invalidation).
-    "inval_done": ``inval_done`` pulses only after both the TLB scan and the walk-cache
-    clear of the invalidation being run have finished.
+    "inval_done": ``inval_done`` pulses only after every TLB and walk-cache operation
+    the invalidation issued has finished.
     """
 
     def __init__(self, prop, *, pending=2, tag_bits=2, tlb_sets=1, tlb_ways=1):
         self.prop = prop
         self.dut = MMU(num_walkers=1, num_vms=2, tag_bits=tag_bits, tlb_sets=tlb_sets,
-                       tlb_ways=tlb_ways, pwc_entries=1, pending=pending, axi_id_width=1,
-                       counter_width=1)
+                       tlb_ways=tlb_ways, tlb_huge=1, pwc_entries=1, pending=pending,
+                       axi_id_width=1, counter_width=1)
 
     def elaborate(self, platform):
         m = _harness_module()
@@ -454,36 +500,37 @@ class MMUHarness(Elaboratable):
             m.d.comb += Assert(~(resp.valid & (resp.payload.tag == tag0)) | (count == 1),
                                "response for a tag with no outstanding request")
         elif self.prop == "stale":
-            w = dut.walkers[0]
-            fresh = Signal()        # the walk in flight started after the last invalidation
-            result_fresh = Signal() # the walk whose result is held (fills pending) was fresh
+            start = dut.walkers.start[0]
+            fresh = Signal()        # the walk of the engine started after the last invalidation
             with m.If(inval_go):
-                m.d.sync += [fresh.eq(0), result_fresh.eq(0)]
-            with m.Else():
-                with m.If(w.req.valid & w.req.ready):
-                    m.d.sync += fresh.eq(1)
-                with m.If(w.resp.valid & w.resp.ready):
-                    m.d.sync += result_fresh.eq(fresh)
+                m.d.sync += fresh.eq(0)
+            with m.Elif(start.valid & start.ready):
+                m.d.sync += fresh.eq(1)
+            op = dut.tlb.op
             m.d.comb += [
-                Assert(~dut.tlb.fill.valid | (w.resp.valid & w.resp.ready & fresh),
+                Assert(~(op.valid & op.ready & op.payload.fill) | fresh,
                        "TLB fill from a walk older than an invalidation"),
-                Assert(~dut.pwc.fill.valid | result_fresh,
+                Assert(~dut.pwc.fill.valid | fresh,
                        "walk-cache fill from a walk older than an invalidation"),
             ]
         else:
-            running, tlb_seen, pwc_seen = Signal(), Signal(), Signal()
+            running = Signal()
+            owed = {}
+            for name, cache in (("tlb", dut.tlb), ("pwc", dut.pwc)):
+                # An operation the invalidation gave this cache and it has not finished.
+                owed[name] = Signal(name=f"{name}_owed")
+                with m.If(cache.inval.valid & cache.inval.ready):
+                    m.d.sync += owed[name].eq(1)
+                with m.Elif(cache.inval_done):
+                    m.d.sync += owed[name].eq(0)
             with m.If(inval_go):
-                m.d.sync += [running.eq(1), tlb_seen.eq(0), pwc_seen.eq(0)]
-            with m.Else():
-                with m.If(dut.tlb.inval_done):
-                    m.d.sync += tlb_seen.eq(1)
-                with m.If(dut.pwc.inval_done):
-                    m.d.sync += pwc_seen.eq(1)
-                with m.If(dut.inval_done):
-                    m.d.sync += running.eq(0)
-            m.d.comb += Assert(~dut.inval_done | (running & (tlb_seen | dut.tlb.inval_done)
-                                                 & (pwc_seen | dut.pwc.inval_done)
-                                                 & ~dut.tlb.busy & dut.pwc.inval.ready),
+                m.d.sync += running.eq(1)
+            with m.Elif(dut.inval_done):
+                m.d.sync += running.eq(0)
+            finished = {name: ~owed[name] | cache.inval_done
+                        for name, cache in (("tlb", dut.tlb), ("pwc", dut.pwc))}
+            m.d.comb += Assert(~dut.inval_done | (running & finished["tlb"] & finished["pwc"]
+                                                  & ~dut.tlb.busy & dut.pwc.inval.ready),
                                "inval_done before the TLB and walk cache finished")
         return m
 

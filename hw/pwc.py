@@ -1,167 +1,238 @@
-"""Page-walk cache: non-leaf entries per level, so a walk can skip its upper levels.
+"""Page-walk cache: table entries per level, so a walk can start below its root.
 
-An entry of level ``l`` (2 up to the root level) holds, for one VM and root, what the
-walk of any GPA in the ``2**(9*(l-1))``-page region ``vpn`` finds at level ``l``: the
-payload is opaque here (:class:`hw.mmu.MMU` stores the non-leaf entry word itself, with
-the A bit the successful walk set). A lookup returns every level that hits and the
-deepest one, so a four-level walk whose levels 4 to 2 are cached reads only its leaf.
+An entry of level ``l`` (2 up to the highest root level) holds, for one VM, generation
+and space, what every walk of a GPA in its ``2**(9*(l-1))``-page region finds at level
+``l``: the next table's frame and the permissions accumulated from the root through
+this entry (EPT and NPT intersect them over levels, SDM 29.3.3.2, APM 5.6). A lookup
+answers with the deepest level that hits as the walk's start: the level below it, the
+address of the entry to read first and the permissions so far, so a walk whose upper
+levels are cached reads only what is not. Keys are raw page numbers, as in
+:mod:`hw.tlb`.
 
-Each level is a small fully-associative array with round-robin replacement; all
-entries are compared in parallel, so an invalidation takes two cycles and uses the same
-overlap rule as :class:`hw.tlb.TLB`: an entry is removed when its region overlaps the
-range. That is exactly what a range flush needs for tables: an entry whose region
-contains a zapped table covers a page of the range. Entries carry the ``private`` bit
-of their walk (a TD's private or shared space) and invalidations honour ``space``
-exactly as the TLB does.
+Lookup, in step with the TLB (the same ``adv``):
+
+* S0 — the page number and VM are compared with every entry (registered);
+* S1 — the generation and space complete the match, the deepest level is chosen and
+  the start computed (registered);
+* S2 — ``start`` is valid.
+
+A fill (one per cycle, at any time) is registered, compared with the entries of its
+level, then written two cycles later into the entry holding the same region, else an
+invalid one, else the level's round-robin victim; a lookup compared against an entry
+in the cycle it was overwritten does not use it. Invalidation: ALL clears every entry,
+VM every entry of the VM (both in one cycle), RANGE sweeps each level's entries one per
+cycle (levels in parallel) and removes those whose region has a page in
+``[first, last]``. Every kind honours ``space``.
 """
 
-from amaranth import Const, Module, Mux, Signal
+from amaranth import Array, Cat, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .tlb import (LEVEL_BITS, VPN_BITS, FillSignature, InvalKind, InvalSpace, fill_layout,
-                  inval_layout, key_layout, space_match)
+from .context import ADDR_BITS
+from .decode import PA_WIDTH
+from .tlb import LEVEL_BITS, VPN_BITS, InvalKind, space_match, sweep_layout
 
-__all__ = ["PageWalkCache", "pwc_result_layout"]
+__all__ = ["PageWalkCache", "PWC_DATA", "pwc_key_layout", "pwc_fill_layout",
+           "pwc_start_layout"]
 
-
-def pwc_result_layout(data_width, max_level=5):
-    """``hits`` bit ``l - 2`` and ``data[l - 2]``: the level-``l`` entry (levels start
-    at 2, so that no bit is constant); ``hit``: any level; ``level``: the deepest."""
-    return data.StructLayout({"hit": 1, "level": 3, "hits": max_level - 1,
-                              "data": data.ArrayLayout(data_width, max_level - 1)})
+#: What an entry gives a walk: the next table's frame and the permissions so far.
+PWC_DATA = data.StructLayout({"frame": PA_WIDTH - 12, "acc": 4})
 
 
-class LookupSignature(wiring.Signature):
-    """Lookup port: the key is registered when ``valid`` and answered the cycle after
-    (and on every later cycle until the next lookup).
+def pwc_key_layout(vm_bits, gen_bits):
+    return data.StructLayout({"vm": vm_bits, "gen": gen_bits, "private": 1,
+                              "vpn": VPN_BITS})
 
-    Members
-    -------
-    valid : Out(1)
-    payload : Out(key_layout(vm_bits, root_bits))
-    """
 
-    def __init__(self, layout):
-        super().__init__({"valid": Out(1), "payload": Out(layout)})
+def pwc_fill_layout(vm_bits, gen_bits):
+    """A table entry of ``level`` read by a walk of ``key``."""
+    return data.StructLayout({"key": pwc_key_layout(vm_bits, gen_bits), "level": 3,
+                              "data": PWC_DATA})
+
+
+#: A lookup's answer: with ``hit``, a walk starts at ``level`` by reading the entry at
+#: ``addr`` (without its low three bits) with permissions ``acc`` accumulated above it.
+pwc_start_layout = data.StructLayout({"hit": 1, "level": 3, "addr": ADDR_BITS, "acc": 4})
 
 
 class PageWalkCache(wiring.Component):
-    """Per-level caches of non-leaf entries, levels 2 to ``max_level``.
+    """Per-level fully associative caches of table entries, levels 2 to ``max_level``.
 
     Parameters
     ----------
     entries : int
-        Entries per level (fully associative, round-robin replacement).
-    vm_bits, root_bits, data_width : int
-        As for :class:`hw.tlb.TLB`.
+        Entries per level (1 to 64).
+    vm_bits, gen_bits : int
     max_level : int
         The highest root level of any format (5).
 
     Members
     -------
-    lookup : In(LookupSignature(key_layout(vm_bits, root_bits)))
-    result : Out(pwc_result_layout(data_width))
-        For the last key looked up, against the current entries.
-    fill : In(FillSignature(fill_layout(vm_bits, root_bits, data_width)))
-        ``level`` is the level of the non-leaf entry (2 to ``max_level``); other levels
-        are ignored. Dropped while an invalidation runs.
-    inval : In(stream.Signature(inval_layout(vm_bits)))
+    key : In(pwc_key_layout(vm_bits, gen_bits))
+        The lookup at S0, taken when ``take``; its ``gen`` and ``private`` are read one
+        cycle later (``key_late``), which the MMU has only then.
+    adv : In(1)
+        The pipeline moves (S0 -> S1 -> S2).
+    start : Out(pwc_start_layout)
+        S2: the walk start of the key taken two advancing cycles earlier.
+    fill : In(stream.Signature(pwc_fill_layout(...))); always ready, dropped while
+        invalidating.
+    inval : In(stream.Signature(sweep_layout(vm_bits)))
     inval_done : Out(1)
-        One-cycle pulse two cycles after the invalidation was accepted.
     """
 
-    def __init__(self, *, entries=4, vm_bits=2, root_bits=44, data_width=64, max_level=5):
+    def __init__(self, *, entries=4, vm_bits=2, gen_bits=4, max_level=5):
         if not isinstance(entries, int) or not 1 <= entries <= 64:
             raise ValueError(f"entries must be an integer in [1, 64], got {entries!r}")
-        for name, value in (("vm_bits", vm_bits), ("root_bits", root_bits),
-                            ("data_width", data_width)):
+        for name, value in (("vm_bits", vm_bits), ("gen_bits", gen_bits)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(max_level, int) or not 2 <= max_level <= 5:
             raise ValueError(f"max_level must be an integer in [2, 5], got {max_level!r}")
         self.entries, self.max_level = entries, max_level
-        self.vm_bits, self.root_bits, self.data_width = vm_bits, root_bits, data_width
-        self.entry_layout = data.StructLayout({
-            "vm": vm_bits, "root": root_bits, "vpn": VPN_BITS, "data": data_width,
-            "private": 1})
+        self.vm_bits, self.gen_bits = vm_bits, gen_bits
+        self.levels = range(2, max_level + 1)
+        key = pwc_key_layout(vm_bits, gen_bits)
         super().__init__({
-            "lookup": In(LookupSignature(key_layout(vm_bits, root_bits))),
-            "result": Out(pwc_result_layout(data_width, max_level)),
-            "fill": In(FillSignature(fill_layout(vm_bits, root_bits, data_width))),
-            "inval": In(stream.Signature(inval_layout(vm_bits))),
+            "key": In(key), "take": In(1), "key_late": In(key), "adv": In(1),
+            "start": Out(pwc_start_layout),
+            "fill": In(stream.Signature(pwc_fill_layout(vm_bits, gen_bits))),
+            "inval": In(stream.Signature(sweep_layout(vm_bits))),
             "inval_done": Out(1),
         })
+
+    def _entry_layout(self, level):
+        return data.StructLayout({"vm": self.vm_bits, "gen": self.gen_bits, "private": 1,
+                                  "region": VPN_BITS - LEVEL_BITS * (level - 1),
+                                  "data": PWC_DATA})
 
     def elaborate(self, platform):
         m = Module()
         N = self.entries
-        levels = range(2, self.max_level + 1)
-        layout = self.entry_layout
-        ent = {l: [Signal(layout, name=f"l{l}_e{i}") for i in range(N)] for l in levels}
-        valid = {l: Signal(N, name=f"l{l}_valid") for l in levels}
-        rr = {l: Signal(range(N), name=f"l{l}_next") for l in levels}
+        ent = {l: [Signal(self._entry_layout(l), name=f"l{l}_e{i}") for i in range(N)]
+               for l in self.levels}
+        valid = {l: Signal(N, name=f"l{l}_valid") for l in self.levels}
+        rr = {l: Signal(range(max(2, N)), name=f"l{l}_next") for l in self.levels}
+        written = {l: Signal(N, name=f"l{l}_written") for l in self.levels}
 
-        def align(vpn, level):
-            return vpn & ~Const((1 << (LEVEL_BITS * (level - 1))) - 1, VPN_BITS)
+        def region(vpn, level):
+            return vpn[LEVEL_BITS * (level - 1):]
 
-        # -- lookup --------------------------------------------------------------------
-        key = Signal(key_layout(self.vm_bits, self.root_bits))
-        with m.If(self.lookup.valid):
-            m.d.sync += key.eq(self.lookup.payload)
-        # Highest level first: the last assignment (the deepest hit) wins.
-        for l in reversed(levels):
-            for i in reversed(range(N)):
-                e = ent[l][i]
-                with m.If(valid[l][i] & (e.vm == key.vm) & (e.root == key.root)
-                          & (e.private == key.private) & (e.vpn == align(key.vpn, l))):
-                    m.d.comb += [self.result.hit.eq(1), self.result.level.eq(l),
-                                 self.result.hits[l - 2].eq(1),
-                                 self.result.data[l - 2].eq(e.data)]
+        # -- lookup ------------------------------------------------------------------
+        k0, k1 = self.key, self.key_late
+        pm = {l: Signal(N, name=f"l{l}_pm") for l in self.levels}
+        s1_vpn, s1_valid = Signal(VPN_BITS), Signal()
+        with m.If(self.adv):
+            m.d.sync += [s1_vpn.eq(k0.vpn), s1_valid.eq(self.take)]
+            for l in self.levels:
+                # An entry overwritten in this cycle no longer holds what was compared.
+                m.d.sync += pm[l].eq(Cat(
+                    valid[l][i] & ~written[l][i] & (e.vm == k0.vm)
+                    & (e.region == region(k0.vpn, l)) for i, e in enumerate(ent[l])))
+        hits = {l: Signal(N, name=f"l{l}_hit") for l in self.levels}
+        for l in self.levels:
+            m.d.comb += hits[l].eq(pm[l] & valid[l] & Cat(
+                (e.gen == k1.gen) & (e.private == k1.private) for e in ent[l]))
+        best = Signal(pwc_start_layout)
+        for l in reversed(self.levels):         # the deepest hit is assigned last
+            row = Signal(PWC_DATA, name=f"l{l}_data")
+            for i, e in enumerate(ent[l]):
+                with m.If(hits[l][i]):
+                    m.d.comb += row.eq(e.data)
+            index = s1_vpn[LEVEL_BITS * (l - 2):][:LEVEL_BITS]
+            with m.If(hits[l].any()):
+                m.d.comb += [best.hit.eq(s1_valid), best.level.eq(l - 1),
+                             best.addr.eq(Cat(index, row.frame)), best.acc.eq(row.acc)]
+        with m.If(self.adv):
+            m.d.sync += self.start.eq(best)
 
-        # -- invalidation: register the request, clear every overlapping entry --------
+        # -- fill: register, compare with the level's entries, write ----------------------
         busy = Signal()
-        kind = Signal(InvalKind)
-        space = Signal(InvalSpace)
-        inv_vm = Signal(self.vm_bits)
-        start = Signal(VPN_BITS + 1)
-        end = Signal(VPN_BITS + 2)
-        m.d.comb += self.inval.ready.eq(~busy)
-        m.d.sync += [busy.eq(0), self.inval_done.eq(busy)]
-        with m.If(self.inval.valid & ~busy):
-            p = self.inval.payload
-            m.d.sync += [busy.eq(1), kind.eq(p.kind), inv_vm.eq(p.vm), start.eq(p.start),
-                         end.eq(p.start + p.count), space.eq(p.space)]
+        f1, f1_valid = Signal(pwc_fill_layout(self.vm_bits, self.gen_bits)), Signal()
+        f2, f2_valid = Signal.like(f1), Signal()
+        f2_slot = Signal(range(max(2, N)))
+        inval = self.inval.payload
+        take_inval = self.inval.valid & self.inval.ready
+        m.d.comb += self.fill.ready.eq(1)
+        # A fill racing an invalidation is dropped, whatever stage it is in.
+        m.d.sync += [f1.eq(self.fill.payload),
+                     f1_valid.eq(self.fill.valid & ~busy & ~take_inval)]
+        slot = Signal(range(max(2, N)))
+        same_any = Signal()
+        for l in self.levels:
+            row = ent[l]
+            same = Cat(valid[l][i] & (e.vm == f1.key.vm) & (e.gen == f1.key.gen)
+                       & (e.private == f1.key.private) & (e.region == region(f1.key.vpn, l))
+                       for i, e in enumerate(row))
+            # The fill ahead writes its slot only at the end of this cycle.
+            free = ~valid[l] & ~Mux(f2_valid & (f2.level == l), 1 << f2_slot, 0)
+            with m.If(f1.level == l):
+                m.d.comb += slot.eq(rr[l])
+                for i in reversed(range(N)):
+                    with m.If(free[i]):
+                        m.d.comb += slot.eq(i)
+                for i in reversed(range(N)):
+                    with m.If(same[i]):
+                        m.d.comb += [slot.eq(i), same_any.eq(1)]
+        # The fill ahead of this one writes at the end of this cycle: the same entry goes
+        # where that one goes.
+        ahead = Signal()
+        m.d.comb += ahead.eq(
+            f2_valid & (f2.level == f1.level) & (f2.key.vm == f1.key.vm)
+            & (f2.key.gen == f1.key.gen) & (f2.key.private == f1.key.private)
+            & Cat((f1.level == l) & (region(f1.key.vpn, l) == region(f2.key.vpn, l))
+                  for l in self.levels).any())
+        m.d.sync += [f2.eq(f1), f2_valid.eq(f1_valid & ~busy & ~take_inval),
+                     f2_slot.eq(Mux(ahead, f2_slot, slot))]
+        for l in self.levels:
+            with m.If(f1_valid & (f1.level == l) & ~same_any & ~ahead
+                      & valid[l].all()):
+                m.d.sync += rr[l].eq(Mux(rr[l] == N - 1, 0, rr[l] + 1))
 
-        # -- fill (the way holding the same entry, else round robin) ---------------------
-        f = self.fill.payload
-        for l in levels:
-            f_vpn = align(f.vpn, l)
-            same = Signal(N, name=f"l{l}_same")
+        # -- invalidation -------------------------------------------------------------
+        sw = Signal(sweep_layout(self.vm_bits))
+        step = Signal(range(N + 1))
+        kill = {l: Signal(name=f"l{l}_kill") for l in self.levels}
+        kill_i = Signal(range(max(2, N)))
+        sweeping = Signal()
+        m.d.comb += [self.inval.ready.eq(~busy), busy.eq(sweeping)]
+        m.d.sync += self.inval_done.eq(0)
+        immediate = (inval.kind != InvalKind.RANGE)
+        with m.If(take_inval):
+            m.d.sync += sw.eq(inval)
+            with m.If(immediate):
+                m.d.sync += self.inval_done.eq(1)
+            with m.Else():
+                m.d.sync += [sweeping.eq(1), step.eq(0)]
+        with m.If(sweeping):
+            m.d.sync += [step.eq(step + 1), kill_i.eq(step)]
+            with m.If(step == N):
+                m.d.sync += [sweeping.eq(0), self.inval_done.eq(1)]
+        for l in self.levels:
+            e = data.View(self._entry_layout(l),
+                          Array(Value.cast(x) for x in ent[l])[step[:max(1, (N - 1).bit_length())]])
+            # The region has a page in [first, last] iff it lies between the regions
+            # holding first and last.
+            shift = LEVEL_BITS * (l - 1)
+            base = e.region & ~sw.ignore[shift:]
+            m.d.sync += kill[l].eq(sweeping & (step < N) & space_match(sw.space, e.private)
+                                   & (e.vm == sw.vm) & (sw.first[shift:] <= base)
+                                   & (base <= sw.last[shift:]))
+
+        for l in self.levels:
             for i in range(N):
                 e = ent[l][i]
-                m.d.comb += same[i].eq(valid[l][i] & (e.vm == f.vm) & (e.root == f.root)
-                                       & (e.private == f.private) & (e.vpn == f_vpn))
-            way = Signal(range(N), name=f"l{l}_way")
-            m.d.comb += way.eq(rr[l])
-            for i in reversed(range(N)):
-                with m.If(same[i]):
-                    m.d.comb += way.eq(i)
-            with m.If(busy):
-                for i in range(N):
-                    e = ent[l][i]
-                    overlap = (e.vpn < end) & (start < e.vpn + (1 << (LEVEL_BITS * (l - 1))))
-                    with m.If(space_match(space, e.private) & (
-                            (kind == InvalKind.ALL)
-                            | ((e.vm == inv_vm) & ((kind == InvalKind.VM) | overlap)))):
-                        m.d.sync += valid[l][i].eq(0)
-            with m.Elif(self.fill.valid & (f.level == l)):
-                for i in range(N):
-                    with m.If(way == i):
-                        e = ent[l][i]
-                        m.d.sync += [e.vm.eq(f.vm), e.root.eq(f.root), e.vpn.eq(f_vpn),
-                                     e.data.eq(f.data), e.private.eq(f.private),
-                                     valid[l][i].eq(1)]
-                with m.If(~same.any()):
-                    m.d.sync += rr[l].eq(Mux(rr[l] == N - 1, 0, rr[l] + 1))
+                write = f2_valid & ~take_inval & (f2.level == l) & (f2_slot == i)
+                m.d.comb += written[l][i].eq(write)
+                with m.If(write):
+                    m.d.sync += [e.vm.eq(f2.key.vm), e.gen.eq(f2.key.gen),
+                                 e.private.eq(f2.key.private),
+                                 e.region.eq(region(f2.key.vpn, l)), e.data.eq(f2.data)]
+                gone = take_inval & immediate & space_match(inval.space, e.private) & (
+                    (inval.kind == InvalKind.ALL) | (e.vm == inval.vm))
+                with m.If(gone | (kill[l] & (kill_i == i))):
+                    m.d.sync += valid[l][i].eq(0)
+                with m.Elif(write):
+                    m.d.sync += valid[l][i].eq(1)
         return m

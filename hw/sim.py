@@ -31,7 +31,8 @@ from .axi import Atop, Burst, Resp
 from .decode import ACCESS_IDS, AD_IDS, EXIT_IDS, FORMAT_IDS
 from .mmu import COUNTERS, MMU
 from .tlb import InvalKind, InvalSpace
-from .walker import CONTEXT_LAYOUT, Walker, response_layout
+from .context import CONTEXT_LAYOUT
+from .walker import Walker, response_layout
 
 __all__ = ["VmContext", "WalkResult", "run_walker", "run_mmu", "MmuRun", "ProtocolError",
            "INVAL_KINDS", "INVAL_SPACES", "check_against_model", "walk_latency",
@@ -419,7 +420,7 @@ class MmuRun:
 
 
 def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
-            timeout=3000, **mmu_kwargs):
+            timeout=3000, waves=None, **mmu_kwargs):
     """Run ``script`` on a fresh MMU. Items, executed in order:
 
     ``("req", gpa, access, vm)``: present a request (back to back with the next one);
@@ -429,6 +430,7 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
     ``("ctx", index, VmContext)``: write a context (one per cycle);
     ``("delay", n)``: wait ``n`` cycles; ``("drain",)``: wait for every response.
     ``jitter`` adds 0..jitter random cycles to each memory response, reordering IDs.
+    ``waves``: write a VCD waveform of the run to this path.
     """
     num_vms = 1 << max(0, (len(contexts) - 1).bit_length())
     dut = MMU(num_vms=max(2, num_vms), tag_bits=TAG_BITS, **mmu_kwargs)
@@ -479,6 +481,7 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
                 accepted[len(reqs)] = edge
                 reqs.append(script[cursor][1:])
                 cursor += 1
+                last_progress = t
             if drive.get("inval_valid") and inval_ready:
                 cursor += 1
                 inval_at = edge
@@ -533,9 +536,12 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
                 out.results[index] = response_to_model(fields, gpa, access, contexts[vm], (), ())
                 out.cycles[index] = edge - accepted[index]
                 last_progress = t
-            if t - last_progress > timeout and (outstanding or in_inval):
+            if t - last_progress > timeout and (outstanding or in_inval
+                                                  or drive.get("req_valid")):
                 raise ProtocolError(f"no progress for {timeout} cycles: {len(outstanding)} "
-                                    f"requests outstanding, invalidation {in_inval}")
+                                    f"requests outstanding, invalidation {in_inval}, "
+                                    f"a request {'' if drive.get('req_valid') else 'not '}"
+                                    f"waiting to be accepted")
 
             # -- the script ----------------------------------------------------------------
             put("req_valid", req.valid, 0)
@@ -609,5 +615,9 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
-    sim.run()
+    if waves:
+        with sim.write_vcd(waves):
+            sim.run()
+    else:
+        sim.run()
     return out

@@ -1,36 +1,46 @@
-"""Set-associative TLB for stage-2 leaf translations of every page size.
+"""The TLB: 4 KiB translations in a set-associative RAM, huge pages in a small fully
+associative array, a registered three-stage pipeline.
 
-One array holds 4 KiB, 2 MiB, 1 GiB and 512 GiB entries: the page level is part of the
-entry, and an entry of level ``l`` lives in the set chosen by the GPA bits just above
-its own page (``vpn >> 9*(l-1)``). A lookup probes, for every level, the set that level
-would use, so a hit needs no second probe; the cost is one read port per level, which
-is cheap with entries in flip-flops. Entries are tagged by VM index, root tag and a
-``private`` bit, so two roots of one VM (or two VMs mapping the same GPA, or the
-private and shared spaces of a TDX-style trust domain) never alias.
+Entries are tagged by VM, a small generation id (:mod:`hw.mmu` bumps a VM's id instead
+of sweeping the RAM on a VM invalidation or a context write), a ``private`` bit (a
+TDX-style trust domain's private space) and the GPA's page number, raw: a shared GPA
+keeps its shared bit, so the set index never depends on the context.
 
-Invalidation walks the sets, one per cycle, and compares every way. A range
-invalidation removes exactly the entries of the VM whose page overlaps
-``[start, start + count)`` (in 4 KiB page numbers): a 1 GiB entry is removed when a
-single 4 KiB page inside it is in the range, and an entry next to the range is kept.
-The open RISC-V TLBs got this wrong in both directions (a superpage matched only on its
-own base, or an sfence with an address treated as global); here the rule is one
-interval-overlap comparison per entry, checked against a Python model in
-tests/test_tlb_rtl.py. Every invalidation kind also names a ``space``
-(:class:`InvalSpace`): a private-only invalidation never removes a shared entry and
-the reverse, as KVM flushes a TD's private translations (TDH.MEM.TRACK) apart from its
-shared ones (INVEPT of the shared EPTP).
+Pipeline (one op per cycle, an op being a lookup, a fill or a sweep step):
+
+* S0 — the set of the op's page is read from the tag RAM (LUT RAM on ECP5), its valid
+  bits from flip-flops.
+* S1 — the ways' tags and every huge entry are compared with the key; match bits are
+  registered, and the data RAM is read for the set.
+* S2 — a lookup's answer: the one matching way (a 4 KiB entry wins over a huge page),
+  its data, whether it allows the access. A fill writes here: the way (or huge entry)
+  already holding the same page, else an invalid one, else the tree-PLRU victim (round
+  robin for huge entries); a huge fill also drops every huge entry it overlaps, so no
+  address ever matches two. After a fill the TLB takes no op for two cycles, so every
+  later lookup reads what it wrote.
+
+Invalidation (``inval``): ALL clears every valid bit in one cycle; VM and RANGE sweep
+the sets one per cycle through the same pipeline (every way compared at once) and the
+huge entries one per cycle beside them. A range removes exactly the entries of the VM
+with a page in ``[first, last]``: a 1 GiB entry with one 4 KiB page in the range goes,
+its neighbour stays (compared in page numbers with ``ignore`` bits cleared, the shared
+bit of a TD). Every kind honours ``space`` (:class:`InvalSpace`).
 """
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["TLB", "InvalKind", "InvalSpace", "VPN_BITS", "key_layout", "fill_layout",
-           "inval_layout", "result_layout", "FillSignature", "plru_touch", "plru_victim",
-           "space_match"]
+from .arbiter import lowest_set
+from .context import GPA_BITS
 
-#: GPA page-number width: 64-bit GPAs, 4 KiB granules.
-VPN_BITS = 52
+__all__ = ["TLB", "InvalKind", "InvalSpace", "VPN_BITS", "LEVEL_BITS", "key_layout",
+           "op_layout", "result_layout", "sweep_layout", "plru_touch", "plru_victim",
+           "space_match", "level_mask", "page_mask"]
+
+#: GPA page-number width (the widest GPA: sv57x4's 59 bits).
+VPN_BITS = GPA_BITS - 12
 #: GPA bits per level below the root (every format: 9).
 LEVEL_BITS = 9
 
@@ -50,30 +60,32 @@ class InvalSpace(enum.Enum, shape=2):
     PRIVATE = 2
 
 
-def key_layout(vm_bits, root_bits):
-    """A lookup: the VM index, the root tag, the 4 KiB page number of the GPA, and
-    ``private`` (a TD's private GPA; :class:`hw.mmu.MMU` clears the shared bit of a
-    shared GPA's ``vpn``, so a range invalidation names GFNs without it)."""
-    return data.StructLayout({"vm": vm_bits, "root": root_bits, "vpn": VPN_BITS,
-                              "private": 1})
+def key_layout(vm_bits, gen_bits):
+    """What an entry is found by: VM, generation, space, 4 KiB page number, and for a
+    lookup the ``access`` (:data:`hw.decode.ACCESS_IDS`) it must allow."""
+    return data.StructLayout({"vm": vm_bits, "gen": gen_bits, "private": 1,
+                              "vpn": VPN_BITS, "access": 2})
 
 
-def fill_layout(vm_bits, root_bits, data_width):
-    """A new entry: ``level`` 1 maps 4 KiB; ``vpn`` may carry the offset bits."""
-    return data.StructLayout({"vm": vm_bits, "root": root_bits, "vpn": VPN_BITS,
-                              "level": 3, "data": data_width, "private": 1})
+def op_layout(vm_bits, gen_bits, data_width):
+    """An op: a lookup of ``key``, or (``fill``) a new entry of ``level`` with ``key``
+    (``vpn`` aligned to the level), the accesses it may serve (``allow``: r, w, x) and
+    its ``data``."""
+    return data.StructLayout({"fill": 1, "key": key_layout(vm_bits, gen_bits), "level": 3,
+                              "allow": 3, "data": data_width})
 
 
 def result_layout(data_width):
+    """A lookup's answer: ``hit`` (an entry matched and allows the access), its
+    ``level`` and ``data``."""
     return data.StructLayout({"hit": 1, "level": 3, "data": data_width})
 
 
-def inval_layout(vm_bits):
-    """``kind`` (:class:`InvalKind`); ``vm`` for VM and RANGE; ``start``/``count`` in
-    4 KiB pages for RANGE (``count`` 0 removes nothing); ``space``
-    (:class:`InvalSpace`, last so the other fields keep their offsets) for every kind."""
-    return data.StructLayout({"kind": InvalKind, "vm": vm_bits, "start": VPN_BITS,
-                              "count": VPN_BITS + 1, "space": InvalSpace})
+def sweep_layout(vm_bits):
+    """An invalidation: ``kind``, ``vm`` (VM and RANGE), ``space``, and for RANGE the
+    inclusive page numbers ``first`` to ``last`` compared with ``ignore`` cleared."""
+    return data.StructLayout({"kind": InvalKind, "vm": vm_bits, "space": InvalSpace,
+                              "first": VPN_BITS, "last": VPN_BITS, "ignore": VPN_BITS})
 
 
 def space_match(space, private):
@@ -82,18 +94,17 @@ def space_match(space, private):
             | ((space == InvalSpace.SHARED) & ~private))
 
 
-class FillSignature(wiring.Signature):
-    """Fill port: when ``valid``, ``payload`` becomes an entry. There is no ``ready``:
-    a TLB may always drop a fill, and it does so while invalidating.
+def level_mask(level):
+    """Page-number bits inside a page of ``level`` (a constant)."""
+    return (1 << (LEVEL_BITS * (level - 1))) - 1
 
-    Members
-    -------
-    valid : Out(1)
-    payload : Out(layout)
-    """
 
-    def __init__(self, layout):
-        super().__init__({"valid": Out(1), "payload": Out(layout)})
+def page_mask(level, max_level=4):
+    """Page-number bits inside a page of ``level`` (a value), VPN_BITS wide."""
+    out = Const(0, VPN_BITS)
+    for l in range(2, max_level + 1):
+        out = Mux(level == l, Const(level_mask(l), VPN_BITS), out)
+    return out
 
 
 def plru_touch(ways, way):
@@ -133,216 +144,300 @@ def _check_pow2(name, value, maximum):
         raise ValueError(f"{name} must be a power of two in [1, {maximum}], got {value!r}")
 
 
+
 class TLB(wiring.Component):
-    """Set-associative, tree-PLRU TLB with leaf entries of levels 1 to ``max_level``.
+    """Set-associative TLB for 4 KiB pages plus ``huge`` fully associative entries for
+    levels 2 to ``max_level``.
 
     Parameters
     ----------
     sets, ways : int
-        Powers of two. Entries are flip-flops; a range invalidation takes ``sets``
-        cycles.
-    vm_bits, root_bits : int
-        Widths of the VM index and of the root tag.
-    data_width : int
-        Opaque per-entry payload (the MMU stores frame, permissions, memory type).
+        4 KiB geometry (powers of two); tags and data live in ``amaranth.lib.memory``.
+    huge : int
+        Huge-page entries (flip-flops), 1 to 64.
+    vm_bits, gen_bits, data_width : int
+        Widths of the VM index, the generation id and the opaque per-entry data.
     max_level : int
         Largest page level stored: 4 (512 GiB, RISC-V G-stage) by default.
 
     Members
     -------
-    lookup : In(stream.Signature(key_layout(vm_bits, root_bits)))
-        One lookup accepted per cycle; not accepted while an invalidation is pending
-        or running.
+    op : In(stream.Signature(op_layout(...)))
+        One op per cycle while ``op.ready``: not while invalidating, not in the two
+        cycles after a fill, not while ``result`` waits.
     result : Out(stream.Signature(result_layout(data_width)))
-        Valid on the cycle after the lookup was accepted and held until taken; it
-        reflects the entries at the time it is read (fills land immediately).
-    fill : In(FillSignature(fill_layout(...)))
-        A fill replaces an entry with the same VM, root, space, level and page, else an invalid
-        way, else the PLRU victim. Dropped while invalidating.
-    inval : In(stream.Signature(inval_layout(vm_bits)))
-        Accepted once no lookup result is waiting; then the sets are scanned. An entry
-        goes when its ``kind`` matches and its ``private`` bit is in ``space``.
+        Every op's answer two cycles after it was taken (a fill's: no hit); the
+        pipeline holds while it is not taken.
+    inval : In(stream.Signature(sweep_layout(vm_bits)))
+        Taken when no op is in the pipeline.
     inval_done : Out(1)
-        One-cycle pulse when the scan has finished.
+        One-cycle pulse when the invalidation has finished.
     busy : Out(1)
         An invalidation is running.
     """
 
-    def __init__(self, *, sets=16, ways=4, vm_bits=2, root_bits=44, data_width=64,
+    def __init__(self, *, sets=16, ways=4, huge=8, vm_bits=2, gen_bits=4, data_width=64,
                  max_level=4):
         _check_pow2("sets", sets, 1 << 12)
         _check_pow2("ways", ways, 64)
-        for name, value in (("vm_bits", vm_bits), ("root_bits", root_bits),
+        if not isinstance(huge, int) or not 1 <= huge <= 64:
+            raise ValueError(f"huge must be an integer in [1, 64], got {huge!r}")
+        for name, value in (("vm_bits", vm_bits), ("gen_bits", gen_bits),
                             ("data_width", data_width)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(max_level, int) or not 1 <= max_level <= 5:
-            raise ValueError(f"max_level must be an integer in [1, 5], got {max_level!r}")
-        self.sets, self.ways, self.max_level = sets, ways, max_level
-        self.vm_bits, self.root_bits, self.data_width = vm_bits, root_bits, data_width
-        self.entry_layout = data.StructLayout({
-            "vm": vm_bits, "root": root_bits, "vpn": VPN_BITS, "level": 3,
-            "data": data_width, "private": 1})
+        if not isinstance(max_level, int) or not 2 <= max_level <= 5:
+            raise ValueError(f"max_level must be an integer in [2, 5], got {max_level!r}")
+        self.sets, self.ways, self.huge, self.max_level = sets, ways, huge, max_level
+        self.vm_bits, self.gen_bits, self.data_width = vm_bits, gen_bits, data_width
+        self.set_bits = max(1, (sets - 1).bit_length())
+        self.tag_layout = data.StructLayout({
+            "vm": vm_bits, "gen": gen_bits, "private": 1, "allow": 3, "vpn": VPN_BITS})
+        self.huge_layout = data.StructLayout({
+            "vm": vm_bits, "gen": gen_bits, "private": 1, "allow": 3, "vpn": VPN_BITS,
+            "level": 3, "data": data_width})
         super().__init__({
-            "lookup": In(stream.Signature(key_layout(vm_bits, root_bits))),
+            "op": In(stream.Signature(op_layout(vm_bits, gen_bits, data_width))),
             "result": Out(stream.Signature(result_layout(data_width))),
-            "fill": In(FillSignature(fill_layout(vm_bits, root_bits, data_width))),
-            "inval": In(stream.Signature(inval_layout(vm_bits))),
+            "inval": In(stream.Signature(sweep_layout(vm_bits))),
             "inval_done": Out(1),
             "busy": Out(1),
         })
 
-    def _set_of(self, vpn, level):
-        shift = LEVEL_BITS * (level - 1)
-        return (vpn >> shift)[:max(1, (self.sets - 1).bit_length())] if self.sets > 1 else Const(0)
+    def _set(self, vpn):
+        return vpn[:self.set_bits] if self.sets > 1 else Const(0, 1)
 
     def elaborate(self, platform):
         m = Module()
-        S, W, L = self.sets, self.ways, self.max_level
-        set_bits = max(1, (S - 1).bit_length())
-        way_bits = max(1, (W - 1).bit_length())
-        layout = self.entry_layout
-
-        entries = [Array(Signal(layout.size, name=f"e{s}_{w}") for s in range(S))
-                   for w in range(W)]
+        S, W, H = self.sets, self.ways, self.huge
+        tag_w = self.tag_layout.size
+        m.submodules.tags = tags = Memory(shape=W * tag_w, depth=S, init=[])
+        m.submodules.datas = datas = Memory(shape=W * self.data_width, depth=S, init=[])
+        tag_rd, data_rd = tags.read_port(), datas.read_port()
+        tag_wr = tags.write_port(granularity=tag_w)
+        data_wr = datas.write_port(granularity=self.data_width)
         valid = [Signal(S, name=f"valid_w{w}") for w in range(W)]
         plru_w = max(1, W - 1)
         plru = Array(Signal(plru_w, name=f"plru{s}") for s in range(S))
-        touch_masks = Array(Const(plru_touch(W, w)[0], plru_w) for w in range(W))
-        touch_values = Array(Const(plru_touch(W, w)[1], plru_w) for w in range(W))
+        huge = [Signal(self.huge_layout, name=f"huge{i}") for i in range(H)]
+        huge_valid = Signal(H)
+        huge_next = Signal(range(max(2, H)))       # round-robin victim
 
-        def align(vpn, level):
-            return vpn & ~Const((1 << (LEVEL_BITS * (level - 1))) - 1, VPN_BITS)
+        op_shape = op_layout(self.vm_bits, self.gen_bits, self.data_width)
+        s1, s2 = Signal(op_shape), Signal(op_shape)
+        s1_valid, s2_valid = Signal(), Signal()
+        s1_sweep, s2_sweep = Signal(), Signal()     # a sweep step of set ``s*_set``
+        s1_set, s2_set = Signal(self.set_bits), Signal(self.set_bits)
+        s1_vbits = Signal(W)                         # the set's valid bits at S0
+        gap = Signal(2)
+        busy = self.busy
+        sweep_go = Signal()
+        sweep_set = Signal(self.set_bits + 1)
 
-        # -- lookup: register the key, compare on the next cycle ------------------------
-        key = Signal(key_layout(self.vm_bits, self.root_bits))
-        key_valid = Signal()
-        busy = Signal()
+        adv = ~s2_valid | s2_sweep | self.result.ready
         m.d.comb += [
-            self.busy.eq(busy),
-            self.lookup.ready.eq(~busy & ~self.inval.valid
-                                 & (~key_valid | self.result.ready)),
-            self.result.valid.eq(key_valid),
+            self.op.ready.eq(adv & (gap == 0) & ~busy),
+            self.result.valid.eq(s2_valid & ~s2_sweep),
+            tag_rd.en.eq(adv), data_rd.en.eq(adv),
         ]
-        with m.If(self.lookup.valid & self.lookup.ready):
-            m.d.sync += [key.eq(self.lookup.payload), key_valid.eq(1)]
-        with m.Elif(self.result.ready):
-            m.d.sync += key_valid.eq(0)
+        take = self.op.valid & self.op.ready
+        with m.If(gap != 0):
+            m.d.sync += gap.eq(gap - 1)
+        with m.If(take & self.op.payload.fill):
+            m.d.sync += gap.eq(2)
 
-        hit = Signal()
-        hit_level = Signal(3)
-        hit_set = Signal(set_bits)
-        hit_way = Signal(way_bits)
-        hit_data = Signal(self.data_width)
-        # Highest level first so the lowest level matching wins (a stale 4 KiB entry
-        # left under a new superpage is impossible without a missed invalidation).
-        for level in reversed(range(1, L + 1)):
-            s = self._set_of(key.vpn, level)
-            for w in reversed(range(W)):
-                e = data.View(layout, entries[w][s])
-                match = (valid[w].bit_select(s, 1) & (e.level == level)
-                         & (e.vm == key.vm) & (e.root == key.root)
-                         & (e.private == key.private) & (e.vpn == align(key.vpn, level)))
-                with m.If(match):
-                    m.d.comb += [hit.eq(1), hit_level.eq(level), hit_set.eq(s),
-                                 hit_way.eq(w), hit_data.eq(e.data)]
-        m.d.comb += [self.result.payload.hit.eq(hit), self.result.payload.level.eq(hit_level),
-                     self.result.payload.data.eq(hit_data)]
-        touch_hit = self.result.valid & self.result.ready & hit
+        # -- S0 --------------------------------------------------------------------------
+        s0_set = Mux(sweep_go, sweep_set[:self.set_bits], self._set(self.op.payload.key.vpn))
+        m.d.comb += tag_rd.addr.eq(s0_set)
+        with m.If(adv):
+            m.d.sync += [s1_valid.eq(take | sweep_go), s1_sweep.eq(sweep_go),
+                         s1.eq(self.op.payload), s1_set.eq(s0_set),
+                         s1_vbits.eq(Cat(v.bit_select(s0_set, 1) for v in valid))]
 
-        # -- fill ----------------------------------------------------------------------
-        f = self.fill.payload
-        do_fill = self.fill.valid & ~busy
-        f_set = Signal(set_bits)
-        f_vpn = Signal(VPN_BITS)
-        with m.Switch(f.level):
-            for level in range(1, L + 1):
-                with m.Case(level):
-                    m.d.comb += [f_set.eq(self._set_of(f.vpn, level)),
-                                 f_vpn.eq(align(f.vpn, level))]
-        same = Signal(W)
-        free = Signal(W)
-        for w in range(W):
-            e = data.View(layout, entries[w][f_set])
-            v = valid[w].bit_select(f_set, 1)
-            m.d.comb += [
-                same[w].eq(v & (e.level == f.level) & (e.vm == f.vm) & (e.root == f.root)
-                           & (e.private == f.private) & (e.vpn == f_vpn)),
-                free[w].eq(~v),
+        # -- S1: compare -------------------------------------------------------------------
+        key = s1.key
+        way_tags = [data.View(self.tag_layout, tag_rd.data[w * tag_w:(w + 1) * tag_w])
+                    for w in range(W)]
+        vpn_hi = key.vpn[self.set_bits:] if S > 1 else key.vpn
+        match = Cat(s1_vbits[w] & (t.vm == key.vm) & (t.gen == key.gen)
+                    & (t.private == key.private)
+                    & ((t.vpn[self.set_bits:] if S > 1 else t.vpn) == vpn_hi)
+                    for w, t in enumerate(way_tags))
+        allowed = Cat(t.allow.bit_select(key.access, 1) for t in way_tags)
+        huge_match = Cat(
+            huge_valid[i] & (e.vm == key.vm) & (e.gen == key.gen) & (e.private == key.private)
+            & ((e.vpn ^ key.vpn) & ~self._huge_mask(e.level) == 0)
+            for i, e in enumerate(huge))
+        huge_allowed = Cat(e.allow.bit_select(key.access, 1) for e in huge)
+        # A huge fill replaces the entry of its own level and page, and drops every
+        # other huge entry overlapping its region (compared at the larger level).
+        huge_overlap = Cat(
+            huge_valid[i] & (e.vm == key.vm) & (e.gen == key.gen) & (e.private == key.private)
+            & ((e.vpn ^ key.vpn) & ~Mux(e.level > s1.level, self._huge_mask(e.level),
+                                        self._huge_mask(s1.level)) == 0)
+            for i, e in enumerate(huge))
+        huge_same = Cat(huge_match[i] & (e.level == s1.level) for i, e in enumerate(huge))
+
+        # sweep compares: which ways of the set go
+        sw = Signal(sweep_layout(self.vm_bits))
+        kill_ways = Cat(s1_vbits[w] & self._covers(sw, t, Const(1, 3))
+                        for w, t in enumerate(way_tags))
+
+        r_match, r_hit = Signal(W), Signal(W)
+        r_huge_hit, r_huge_same, r_huge_overlap = Signal(H), Signal(H), Signal(H)
+        r_kill = Signal(W)
+        m.d.comb += data_rd.addr.eq(s1_set)
+        with m.If(adv):
+            m.d.sync += [
+                s2_valid.eq(s1_valid), s2_sweep.eq(s1_sweep), s2.eq(s1), s2_set.eq(s1_set),
+                r_match.eq(match), r_hit.eq(match & allowed),
+                r_huge_hit.eq(huge_match & huge_allowed), r_huge_same.eq(huge_same),
+                r_huge_overlap.eq(huge_overlap),
+                r_kill.eq(Mux(s1_sweep, kill_ways, 0)),
             ]
-        victim = Signal(way_bits)
+
+        # -- S2: answer, or write ----------------------------------------------------------
+        res = self.result.payload
+        hit4k = r_hit.any()
+        way_data = [data_rd.data[w * self.data_width:(w + 1) * self.data_width]
+                    for w in range(W)]
+        data4k = Signal(self.data_width)
+        m.d.comb += data4k.eq(0)
+        for w in range(W):
+            with m.If(r_hit[w]):
+                m.d.comb += data4k.eq(way_data[w])
+        data_h = Signal(self.data_width)
+        level_h = Signal(3)
+        for i, e in enumerate(huge):
+            with m.If(r_huge_hit[i]):
+                m.d.comb += [data_h.eq(e.data), level_h.eq(e.level)]
+        lookup = s2_valid & ~s2_sweep & ~s2.fill
+        m.d.comb += [
+            res.hit.eq(lookup & (hit4k | r_huge_hit.any())),
+            res.level.eq(Mux(hit4k, 1, level_h)),
+            res.data.eq(Mux(hit4k, data4k, data_h)),
+        ]
+        hit_way = lowest_set(m, r_hit, W, "hit_way")
+        fires = s2_valid & adv
+        touch = Signal()
+        touch_way = Signal(range(max(2, W)))
+        m.d.comb += [touch.eq(fires & lookup & hit4k), touch_way.eq(hit_way)]
+
+        # fill
+        fill = fires & s2.fill & ~s2_sweep
+        fill4k = fill & (s2.level == 1)
+        fill_huge = fill & (s2.level != 1)
+        same_way = lowest_set(m, r_match, W, "same_way")
+        free = Cat(~v.bit_select(s2_set, 1) for v in valid)
+        free_way = lowest_set(m, free, W, "free_way")
+        victim = Signal(range(max(2, W)))
         if W > 1:
-            bits = plru[f_set]
+            way_bits = (W - 1).bit_length()
+            bits = plru[s2_set]
             node = Const(0, way_bits + 1)
             for _ in range(way_bits):
                 node = (node * 2 + 1 + bits.bit_select(node, 1))[:way_bits + 1]
             m.d.comb += victim.eq(node - (W - 1))
-        f_way = Signal(way_bits)
-        m.d.comb += f_way.eq(victim)
-        for w in reversed(range(W)):
-            with m.If(free[w]):
-                m.d.comb += f_way.eq(w)
-        for w in reversed(range(W)):
-            with m.If(same[w]):
-                m.d.comb += f_way.eq(w)
-        with m.If(do_fill):
-            for w in range(W):
-                with m.If(f_way == w):
-                    m.d.sync += entries[w][f_set].eq(_pack(layout, f, f_vpn))
+        way = Signal(range(max(2, W)))
+        m.d.comb += way.eq(Mux(r_match.any(), same_way, Mux(free.any(), free_way, victim)))
+        tag = data.View(self.tag_layout, Signal(tag_w))
+        m.d.comb += [
+            tag.vm.eq(s2.key.vm), tag.gen.eq(s2.key.gen), tag.private.eq(s2.key.private),
+            tag.allow.eq(s2.allow), tag.vpn.eq(s2.key.vpn),
+            tag_wr.addr.eq(s2_set), tag_wr.data.eq(tag.as_value().replicate(W)),
+            tag_wr.en.eq(Mux(fill4k, 1 << way, 0)),
+            data_wr.addr.eq(s2_set), data_wr.data.eq(s2.data.replicate(W)),
+            data_wr.en.eq(Mux(fill4k, 1 << way, 0)),
+        ]
+        with m.If(fill4k):
+            m.d.comb += [touch.eq(1), touch_way.eq(way)]
 
-        # -- PLRU state: the hit, then the fill, touch their sets -----------------------
-        if W > 1:
-            for s in range(S):
-                state = plru[s]
-                new = state
-                new = Mux(touch_hit & (hit_set == s),
-                          (new & ~touch_masks[hit_way]) | touch_values[hit_way], new)
-                new = Mux(do_fill & (f_set == s),
-                          (new & ~touch_masks[f_way]) | touch_values[f_way], new)
-                m.d.sync += state.eq(new)
+        huge_free = lowest_set(m, ~huge_valid, H, "huge_free")
+        slot = Signal(range(max(2, H)))
+        huge_same = lowest_set(m, r_huge_same, H, "huge_same_i")
+        m.d.comb += slot.eq(Mux(r_huge_same.any(), huge_same,
+                                Mux((~huge_valid).any(), huge_free, huge_next)))
 
-        # -- invalidation scan -----------------------------------------------------------
-        kind = Signal(InvalKind)
-        space = Signal(InvalSpace)
-        inv_vm = Signal(self.vm_bits)
-        start = Signal(VPN_BITS + 1)
-        end = Signal(VPN_BITS + 2)
-        scan = Signal(set_bits)
-        m.d.comb += self.inval.ready.eq(~busy & ~key_valid)
-        m.d.sync += self.inval_done.eq(0)
-        with m.If(self.inval.valid & self.inval.ready):
-            p = self.inval.payload
-            m.d.sync += [busy.eq(1), scan.eq(0), kind.eq(p.kind), inv_vm.eq(p.vm),
-                         start.eq(p.start), end.eq(p.start + p.count), space.eq(p.space)]
-        sizes = Array(Const(1 << (LEVEL_BITS * (level - 1)) if 1 <= level <= L else 0,
-                            VPN_BITS + 1) for level in range(8))
-        clear = [Signal(name=f"kill_w{w}") for w in range(W)]
+        # -- invalidation --------------------------------------------------------------
+        # ALL of both spaces clears every valid bit at once. Anything else sweeps: the sets
+        # through S0-S2, one per cycle, and the huge entries beside them (select,
+        # compare, clear), one per cycle.
+        inval = self.inval.payload
+        take_inval = self.inval.valid & self.inval.ready
+        clear_all = take_inval & (inval.kind == InvalKind.ALL) & (inval.space == InvalSpace.BOTH)
+        sweep_huge = Signal(range(H + 1))
+        he, he_valid, he_index = Signal(self.huge_layout), Signal(), Signal(range(max(2, H)))
+        kill_huge, kill_index = Signal(), Signal(range(max(2, H)))
+        m.d.comb += [self.inval.ready.eq(~busy & ~s1_valid & ~s2_valid & (gap == 0)),
+                     sweep_go.eq(busy & (sweep_set < S))]
+        m.d.sync += [self.inval_done.eq(0),
+                     he.eq(Array(Value.cast(h) for h in huge)[sweep_huge[:max(1, (H - 1).bit_length())]]),
+                     he_valid.eq(busy & (sweep_huge < H)), he_index.eq(sweep_huge),
+                     kill_huge.eq(he_valid & huge_valid.bit_select(he_index, 1)
+                                  & self._covers(sw, he, he.level)),
+                     kill_index.eq(he_index)]
+        with m.If(take_inval):
+            m.d.sync += sw.eq(inval)
+            with m.If(clear_all):
+                m.d.sync += self.inval_done.eq(1)
+            with m.Else():
+                m.d.sync += [busy.eq(1), sweep_set.eq(0), sweep_huge.eq(0)]
+        with m.If(sweep_go):
+            m.d.sync += sweep_set.eq(sweep_set + 1)
+        with m.If(busy & (sweep_huge < H)):
+            m.d.sync += sweep_huge.eq(sweep_huge + 1)
+        with m.If(busy & ~sweep_go & (sweep_huge == H) & ~s1_valid & ~s2_valid & ~he_valid
+                  & ~kill_huge):
+            m.d.sync += [busy.eq(0), self.inval_done.eq(1)]
+
         for w in range(W):
-            e = data.View(layout, entries[w][scan])
-            e_end = e.vpn + sizes[e.level]
-            overlap = (e.vpn < end) & (start < e_end)
-            same_vm = e.vm == inv_vm
-            m.d.comb += clear[w].eq(space_match(space, e.private) & (
-                (kind == InvalKind.ALL)
-                | (same_vm & ((kind == InvalKind.VM) | ((kind == InvalKind.RANGE) & overlap)))))
-        with m.If(busy):
-            for w in range(W):
-                with m.If(clear[w]):
-                    # A fill is blocked while busy, so this is the only valid-bit write.
-                    m.d.sync += valid[w].bit_select(scan, 1).eq(0)
-            m.d.sync += scan.eq(scan + 1)
-            with m.If(scan == S - 1):
-                m.d.sync += [busy.eq(0), self.inval_done.eq(1)]
-        with m.Elif(do_fill):
-            for w in range(W):
-                with m.If(f_way == w):
-                    m.d.sync += valid[w].bit_select(f_set, 1).eq(1)
+            kill = Mux(s2_valid & s2_sweep & r_kill[w], 1 << s2_set, 0)
+            write = Mux(fill4k & (way == w), 1 << s2_set, 0)
+            with m.If(clear_all):
+                m.d.sync += valid[w].eq(0)
+            with m.Else():
+                m.d.sync += valid[w].eq((valid[w] & ~kill) | write)
+
+        # -- huge entries: fills, overlaps, sweeps ------------------------------------
+        new_huge = Signal(self.huge_layout)
+        m.d.comb += [
+            new_huge.vm.eq(s2.key.vm), new_huge.gen.eq(s2.key.gen),
+            new_huge.private.eq(s2.key.private), new_huge.allow.eq(s2.allow),
+            new_huge.vpn.eq(s2.key.vpn), new_huge.level.eq(s2.level),
+            new_huge.data.eq(s2.data),
+        ]
+        for i in range(H):
+            chosen = fill_huge & (slot == i)
+            with m.If(chosen):
+                m.d.sync += huge[i].eq(new_huge)
+            dropped = (fill_huge & r_huge_overlap[i]) | (kill_huge & (kill_index == i))
+            with m.If(clear_all):
+                m.d.sync += huge_valid[i].eq(0)
+            with m.Elif(chosen):
+                m.d.sync += huge_valid[i].eq(1)
+            with m.Elif(dropped):
+                m.d.sync += huge_valid[i].eq(0)
+        with m.If(fill_huge & ~r_huge_same.any() & ~(~huge_valid).any()):
+            m.d.sync += huge_next.eq(Mux(huge_next == H - 1, 0, huge_next + 1))
+
+        # -- PLRU: hits and fills touch their way -------------------------------------
+        if W > 1:
+            masks = Array(Const(plru_touch(W, w)[0], plru_w) for w in range(W))
+            values = Array(Const(plru_touch(W, w)[1], plru_w) for w in range(W))
+            with m.If(touch):
+                m.d.sync += plru[s2_set].eq((plru[s2_set] & ~masks[touch_way])
+                                            | values[touch_way])
         return m
 
+    def _huge_mask(self, level):
+        return page_mask(level, self.max_level)
 
-
-def _pack(layout, fill, vpn):
-    """The raw entry for a fill payload, with the page number aligned to its level."""
-    parts = [vpn if name == "vpn" else getattr(fill, name)
-             for name, field in sorted(layout, key=lambda item: item[1].offset)]
-    return Cat(*parts)
+    def _covers(self, sw, entry, level):
+        """The running invalidation ``sw`` removes ``entry`` (of ``level``)."""
+        mask = self._huge_mask(level)
+        base = entry.vpn & ~sw.ignore & ~mask
+        overlap = (base <= sw.last) & ((sw.first & ~mask) <= base)
+        return space_match(sw.space, entry.private) & (
+            (sw.kind == InvalKind.ALL)
+            | ((entry.vm == sw.vm) & ((sw.kind == InvalKind.VM)
+                                       | ((sw.kind == InvalKind.RANGE) & overlap))))

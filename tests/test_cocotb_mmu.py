@@ -64,7 +64,7 @@ def test_waves_fst_and_gtkw(tmp_path):
     assert waves.stat().st_size > 0
     gtkw = waves.with_suffix(".gtkw").read_text()
     assert f'[dumpfile] "{waves.resolve()}"' in gtkw
-    assert "tdpwalk_walker.walk_state" in gtkw and "-AXI read" in gtkw
+    assert "tdpwalk_walker.pool.engine0.walk_state" in gtkw and "-AXI read" in gtkw
 
 
 def test_dirty_logging_after_aging_without_ad_loses_no_write():

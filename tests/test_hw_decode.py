@@ -39,12 +39,11 @@ def test_all_constants_cover_every_format():
 
 def test_fsm_state_encoding_documented_in_docs_rtl_md():
     from amaranth.hdl import Fragment
-    from hw.walker import Walker
-    walker = Walker()
-    module = walker.elaborate(None)
+    from hw.engine import WalkEngine
+    engine = WalkEngine(tag_bits=8)
+    module = engine.elaborate(None)
     # Module._generated is Amaranth 0.5's record of the FSMs it built (pinned < 0.6).
     encoding = dict(module._generated["walk"].encoding)
     Fragment.get(module, None)              # consume both, or Amaranth warns they are unused
-    Fragment.get(walker, None)
-    assert encoding == {"IDLE": 0, "READ": 1, "RESPOND": 2, "WAIT": 3, "UPDATE": 4,
-                        "UPDATED": 5}
+    Fragment.get(engine, None)
+    assert encoding == {"IDLE": 0, "DONE": 1, "WAIT": 2, "READ": 3, "AD": 4}

@@ -1,12 +1,14 @@
 """hw.tlb.TLB in Amaranth's simulator against a Python model of the same TLB.
 
-The model states the rules once: an entry of level ``l`` covers ``2**(9*(l-1))`` 4 KiB
-pages from its aligned page number, lives in set ``(vpn >> 9*(l-1)) % sets``, a fill
-reuses the way holding the same entry, else the lowest invalid way, else the tree-PLRU
-victim; a range invalidation removes exactly the entries of the VM overlapping the
-range; an entry's ``private`` bit (a TD's private space) is part of its key, and an
-invalidation removes only entries of its ``space``. Every lookup result (hit, level,
-data) must match the model.
+The model states the rules once, with its own tree-PLRU: a 4 KiB entry lives in set
+``vpn % sets``; a fill reuses the way holding the same entry, else the lowest invalid
+way, else the PLRU victim. A huge entry (level 2 to 4) is fully associative: a fill
+reuses the entry of the same level and page, else the lowest invalid one, else a
+round-robin victim, and drops every other huge entry overlapping its region. A lookup
+hits a 4 KiB entry first, else the huge entry containing the page, and only when the
+entry allows the access. A range invalidation removes exactly the entries of the VM
+with a page in the range; ``private`` is part of the key and an invalidation removes
+only entries of its ``space``. Every lookup result (hit, level, data) must match.
 """
 
 import gc
@@ -15,61 +17,117 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from hw.tlb import TLB, InvalKind, InvalSpace, plru_touch, plru_victim
+from hw.tlb import TLB, InvalKind, InvalSpace
+
+READ, WRITE, EXEC = 0, 1, 2
 
 
 def span(level):
     return 1 << (9 * (level - 1))
 
 
-class RefTLB:
-    """Python model of :class:`hw.tlb.TLB`."""
+class TreePlru:
+    """A tree pseudo-LRU over ``ways`` ways, written for the test: ``bits[n]`` of
+    internal node ``n`` (heap order) says which half the next victim comes from
+    (0 left, 1 right); using a way points its path's nodes at the other half."""
 
-    def __init__(self, sets, ways):
+    def __init__(self, ways):
+        self.ways = ways
+        self.bits = [0] * max(1, ways - 1)
+
+    def use(self, way):
+        node, lo, size = 0, 0, self.ways
+        while size > 1:
+            size //= 2
+            right = way >= lo + size
+            self.bits[node] = 0 if right else 1
+            lo += size if right else 0
+            node = 2 * node + (2 if right else 1)
+
+    def victim(self):
+        node, lo, size = 0, 0, self.ways
+        while size > 1:
+            size //= 2
+            if self.bits[node]:
+                lo += size
+                node = 2 * node + 2
+            else:
+                node = 2 * node + 1
+        return lo
+
+
+class RefTLB:
+    """Python model of :class:`hw.tlb.TLB`; an entry is ``(vm, gen, private, vpn, level,
+    allow, data)`` with ``vpn`` aligned to its level."""
+
+    def __init__(self, sets, ways, huge):
         self.sets, self.ways = sets, ways
         self.entries = [[None] * ways for _ in range(sets)]
-        self.plru = [0] * sets
+        self.plru = [TreePlru(ways) for _ in range(sets)]
+        self.huge = [None] * huge
+        self.huge_next = 0
 
-    def _set(self, vpn, level):
-        return (vpn >> (9 * (level - 1))) % self.sets
+    @staticmethod
+    def _covers(e, vm, gen, private, vpn):
+        return e[:3] == (vm, gen, private) and e[3] <= vpn < e[3] + span(e[4])
 
-    def _touch(self, s, way):
-        if self.ways > 1:
-            mask, value = plru_touch(self.ways, way)
-            self.plru[s] = (self.plru[s] & ~mask) | value
-
-    def lookup(self, vm, root, vpn, private=0):
-        for level in range(1, 5):
-            s = self._set(vpn, level)
-            base = vpn & ~(span(level) - 1)
-            for w, e in enumerate(self.entries[s]):
-                if e is not None and e[:4] == (vm, root, base, level) and e[5] == private:
-                    self._touch(s, w)
-                    return level, e[4]
+    def lookup(self, vm, gen, vpn, access, private=0):
+        s = vpn % self.sets
+        for w, e in enumerate(self.entries[s]):
+            if e is not None and self._covers(e, vm, gen, private, vpn) \
+                    and e[5] >> access & 1:
+                self.plru[s].use(w)
+                return 1, e[6]
+        for e in self.huge:
+            if e is not None and self._covers(e, vm, gen, private, vpn) and e[5] >> access & 1:
+                return e[4], e[6]
         return None
 
-    def fill(self, vm, root, vpn, level, payload, private=0):
-        s = self._set(vpn, level)
+    def fill(self, vm, gen, vpn, level, allow, payload, private=0):
         base = vpn & ~(span(level) - 1)
-        row = self.entries[s]
-        same = [w for w, e in enumerate(row) if e is not None
-                and e[:4] == (vm, root, base, level) and e[5] == private]
-        free = [w for w, e in enumerate(row) if e is None]
-        way = same[0] if same else free[0] if free else plru_victim(self.ways, self.plru[s])
-        row[way] = (vm, root, base, level, payload, private)
-        self._touch(s, way)
+        new = (vm, gen, private, base, level, allow, payload)
+        if level == 1:
+            s = base % self.sets
+            row = self.entries[s]
+            same = [w for w, e in enumerate(row) if e is not None and e[:5] == new[:5]]
+            free = [w for w, e in enumerate(row) if e is None]
+            way = same[0] if same else free[0] if free else self.plru[s].victim()
+            row[way] = new
+            self.plru[s].use(way)
+            return
+        same = [i for i, e in enumerate(self.huge) if e is not None and e[:5] == new[:5]]
+        free = [i for i, e in enumerate(self.huge) if e is None]
+        if same:
+            slot = same[0]
+        elif free:
+            slot = free[0]
+        else:
+            slot = self.huge_next
+            self.huge_next = (self.huge_next + 1) % len(self.huge)
+        for i, e in enumerate(self.huge):
+            if e is not None and e[:3] == new[:3]:
+                size = span(max(e[4], level))
+                if e[3] // size == base // size:
+                    self.huge[i] = None
+        self.huge[slot] = new
 
-    def invalidate(self, kind, vm=0, start=0, count=0, space="both"):
+    def invalidate(self, kind, vm=0, first=0, last=-1, space="both", ignore=0):
+        def goes(e):
+            if space != "both" and (space == "private") != bool(e[2]):
+                return False
+            if kind == "all":
+                return True
+            if e[0] != vm:
+                return False
+            base = e[3] & ~ignore
+            return kind == "vm" or (base <= last and first <= base + span(e[4]) - 1)
         for row in self.entries:
             for w, e in enumerate(row):
-                if e is None:
-                    continue
-                evm, _, base, level, _, private = e
-                if space != "both" and (space == "private") != bool(private):
-                    continue
-                overlap = base < start + count and start < base + span(level)
-                if (kind == "all" or (evm == vm and (kind == "vm" or overlap))):
+                if e is not None and goes(e):
                     row[w] = None
+        for i, e in enumerate(self.huge):
+            if e is not None and goes(e):
+                self.huge[i] = None
 
 
 KINDS = {"all": InvalKind.ALL, "vm": InvalKind.VM, "range": InvalKind.RANGE}
@@ -77,42 +135,51 @@ SPACES = {"both": InvalSpace.BOTH, "shared": InvalSpace.SHARED, "private": Inval
 
 
 class TlbBench:
-    """Drives one operation at a time and checks each lookup against :class:`RefTLB`."""
+    """Drives one op at a time and returns each lookup's answer."""
 
     def __init__(self, ctx, dut):
         self.ctx, self.dut = ctx, dut
         ctx.set(dut.result.ready, 1)
 
-    async def lookup(self, vm, root, vpn, private=0):
+    async def _op(self, payload):
         ctx, dut = self.ctx, self.dut
-        ctx.set(dut.lookup.payload, {"vm": vm, "root": root, "vpn": vpn, "private": private})
-        ctx.set(dut.lookup.valid, 1)
-        assert ctx.get(dut.lookup.ready), "TLB refused a lookup while idle"
+        ctx.set(dut.op.payload, payload)
+        ctx.set(dut.op.valid, 1)
+        for _ in range(4):
+            if ctx.get(dut.op.ready):
+                break
+            await ctx.tick()
+        else:
+            raise AssertionError("TLB refused an op for 4 cycles while idle")
         await ctx.tick()
-        ctx.set(dut.lookup.valid, 0)
-        assert ctx.get(dut.result.valid), "no result on the cycle after the lookup"
+        ctx.set(dut.op.valid, 0)
+        await ctx.tick()
+        assert ctx.get(dut.result.valid), "no result two cycles after the op"
         hit = ctx.get(dut.result.payload.hit)
-        out = (ctx.get(dut.result.payload.level), ctx.get(dut.result.payload.data)) if hit else None
+        out = (ctx.get(dut.result.payload.level), ctx.get(dut.result.payload.data)) \
+            if hit else None
         await ctx.tick()
         return out
 
-    async def fill(self, vm, root, vpn, level, payload, private=0):
-        ctx, dut = self.ctx, self.dut
-        ctx.set(dut.fill.payload, {"vm": vm, "root": root, "vpn": vpn, "level": level,
-                                   "data": payload, "private": private})
-        ctx.set(dut.fill.valid, 1)
-        await ctx.tick()
-        ctx.set(dut.fill.valid, 0)
+    async def lookup(self, vm, gen, vpn, access=READ, private=0):
+        return await self._op({"fill": 0, "key": {"vm": vm, "gen": gen, "vpn": vpn,
+                                                  "private": private, "access": access}})
 
-    async def invalidate(self, kind, vm=0, start=0, count=0, space="both"):
+    async def fill(self, vm, gen, vpn, level, payload, private=0, allow=0b111):
+        base = vpn & ~(span(level) - 1)
+        await self._op({"fill": 1, "key": {"vm": vm, "gen": gen, "vpn": base,
+                                           "private": private},
+                        "level": level, "allow": allow, "data": payload})
+
+    async def invalidate(self, kind, vm=0, first=0, last=0, space="both", ignore=0):
         ctx, dut = self.ctx, self.dut
-        ctx.set(dut.inval.payload, {"kind": KINDS[kind], "vm": vm, "start": start,
-                                    "count": count, "space": SPACES[space]})
+        ctx.set(dut.inval.payload, {"kind": KINDS[kind], "vm": vm, "first": first,
+                                    "last": last, "space": SPACES[space], "ignore": ignore})
         ctx.set(dut.inval.valid, 1)
         assert ctx.get(dut.inval.ready)
         await ctx.tick()
         ctx.set(dut.inval.valid, 0)
-        for cycle in range(dut.sets + 2):
+        for cycle in range(max(dut.sets, dut.huge) + 6):
             if ctx.get(dut.inval_done):
                 return cycle
             await ctx.tick()
@@ -131,17 +198,17 @@ def run(dut, body):
 
 
 def random_op(rng, pool):
-    vm, root, vpn = rng.choice(pool)
+    vm, gen, vpn = rng.choice(pool)
     level = rng.choice((1, 1, 2, 2, 3, 4))
-    return vm, root, vpn, level, rng.randrange(2)
+    return vm, gen, vpn, level, rng.randrange(2)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("sets,ways", [(4, 4), (2, 8), (1, 2)])
-def test_random_against_model(seed, sets, ways):
+@pytest.mark.parametrize("sets,ways,huge", [(4, 4, 4), (2, 8, 2), (1, 2, 1)])
+def test_random_against_model(seed, sets, ways, huge):
     rng = random.Random(seed * 100 + sets * 10 + ways)
-    dut = TLB(sets=sets, ways=ways, vm_bits=2, root_bits=4, data_width=16)
-    ref = RefTLB(sets, ways)
+    dut = TLB(sets=sets, ways=ways, huge=huge, vm_bits=2, gen_bits=2, data_width=16)
+    ref = RefTLB(sets, ways, huge)
     # A small pool of pages so that sets fill, ways are evicted and superpages overlap.
     bases = [rng.randrange(1 << 30) for _ in range(6)]
     pool = [(rng.randrange(2), rng.randrange(2), b + rng.choice((0, 1, 511, 512, 1 << 18)))
@@ -152,26 +219,28 @@ def test_random_against_model(seed, sets, ways):
         for step in range(400):
             op = rng.random()
             if op < 0.45:
-                vm, root, vpn, _, private = random_op(rng, pool)
-                got = await tb.lookup(vm, root, vpn, private)
-                want = ref.lookup(vm, root, vpn, private)
-                assert got == want, f"seed {seed} step {step}: lookup {vm},{root},{vpn:#x}," \
-                                    f"private={private}: RTL {got} model {want}"
+                vm, gen, vpn, _, private = random_op(rng, pool)
+                access = rng.choice((READ, WRITE, EXEC))
+                got = await tb.lookup(vm, gen, vpn, access, private)
+                want = ref.lookup(vm, gen, vpn, access, private)
+                assert got == want, f"seed {seed} step {step}: lookup {vm},{gen},{vpn:#x}," \
+                                    f"access={access},private={private}: RTL {got} model {want}"
                 checked.append(got is not None)
             elif op < 0.9:
-                vm, root, vpn, level, private = random_op(rng, pool)
+                vm, gen, vpn, level, private = random_op(rng, pool)
                 payload = rng.randrange(1 << 16)
-                await tb.fill(vm, root, vpn, level, payload, private)
-                ref.fill(vm, root, vpn, level, payload, private)
+                allow = rng.choice((0b111, 0b111, 0b101, 0b001))
+                await tb.fill(vm, gen, vpn, level, payload, private, allow)
+                ref.fill(vm, gen, vpn, level, allow, payload, private)
             else:
                 kind = rng.choice(("all", "vm", "range", "range", "range"))
                 vm = rng.randrange(2)
                 _, _, vpn, _, _ = random_op(rng, pool)
-                start = max(0, vpn + rng.randrange(-600, 600))
-                count = rng.choice((0, 1, 2, 511, 513, 1 << 18, rng.randrange(1 << 20)))
+                first = max(0, vpn + rng.randrange(-600, 600))
+                count = rng.choice((1, 2, 511, 513, 1 << 18, rng.randrange(1, 1 << 20)))
                 space = rng.choice(("both", "both", "shared", "private"))
-                await tb.invalidate(kind, vm, start, count, space)
-                ref.invalidate(kind, vm, start, count, space)
+                await tb.invalidate(kind, vm, first, first + count - 1, space)
+                ref.invalidate(kind, vm, first, first + count - 1, space)
 
     run(dut, body)
     assert any(checked) and not all(checked), "the random run never hit, or never missed"
@@ -191,15 +260,14 @@ def test_range_overlap_partial(level):
         (base + size // 2, 1, True),       # one page inside (superpages)
         (0, base, False),                  # everything below it
         (base - 1, size + 2, True),        # covers it entirely
-        (base, 0, False),                  # empty range
     ]
-    dut = TLB(sets=4, ways=2, vm_bits=2, root_bits=4, data_width=8)
+    dut = TLB(sets=4, ways=2, huge=2, vm_bits=2, gen_bits=2, data_width=8)
 
     async def body(tb):
         for start, count, removed in cases:
             for vm in (0, 1):
                 await tb.fill(vm, 3, base, level, 0x40 + vm)
-            await tb.invalidate("range", 0, start, count)
+            await tb.invalidate("range", 0, start, start + count - 1)
             got0 = await tb.lookup(0, 3, base + size - 1)
             got1 = await tb.lookup(1, 3, base)
             assert (got0 is None) == removed, f"range [{start:#x}+{count:#x}) vs level " \
@@ -211,17 +279,35 @@ def test_range_overlap_partial(level):
     run(dut, body)
 
 
-def test_vm_and_root_isolation():
-    dut = TLB(sets=4, ways=4, vm_bits=2, root_bits=4, data_width=8)
+def test_shared_bit_ignored_by_range():
+    """A TD's shared GPA keeps its shared bit in the tag; a range naming the GFN without
+    it (``ignore`` = the shared bit) removes it, and leaves other pages."""
+    shared = 1 << 35
+    dut = TLB(sets=4, ways=2, huge=2, vm_bits=1, gen_bits=1, data_width=8)
+
+    async def body(tb):
+        await tb.fill(0, 0, shared | 0x123, 1, 0x5)
+        await tb.fill(0, 0, shared | 0x124, 1, 0x6)
+        await tb.invalidate("range", 0, 0x123, 0x123, "shared", ignore=shared)
+        assert await tb.lookup(0, 0, shared | 0x123) is None
+        assert await tb.lookup(0, 0, shared | 0x124) == (1, 0x6)
+
+    run(dut, body)
+
+
+def test_isolation_and_allow():
+    dut = TLB(sets=4, ways=4, huge=2, vm_bits=2, gen_bits=2, data_width=8)
 
     async def body(tb):
         await tb.fill(0, 1, 0x1234, 1, 0x10)
         await tb.fill(1, 1, 0x1234, 1, 0x11)
-        await tb.fill(0, 2, 0x1234, 1, 0x12)
+        await tb.fill(0, 2, 0x1234, 1, 0x12, allow=0b001)
         assert await tb.lookup(0, 1, 0x1234) == (1, 0x10)
         assert await tb.lookup(1, 1, 0x1234) == (1, 0x11)
         assert await tb.lookup(0, 2, 0x1234) == (1, 0x12)
+        assert await tb.lookup(0, 2, 0x1234, WRITE) is None      # a read-only entry
         assert await tb.lookup(2, 1, 0x1234) is None
+        assert await tb.lookup(0, 1, 0x1234, private=1) is None
         await tb.invalidate("vm", 0)
         assert await tb.lookup(0, 1, 0x1234) is None
         assert await tb.lookup(0, 2, 0x1234) is None
@@ -234,7 +320,7 @@ def test_plru_eviction_order():
     """Four ways, one set: after touching 0, 1, 2, 3, 0, 2 by lookups the tree-PLRU
     victim is way 1 (the left pair was used last by 0, the right by 2, and the root
     points left because 2 was the last access)."""
-    dut = TLB(sets=1, ways=4, vm_bits=1, root_bits=1, data_width=8)
+    dut = TLB(sets=1, ways=4, huge=1, vm_bits=1, gen_bits=1, data_width=8)
 
     async def body(tb):
         for w in range(4):
@@ -251,8 +337,8 @@ def test_plru_eviction_order():
 
 
 def test_one_lookup_per_cycle():
-    """Back-to-back lookups: accepted every cycle, each answered the cycle after."""
-    dut = TLB(sets=4, ways=2, vm_bits=1, root_bits=1, data_width=8)
+    """Back-to-back lookups: accepted every cycle, each answered two cycles later."""
+    dut = TLB(sets=4, ways=2, huge=1, vm_bits=1, gen_bits=1, data_width=8)
 
     async def body(tb):
         ctx = tb.ctx
@@ -260,15 +346,16 @@ def test_one_lookup_per_cycle():
             await tb.fill(0, 0, i, 1, i)
         vpns = [i % 6 for i in range(24)]
         results = []
-        ctx.set(dut.lookup.valid, 1)
-        for vpn in vpns:
-            ctx.set(dut.lookup.payload, {"vm": 0, "root": 0, "vpn": vpn})
-            assert ctx.get(dut.lookup.ready), "a lookup was refused in a stream"
+        ctx.set(dut.op.valid, 1)
+        for cycle, vpn in enumerate(vpns + [0, 0]):
+            ctx.set(dut.op.payload, {"fill": 0, "key": {"vm": 0, "gen": 0, "vpn": vpn}})
+            assert ctx.get(dut.op.ready), "a lookup was refused in a stream"
+            if cycle >= 2:
+                assert ctx.get(dut.result.valid)
+                results.append(ctx.get(dut.result.payload.data)
+                               if ctx.get(dut.result.payload.hit) else None)
             await ctx.tick()
-            assert ctx.get(dut.result.valid)
-            results.append(ctx.get(dut.result.payload.data)
-                           if ctx.get(dut.result.payload.hit) else None)
-        ctx.set(dut.lookup.valid, 0)
+        ctx.set(dut.op.valid, 0)
         assert results == [v if v < 4 else None for v in vpns]
 
     run(dut, body)
@@ -280,6 +367,8 @@ def test_parameters_are_checked():
         TLB(ways=3)
     with pytest.raises(ValueError, match="sets"):
         TLB(sets=0)
+    with pytest.raises(ValueError, match="huge"):
+        TLB(huge=0)
     with pytest.raises(ValueError, match="max_level"):
         TLB(max_level=7)
     gc.collect()        # the half-built components warn when collected: do it here

@@ -1,0 +1,52 @@
+"""Generations: a small id per VM and space that the TLB and walk cache tag entries with.
+
+Retiring every cached translation of a VM (a VM invalidation, a context write) is one
+increment here instead of a sweep of the TLB's RAM: entries of an older generation no
+longer match. When a counter wraps back to 0, entries from 2**GEN_BITS retirements ago
+could match again, so the MMU sweeps that VM's space before a request uses it
+(``wrapped``).
+"""
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Generations", "GEN_BITS"]
+
+#: Generation id width: a VM is swept once every 2**GEN_BITS retirements.
+GEN_BITS = 4
+
+
+class Generations(wiring.Component):
+    """``num_vms`` x 2 generation counters; counter ``2*vm + private``.
+
+    Members
+    -------
+    vm, private : In; gen : Out(GEN_BITS)
+        The current generation of a VM's space (combinational).
+    retire : In(2 * num_vms)
+        Counters to advance this cycle.
+    wrapped : Out(2 * num_vms)
+        The counters this cycle's ``retire`` takes back to 0.
+    """
+
+    def __init__(self, num_vms):
+        self.num_vms = num_vms
+        vm_bits = max(1, (num_vms - 1).bit_length())
+        super().__init__({
+            "vm": In(vm_bits), "private": In(1), "gen": Out(GEN_BITS),
+            "retire": In(2 * num_vms), "wrapped": Out(2 * num_vms),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        gens = [Signal(GEN_BITS, name=f"vm{i // 2}_{'private' if i & 1 else 'shared'}")
+                for i in range(2 * self.num_vms)]
+        for vm in range(self.num_vms):
+            with m.If(self.vm == vm):
+                m.d.comb += self.gen.eq(Mux(self.private, gens[2 * vm + 1], gens[2 * vm]))
+        m.d.comb += self.wrapped.eq(self.retire & Cat(g.all() for g in gens))
+        for i, g in enumerate(gens):
+            with m.If(self.retire[i]):
+                m.d.sync += g.eq(g + 1)
+        return m

@@ -1,0 +1,162 @@
+"""The invalidation sequencer: the MMU's ``inval`` port turned into cache operations.
+
+An invalidation waits until no request or fill is in the pipeline (requests are held
+meanwhile), then retires every walk in flight (none of them will fill) and:
+
+* ALL: clears the TLB and the walk cache (one cycle; a single space sweeps the TLB);
+* VM: starts a new generation of the VM's space (:mod:`hw.gens`) and clears its walk-cache
+  entries: its TLB entries no longer match and age out;
+* RANGE: sweeps the TLB and walk cache for the VM's entries with a page in
+  ``[start, start + count)`` (GFNs without a TD's shared bit, which the sweep ignores).
+
+``done`` pulses when every cache has finished. A context write also starts a new
+generation of its VM. A generation that wraps to 0 has the VM's TLB entries swept
+before any request is accepted again (several VMs at once: everything is cleared).
+"""
+
+from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .context import CONTEXT_LAYOUT
+from .tlb import VPN_BITS, InvalKind, InvalSpace, sweep_layout
+
+__all__ = ["Invalidator"]
+
+
+class Invalidator(wiring.Component):
+    """Sequences invalidations for a TLB and a walk cache.
+
+    Members
+    -------
+    port : In(stream.Signature(layout)); done : Out(1)
+        The MMU's invalidation port and its completion pulse.
+    ctx_write, ctx_index : In
+        A context write (its VM starts a new generation).
+    vm : Out; ctx : In(CONTEXT_LAYOUT)
+        The context of the VM a range names (for its shared bit).
+    retire, wrapped : the generation counters' ports (:class:`hw.gens.Generations`).
+    idle : In(1)
+        No request or fill is in the pipeline and both caches take an invalidation.
+    hold : Out(1)
+        Requests must wait.
+    stale : Out(1)
+        Every walk in flight is now older than an invalidation.
+    tlb, pwc : Out(stream.Signature(sweep_layout(vm_bits))); tlb_done, pwc_done : In(1)
+    """
+
+    def __init__(self, num_vms, layout):
+        self.num_vms = num_vms
+        vm_bits = max(1, (num_vms - 1).bit_length())
+        self.vm_bits = vm_bits
+        sweep = stream.Signature(sweep_layout(vm_bits))
+        super().__init__({
+            "port": In(stream.Signature(layout)), "done": Out(1),
+            "ctx_write": In(1), "ctx_index": In(vm_bits),
+            "vm": Out(vm_bits), "ctx": In(CONTEXT_LAYOUT),
+            "retire": Out(2 * num_vms), "wrapped": In(2 * num_vms),
+            "idle": In(1), "hold": Out(1), "stale": Out(1),
+            "tlb": Out(sweep), "tlb_done": In(1), "pwc": Out(sweep), "pwc_done": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        port, p = self.port, self.port.payload
+        V = self.num_vms
+        wraps = Signal(2 * V)           # generations that wrapped and are not swept yet
+        tlb_wait, pwc_wait = Signal(), Signal()
+        answer = Signal()               # the port's invalidation is not done yet
+        sweep = Signal(sweep_layout(self.vm_bits))
+        m.d.comb += self.vm.eq(p.vm)
+
+        # Retirements: a context write, and a VM invalidation when it is accepted.
+        port_retire = Signal(2 * V)
+        shared_space = p.space != InvalSpace.PRIVATE
+        private_space = p.space != InvalSpace.SHARED
+        m.d.comb += self.retire.eq(
+            Mux(self.ctx_write, 0b11 << (self.ctx_index * 2), 0) | port_retire)
+        new_wraps = wraps | self.wrapped
+        m.d.sync += wraps.eq(new_wraps)
+
+        # The range, in page numbers: [start, start + count - 1], empty when count is 0
+        # or the range starts above any GPA; the shared bit of a TD is ignored.
+        last = p.start + p.count - 1
+        overflow = (p.start[VPN_BITS:] != 0)
+        ignore = Mux(self.ctx.td, (Const(1, 64) << self.ctx.shared_bit)[12:12 + VPN_BITS], 0)
+
+        m.d.comb += self.hold.eq(port.valid | (wraps != 0) | tlb_wait | pwc_wait | answer)
+        with m.FSM(name="inval"):
+            with m.State("IDLE"):
+                with m.If((wraps != 0) & self.idle):
+                    # Sweep the VM whose generation wrapped; several: clear everything.
+                    one = Signal()
+                    vm_of = Signal(self.vm_bits)
+                    space = Signal(InvalSpace)
+                    for vm in range(V):
+                        pair = wraps[2 * vm:2 * vm + 2]
+                        with m.If(pair != 0):
+                            m.d.comb += [vm_of.eq(vm), space.eq(Mux(
+                                pair == 0b11, InvalSpace.BOTH,
+                                Mux(pair[1], InvalSpace.PRIVATE, InvalSpace.SHARED)))]
+                    m.d.comb += one.eq(Cat((wraps[2 * vm:2 * vm + 2] != 0)
+                                           for vm in range(V)).any()
+                                       & ~self._several(wraps, V))
+                    m.d.sync += [sweep.kind.eq(Mux(one, InvalKind.VM, InvalKind.ALL)),
+                                 sweep.vm.eq(vm_of),
+                                 sweep.space.eq(Mux(one, space, InvalSpace.BOTH)),
+                                 wraps.eq(self.wrapped), tlb_wait.eq(1), pwc_wait.eq(1)]
+                    m.d.comb += self.stale.eq(1)
+                    m.next = "ISSUE"
+                with m.Elif(port.valid & self.idle):
+                    m.d.comb += [port.ready.eq(1), self.stale.eq(1)]
+                    m.d.sync += [sweep.kind.eq(p.kind), sweep.vm.eq(p.vm),
+                                 sweep.space.eq(p.space), sweep.first.eq(p.start),
+                                 sweep.last.eq(Mux(last[VPN_BITS:] != 0,
+                                                   (1 << VPN_BITS) - 1, last)),
+                                 sweep.ignore.eq(ignore), answer.eq(1)]
+                    with m.Switch(p.kind):
+                        with m.Case(InvalKind.VM):
+                            m.d.comb += port_retire.eq(
+                                Cat(shared_space, private_space) << (p.vm * 2))
+                            # Its TLB entries are retired by the new generation; a
+                            # generation that wraps is swept before the done.
+                            m.d.sync += [tlb_wait.eq(0), pwc_wait.eq(1)]
+                            m.next = "ISSUE"
+                        with m.Case(InvalKind.RANGE):
+                            with m.If((p.count == 0) | overflow):
+                                m.d.sync += [tlb_wait.eq(0), pwc_wait.eq(0)]
+                            with m.Else():
+                                m.d.sync += [tlb_wait.eq(1), pwc_wait.eq(1)]
+                            m.next = "ISSUE"
+                        with m.Default():
+                            m.d.sync += [tlb_wait.eq(1), pwc_wait.eq(1)]
+                            m.next = "ISSUE"
+
+            with m.State("ISSUE"):
+                # Both caches are ready: nothing entered the pipeline since ``idle``.
+                m.d.comb += [self.tlb.payload.eq(sweep), self.pwc.payload.eq(sweep),
+                             self.tlb.valid.eq(tlb_wait), self.pwc.valid.eq(pwc_wait)]
+                m.next = "WAIT"
+
+            with m.State("WAIT"):
+                with m.If(self.tlb_done):
+                    m.d.sync += tlb_wait.eq(0)
+                with m.If(self.pwc_done):
+                    m.d.sync += pwc_wait.eq(0)
+                with m.If(~(tlb_wait & ~self.tlb_done) & ~(pwc_wait & ~self.pwc_done)):
+                    # A generation that wrapped is swept before the port is answered.
+                    with m.If(new_wraps == 0):
+                        m.d.comb += self.done.eq(answer)
+                        m.d.sync += answer.eq(0)
+                    m.next = "IDLE"
+        return m
+
+    @staticmethod
+    def _several(wraps, vms):
+        """More than one VM has a wrapped generation."""
+        pairs = [(wraps[2 * vm:2 * vm + 2] != 0) for vm in range(vms)]
+        out = Const(0, 1)
+        for i in range(vms):
+            for j in range(i + 1, vms):
+                out = out | (pairs[i] & pairs[j])
+        return out

@@ -1,0 +1,193 @@
+"""The miss table: every walk in flight and every request waiting on one.
+
+Per walk engine a slot says what the walk is for (VM, generation, space: its page and
+access come from the engine), whether an invalidation has overtaken it (``stale``: it
+still answers, but fills nothing and nobody joins it), whether its own request is
+answered and its TLB entry written. A slot is released, and its engine free, once all
+of that is done and every request that joined it is answered.
+
+Entries hold requests that missed in the TLB and could not start a walk themselves:
+``joined`` to a walk of the same page and access in flight (answered with that walk's
+result, their own page offset and htval), or ``waiting`` for an engine. A waiting
+request is replayed through the lookup pipeline when an engine is free, so it may hit
+what another walk filled meanwhile instead of walking again. The MMU accepts a request
+only while an entry is free for it and every lookup ahead of it, so a miss never
+waits in the pipeline for an engine (which could wait for a fill behind it).
+
+Walk responses leave through one register, ``resp``: a walk's own request first.
+"""
+
+from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .arbiter import lowest_set
+from .engine import RESULT_LAYOUT
+from .gens import GEN_BITS
+from .walkers import WALK_INFO
+
+__all__ = ["MissTable", "request_fields", "walk_response_layout"]
+
+
+def request_fields(vm_bits, tag_bits):
+    return data.StructLayout({"vm": vm_bits, "gpa": 64, "access": 2, "tag": tag_bits})
+
+
+def walk_response_layout(tag_bits):
+    """A walk's answer to one request, and what its report is made from."""
+    return data.StructLayout({"result": RESULT_LAYOUT, "tag": tag_bits, "gpa": 64,
+                              "access": 2, "arch": 2, "nxe": 1})
+
+
+
+def _pick(values, index):
+    """``values[index]`` of a list of same-shape values."""
+    if len(values) == 1:
+        return values[0]
+    flat = Cat(v.as_value() if hasattr(v, "as_value") else v for v in values)
+    width = len(flat) // len(values)
+    picked = flat.word_select(index, width)
+    shape = values[0].shape() if hasattr(values[0], "shape") else None
+    return data.View(shape, picked) if isinstance(shape, data.Layout) else picked
+
+
+class MissTable(wiring.Component):
+    """Slots of ``walkers`` walks and ``entries`` waiting requests.
+
+    Members
+    -------
+    start, start_walk, start_key : In
+        A walk starts on engine ``start_walk`` for ``start_key`` (vm, gen, private).
+    busy, stale : Out(walkers); key : Out(...).array(walkers)
+    retire : In(1)
+        An invalidation: every walk in flight becomes stale.
+    done, ok : In(walkers); results : In(RESULT_LAYOUT).array(walkers);
+    walks : In(WALK_INFO).array(walkers); tags : In(tag_bits).array(walkers)
+        The engines' answers and walks.
+    wants_fill : Out(walkers)
+        Walks whose TLB entry is owed; ``filled`` / ``filled_walk`` when it is taken.
+    release : Out(walkers)
+        The engine may drop its result and take a new walk.
+    joined, waiting, record_walk, record_entry, record_replay, record_req : In
+        The S2 outcome of a miss that starts no walk: it joins walk ``record_walk``,
+        or waits. A replayed request (``record_replay``) keeps entry
+        ``record_entry``; ``settled`` frees it (it hit, or started its walk).
+    free : Out
+        Free entries (a request needs one reserved for it and for each lookup ahead).
+    replay : Out(stream.Signature(...))
+        A waiting request to look up again (offered while an engine is free).
+    resp : Out(stream.Signature(walk_response_layout(tag_bits)))
+    """
+
+    def __init__(self, *, walkers, entries, vm_bits, tag_bits):
+        self.walkers, self.entries = walkers, entries
+        self.vm_bits, self.tag_bits = vm_bits, tag_bits
+        id_bits = max(1, (walkers - 1).bit_length())
+        e_bits = max(1, (max(entries, 1) - 1).bit_length())
+        key = data.StructLayout({"vm": vm_bits, "gen": GEN_BITS, "private": 1})
+        req = request_fields(vm_bits, tag_bits)
+        self.key_layout = key
+        super().__init__({
+            "start": In(1), "start_walk": In(id_bits), "start_key": In(key),
+            "busy": Out(walkers), "stale": Out(walkers), "key": Out(key).array(walkers),
+            "retire": In(1),
+            "done": In(walkers), "ok": In(walkers),
+            "results": In(RESULT_LAYOUT).array(walkers), "walks": In(WALK_INFO).array(walkers),
+            "tags": In(tag_bits).array(walkers),
+            "wants_fill": Out(walkers), "filled": In(1), "filled_walk": In(id_bits),
+            "written": In(1), "written_walk": In(id_bits),
+            "release": Out(walkers),
+            "joined": In(1), "waiting": In(1), "record_walk": In(id_bits),
+            "record_replay": In(1), "record_entry": In(e_bits), "record_req": In(req),
+            "settled": In(1),
+            "free": Out(range(entries + 1)),
+            "replay": Out(stream.Signature(data.StructLayout({"entry": e_bits, "req": req}))),
+            "resp": Out(stream.Signature(walk_response_layout(tag_bits))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N, E = self.walkers, self.entries
+        busy, stale = self.busy, self.stale
+        own_sent = Signal(N, name="own_sent")       # the walk's own request is answered
+        fill_taken = Signal(N, name="fill_taken")   # its TLB entry entered the pipeline
+        written = Signal(N, name="written_mask")    # ... and was written
+        for i in range(N):
+            with m.If(self.start & (self.start_walk == i)):
+                m.d.sync += [busy[i].eq(1), stale[i].eq(0), own_sent[i].eq(0),
+                             fill_taken[i].eq(0), written[i].eq(0),
+                             self.key[i].eq(self.start_key)]
+        with m.If(self.retire):
+            m.d.sync += stale.eq(~0)
+        m.d.comb += self.wants_fill.eq(self.done & self.ok & ~stale & ~fill_taken)
+        with m.If(self.filled):
+            m.d.sync += fill_taken.bit_select(self.filled_walk, 1).eq(1)
+        with m.If(self.written):
+            m.d.sync += written.bit_select(self.written_walk, 1).eq(1)
+
+        # -- entries -------------------------------------------------------------------
+        valid = Signal(max(1, E), name="entry_valid")
+        joined = Signal(max(1, E), name="entry_joined")     # else waiting
+        replaying = Signal(max(1, E), name="entry_replaying")
+        walker = [Signal(range(max(2, N)), name=f"e{j}_walker") for j in range(E)]
+        reqs = [Signal(self.record_req.shape(), name=f"e{j}_req") for j in range(E)]
+        if E:
+            free_j = lowest_set(m, ~valid, E, "free_entry")
+            slot = Mux(self.record_replay, self.record_entry, free_j)
+            with m.If(self.joined | self.waiting):
+                m.d.sync += [valid.bit_select(slot, 1).eq(1),
+                             joined.bit_select(slot, 1).eq(self.joined),
+                             replaying.bit_select(slot, 1).eq(0)]
+                for j in range(E):
+                    with m.If(slot == j):
+                        m.d.sync += [walker[j].eq(self.record_walk), reqs[j].eq(self.record_req)]
+            with m.If(self.settled):
+                m.d.sync += [valid.bit_select(self.record_entry, 1).eq(0),
+                             replaying.bit_select(self.record_entry, 1).eq(0)]
+            m.d.comb += self.free.eq(sum(~valid[j] for j in range(E)))
+            ready = valid & ~joined & ~replaying
+            pick = lowest_set(m, ready, E, "replay_entry")
+            m.d.comb += [self.replay.valid.eq(ready.any() & ~busy.all()),
+                         self.replay.payload.entry.eq(pick),
+                         self.replay.payload.req.eq(_pick(reqs, pick))]
+            with m.If(self.replay.valid & self.replay.ready):
+                m.d.sync += replaying.bit_select(pick, 1).eq(1)
+
+        # -- responses: a walk's own request, then the requests that joined it ----------
+        resp, r = self.resp, self.resp.payload
+        # A walk's own answer leaves once its TLB entry is in the pipeline, so software
+        # that sees the answer then invalidates (or asks again) finds the entry.
+        filling = Mux(self.filled, 1 << self.filled_walk, 0)
+        own = self.done & ~own_sent & (fill_taken | filling | ~self.ok | stale)
+        ans = Cat(valid[j] & joined[j] & self.done.bit_select(walker[j], 1) for j in range(E)) \
+            if E else Const(0, 1)
+        own_i = lowest_set(m, own, N, "own_walk")
+        ans_j = lowest_set(m, ans, E, "answer_entry") if E else Const(0)
+        src = Mux(own.any(), own_i, _pick(walker, ans_j) if E else own_i)
+        result, walk = _pick(list(self.results), src), _pick(list(self.walks), src)
+        with m.If(resp.ready | ~resp.valid):
+            m.d.sync += [resp.valid.eq(own.any() | ans.any()), r.result.eq(result),
+                         r.access.eq(walk.access), r.arch.eq(walk.params.arch),
+                         r.nxe.eq(walk.params.nxe)]
+            with m.If(own.any()):
+                m.d.sync += [r.tag.eq(_pick(list(self.tags), own_i)), r.gpa.eq(walk.gpa),
+                             own_sent.bit_select(own_i, 1).eq(1)]
+            if E:
+                with m.Elif(ans.any()):
+                    req = _pick(reqs, ans_j)
+                    # A joined request shares the walk's 4 KiB page: only the page offset
+                    # of a translation (and a RISC-V htval, from ``gpa``) is its own.
+                    m.d.sync += [r.tag.eq(req.tag), r.gpa.eq(req.gpa),
+                                 r.result.hpa.eq(Cat(req.gpa[:12], result.hpa[12:])),
+                                 valid.bit_select(ans_j, 1).eq(0)]
+
+        # -- release: answered, joiners answered, entry written (or nothing to write) --
+        for i in range(N):
+            refs = Cat(valid[j] & joined[j] & (walker[j] == i) for j in range(E)).any() \
+                if E else Const(0)
+            joining = self.joined & (self.record_walk == i)
+            m.d.comb += self.release[i].eq(self.done[i] & own_sent[i] & ~refs & ~joining
+                                           & (written[i] | ~self.ok[i] | stale[i]))
+            with m.If(self.release[i]):
+                m.d.sync += busy[i].eq(0)
+        return m
