@@ -44,10 +44,10 @@ LOGS = REPO / "build" / "regress" / "logs"
 #: spend more time starting pytest than testing).
 SEEDS_PER_TASK = {"test_random_vectors_regress": 10, "test_random_vectors_many_seeds": 5}
 
-#: Seconds one test of a function (``function[sim]`` on one simulator) takes on one idle
-#: core (``make regress``, 2026-12-01), for running the longest tasks first; others
-#: count 20 s. The ETA is calibrated as
-#: results arrive, so these only need to be right relative to each other.
+#: Roughly the seconds one test of a function (``function[sim]``: on that simulator)
+#: takes on one idle core, for running the longest tasks first; others count 20 s. The
+#: ETA is calibrated as results arrive, so these need only be right relative to each
+#: other.
 SECONDS_PER_TEST = {"test_fuzz_walker_long": 270, "test_stream_million": 55,
                     "test_random_vectors_regress": 6, "test_scenarios_long[icarus]": 150,
                     "test_faults_long[icarus]": 150}
