@@ -228,8 +228,9 @@ def _run_tests(task, task_settings, timeout, regression):
     """The task's tests in a pytest process of their own, killed with everything it
     started at ``timeout`` seconds; ``(test records, log path)``."""
     LOGS.mkdir(parents=True, exist_ok=True)
-    slug = hashlib.sha256(task.id.encode()).hexdigest()[:12]
-    log_path, record = LOGS / f"{slug}.log", LOGS / f"{slug}.record"
+    # Named by regression and task: two regressions may run in one checkout at once.
+    name = f"{regression or 'local'}-{hashlib.sha256(task.id.encode()).hexdigest()[:12]}"
+    log_path, record = LOGS / f"{name}.log", LOGS / f"{name}.record"
     record.unlink(missing_ok=True)
     env = dict(os.environ, **task_settings, TDPWALK_REGRESS_RECORD=str(record),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
