@@ -12,12 +12,15 @@ export SIM BENCH BENCH_SYNTH
 help:
 	@echo "make demo      the main demonstration (see README.md)"
 	@echo "make test      fast tests: model, RTL in Amaranth's simulator, co-simulation"
-	@echo "make regress   long randomized regressions (many seeds, slow)"
+	@echo "make regress   long randomized regressions on a Dask cluster (many seeds, slow)"
 	@echo "make lint      Verilator lint of the generated Verilog"
 	@echo "make bench     benchmarks; prints tables"
 	@echo "make formal    bounded model checking of the RTL's properties"
 	@echo "make clean     remove build outputs; make distclean also removes .venv"
 	@echo "variables: SIM=icarus|verilator  JOBS=N (parallel test workers, default 2)"
+	@echo "           regress: CLUSTER=tcp://HOST:PORT (a Dask scheduler; default: JOBS local"
+	@echo "           workers)  RESUME=1  REGRESS_COUNT=N  REGRESS_TIMEOUT=S (per task)"
+	@echo "           ONLY=EXPR (pytest -k selection)  (docs/regress.md)"
 	@echo "           BENCH=quick  BENCH_SYNTH=run|full|nopnr|cached (bench/bench_synth.py)"
 
 env:
@@ -31,11 +34,14 @@ demo:
 test:
 	$(PYTEST) -q -n $(JOBS) -m "not slow"
 
-# Every slow test on JOBS workers (pytest's progress); cocotb_tests/regress.py adds a table
-# per simulator x scenario/format and the seed of any failure. REGRESS_COUNT=N sets the
-# translations per format of the scoreboarded streams (default 1,000,000).
+# Every slow test, as tasks on a Dask cluster (docs/regress.md): the scheduler at CLUSTER,
+# or a local cluster of JOBS worker processes. Results go to build/regress/results.jsonl
+# as they arrive (RESUME=1 runs only the tasks without one); a table per simulator x
+# scenario/format at the end, with the seeds and replay command of any failure.
+# REGRESS_COUNT=N: translations per format of the scoreboarded streams (default 1,000,000).
 regress:
-	$(PYTEST) -n $(JOBS) -m slow -p cocotb_tests.regress -o console_output_style=progress
+	$(RUN) python -m cocotb_tests.regress_cluster --cluster "$(CLUSTER)" --jobs "$(JOBS)" \
+		--resume "$(RESUME)" --timeout "$(REGRESS_TIMEOUT)" --only "$(ONLY)"
 
 lint:
 	$(RUN) python -m hw lint

@@ -66,6 +66,7 @@ SECTIONS = {
     "rtl": "RTL cycle figures (Amaranth simulator)",
     "synth": "Synthesis (ECP5, Yosys + nextpnr from PyPI)",
     "cosim": "Co-simulation speed",
+    "regress": "Regressions on Dask",
     "model": "Model throughput",
     "nested": "Nested paging",
     "compare": "Comparison with open MMUs",

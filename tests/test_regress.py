@@ -1,7 +1,8 @@
 """Long regressions (`make regress`, -m slow): a scoreboarded random stream of
-REGRESS_COUNT translations per format (default 1,000,000) on Verilator, each format in
-its own pytest item so xdist spreads them; `make test` runs a short stream of one
-format. cocotb_tests/regress.py has the stream and the summary-table plugin."""
+REGRESS_COUNT translations per format (default 1,000,000) on Verilator, each format a
+task of its own; `make test` runs a short stream of one
+format. cocotb_tests/regress.py has the stream; docs/regress.md says how `make regress`
+runs it."""
 
 import os
 
@@ -13,8 +14,8 @@ from sw_model.formats import FORMAT_NAMES
 COUNT = int(os.environ.get("REGRESS_COUNT", "1000000"))
 
 
-def run_stream(fmt, count, seed):
-    [result] = run_mmu("verilator", ["stream"], seed=seed, test_module="cocotb_tests.regress",
+def run_stream(fmt, count, seed, sim="verilator"):
+    [result] = run_mmu(sim, ["stream"], seed=seed, test_module="cocotb_tests.regress",
                        extra={"TDPWALK_FORMAT": fmt, "TDPWALK_COUNT": str(count),
                               "TDPWALK_CHURN": str(max(count // 40, 500)),
                               "TDPWALK_PROGRESS": str(max(count // 10, 4096))})
@@ -35,5 +36,6 @@ def test_stream_short():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
-def test_stream_million(fmt):
-    run_stream(fmt, COUNT, 100 + FORMAT_NAMES.index(fmt))
+@pytest.mark.parametrize("sim", ["verilator"])
+def test_stream_million(sim, fmt):
+    run_stream(fmt, COUNT, 100 + FORMAT_NAMES.index(fmt), sim)
