@@ -299,6 +299,11 @@ class PageTableFormat:
         """Whether a leaf can be made non-executable (NX huge pages need it)."""
         return True
 
+    def tdp_shared_bit_default(self):
+        """The GPA bit that selects a TDX-style TD's shared memory by default, or None
+        where the architecture has no such confidential VMs."""
+        return None
+
     def tdp_frozen_spte(self):
         """KVM's ``FROZEN_SPTE``: non-present, never written by the walker."""
         return self.frozen_word

@@ -2,8 +2,8 @@
 maps through hypercalls, and L0 builds L2's tables with its TDP core's map path.
 
 L0 keeps one guest MMU per ``(vCPU holder, as_id)`` in a hash, with a reference count
-taken by MMU_LOAD_UNLOAD. A guest MMU is a :class:`sw_model.tdp.Vm` whose memslots are
-the MAP hypercalls composed with L0's own memslots for L1, so faults, zaps, splits,
+taken by MMU_LOAD_UNLOAD. A guest MMU holds a :class:`sw_model.tdp.Vm` whose memslots
+are the MAP hypercalls composed with L0's own memslots for L1, so faults, zaps, splits,
 aging and dirty logging are the TDP core's. Hypercalls (``hypercall(name, ...)``):
 
 ``mmu_load_unload(holder, as_id, load)``
@@ -45,14 +45,13 @@ HYPERCALLS = ("mmu_load_unload", "map", "unmap", "zap", "zap_all", "age", "test_
               "dirty_log")
 
 
-class GuestMmu(Vm):
-    """A TDP core VM for one ``(holder, as_id)``: memslots come from MAP hypercalls.
-
-    A MAP is one memslot (L2 GFNs → host frames); lookups use a sorted index, since
-    there are many small slots.
+class GuestMmu:
+    """L0's guest MMU for one ``(holder, as_id)``: a TDP core VM whose memslots are the
+    MAP hypercalls (one memslot per MAP, L2 GFNs to host frames), with KPOP's books.
 
     Members
     -------
+    vm : sw_model.tdp.Vm
     key : tuple
         ``(holder, as_id)``.
     refcount : int
@@ -63,47 +62,12 @@ class GuestMmu(Vm):
         Dirty L2 GFNs of mappings removed while logged, until the next ``get``.
     """
 
-    def __init__(self, key, fmt_name, memory, **kwargs):
-        super().__init__(fmt_name, memory, **kwargs)
-        self.key = key
+    def __init__(self, key, vm):
+        self.vm, self.key = vm, key
         self.refcount = 0
         self.logged = []
         self.orphan_dirty = set()
-        self._starts = []
-        self._by_start = {}
         self._next_id = 0
-
-    def add_memslot(self, slot_id, base_gfn, npages, hpa, **kwargs):
-        slot = super().add_memslot(slot_id, base_gfn, npages, hpa, **kwargs)
-        bisect.insort(self._starts, base_gfn)
-        self._by_start[base_gfn] = slot
-        return slot
-
-    def delete_memslot(self, slot_id, as_id=0):
-        slot = self.memslot(slot_id, as_id)
-        super().delete_memslot(slot_id, as_id)
-        self._starts.remove(slot.base_gfn)
-        del self._by_start[slot.base_gfn]
-
-    def find_memslot(self, gfn, as_id=0):
-        i = bisect.bisect_right(self._starts, gfn) - 1
-        if i >= 0:
-            slot = self._by_start[self._starts[i]]
-            if slot.contains(gfn):
-                return slot
-        return None
-
-    def slots_in(self, start, end):
-        """Memslots overlapping L2 GFNs ``[start, end)``, by address."""
-        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
-        out = []
-        for base in self._starts[i:]:
-            if base >= end:
-                break
-            slot = self._by_start[base]
-            if slot.end_gfn > start:
-                out.append(slot)
-        return out
 
     def new_slot_id(self):
         self._next_id += 1
@@ -150,126 +114,129 @@ class KpopHost:
         key = (holder, as_id)
         if name == "mmu_load_unload":
             return self._load_unload(key, *args, **kwargs)
-        mmu = self.mmus.get(key)
-        if mmu is None:
+        guest = self.mmus.get(key)
+        if guest is None:
             raise ValueError(f"hypercall {name}: no guest MMU loaded for {key}")
         with self._sinks[key]:
-            result = getattr(self, "_" + name)(mmu, *args, **kwargs)
-        self._account(mmu)
+            result = getattr(self, "_" + name)(guest, *args, **kwargs)
+        self._account(guest)
         return result
 
     def handle_l2_fault(self, key, gpa, access):
         """An L2 fault on a guest MMU (an exit to L0): the TDP core maps it from the
         MAPs; EMULATE means L1 has not mapped it (reflect to L1)."""
         self.costs.counts["l2_faults"] += 1
-        mmu = self.mmus[key]
+        guest = self.mmus[key]
         with self._sinks[key]:
-            result = mmu.handle_fault(gpa, access)
-        self._account(mmu)
+            result = guest.vm.handle_fault(gpa, access)
+        self._account(guest)
         return result
 
-    def _account(self, mmu):
+    def _account(self, guest):
         """Table pages and entry writes (the TDP core's ``kvm_tdp_mmu_spte_changed``
         tracepoint, drained after every operation)."""
-        fmt = mmu.fmt
-        pages = sum(m.stats()["table_pages"] + len(m.roots) * (fmt.root_table_bytes // 4096 - 1)
-                    for m in self.mmus.values())
+        fmt = guest.vm.fmt
+        pages = sum(g.vm.stats()["table_pages"]
+                    + len(g.vm.roots) * (fmt.root_table_bytes // 4096 - 1)
+                    for g in self.mmus.values())
         self.costs.pages(pages - self.costs.table_pages)
         self.costs.counts["table_writes"] += sum(e.name == "kvm_tdp_mmu_spte_changed"
-                                                 for e in mmu.events)
-        mmu.events.clear()
+                                                 for e in guest.vm.events)
+        guest.vm.events.clear()
 
     # -- hypercalls ----------------------------------------------------------------
 
     def _load_unload(self, key, load):
-        mmu = self.mmus.get(key)
+        guest = self.mmus.get(key)
         if load:
-            if mmu is None:
+            if guest is None:
                 sink = self._sinks[key] = CountingSink(self.costs, self.sink_for(key))
-                mmu = self.mmus[key] = GuestMmu(key, self.l0.fmt.name, self.mem, ad=self.ad,
-                                                flush_sink=sink)
-            mmu.refcount += 1
-            root = mmu.root_for(0)
-            self._account(mmu)
+                guest = self.mmus[key] = GuestMmu(key, Vm(self.l0.fmt.name, self.mem, ad=self.ad,
+                                                          flush_sink=sink))
+            guest.refcount += 1
+            root = guest.vm.root_for(0)
+            self._account(guest)
             return root
-        if mmu is None or mmu.refcount == 0:
+        if guest is None or guest.refcount == 0:
             raise ValueError(f"mmu_load_unload: {key} holds no reference")
-        mmu.refcount -= 1
-        if mmu.refcount == 0:
+        guest.refcount -= 1
+        if guest.refcount == 0:
             with self._sinks[key]:
-                mmu.zap_all()
+                guest.vm.zap_all()
             del self.mmus[key], self._sinks[key]
-            self._account(mmu)
+            self._account(guest)
         return None
 
-    def _map(self, mmu, l2_gfn, l1_gfn, npages, writable, gpa=None, access=None):
-        if mmu.slots_in(l2_gfn, l2_gfn + npages):
+    def _map(self, guest, l2_gfn, l1_gfn, npages, writable, gpa=None, access=None):
+        vm = guest.vm
+        if vm.memslots_in(l2_gfn, l2_gfn + npages):
             raise ValueError(f"map: L2 GFNs {l2_gfn:#x}+{npages} overlap a mapping")
-        logged = mmu.is_logged(l2_gfn, l2_gfn + npages)
+        logged = guest.is_logged(l2_gfn, l2_gfn + npages)
         done = 0
         while done < npages:     # one memslot per L0 memslot the range crosses
             slot = self.l0.vm.find_memslot(l1_gfn + done)
             if slot is None:
                 raise ValueError(f"map: L1 GFN {l1_gfn + done:#x} is not L1 RAM")
             n = min(npages - done, slot.end_gfn - (l1_gfn + done))
-            mmu.add_memslot(mmu.new_slot_id(), l2_gfn + done, n, slot.gfn_to_hpa(l1_gfn + done),
-                            readonly=not writable or slot.readonly, dirty_logging=logged,
-                            host_level=slot.host_level)
+            vm.add_memslot(guest.new_slot_id(), l2_gfn + done, n, slot.gfn_to_hpa(l1_gfn + done),
+                           readonly=not writable or slot.readonly, dirty_logging=logged,
+                           host_level=slot.host_level)
             done += n
         if gpa is None:
             return PfResult.FIXED
-        return mmu.handle_fault(gpa, access)
+        return vm.handle_fault(gpa, access)
 
-    def _remove(self, mmu, slots):
+    def _remove(self, guest, slots):
         for slot in slots:
             if slot.dirty_logging:
-                mmu.orphan_dirty.update(slot.dirty_gfns())
-            mmu.delete_memslot(slot.slot_id)
+                guest.orphan_dirty.update(slot.dirty_gfns())
+            guest.vm.delete_memslot(slot.slot_id)
 
-    def _unmap(self, mmu, l2_gfn, npages):
-        slots = mmu.slots_in(l2_gfn, l2_gfn + npages)
+    def _unmap(self, guest, l2_gfn, npages):
+        slots = guest.vm.memslots_in(l2_gfn, l2_gfn + npages)
         if slots:
-            mmu.zap_gfn_range(slots[0].base_gfn, slots[-1].end_gfn)
-        self._remove(mmu, slots)
+            guest.vm.zap_gfn_range(slots[0].base_gfn, slots[-1].end_gfn)
+        self._remove(guest, slots)
         return len(slots)
 
-    def _zap(self, mmu, l2_gfn, npages):
-        return mmu.zap_gfn_range(l2_gfn, l2_gfn + npages)
+    def _zap(self, guest, l2_gfn, npages):
+        return guest.vm.zap_gfn_range(l2_gfn, l2_gfn + npages)
 
-    def _zap_all(self, mmu):
-        mmu.zap_all_fast()
-        self._remove(mmu, mmu.slots_in(0, 1 << 64))
-        mmu.root_for(0)
+    def _zap_all(self, guest):
+        guest.vm.zap_all_fast()
+        self._remove(guest, guest.vm.memslots())
+        guest.vm.root_for(0)
 
-    def _age(self, mmu, l2_gfn, npages, flush=False):
-        return mmu.age_gfn_range(l2_gfn, l2_gfn + npages, flush=flush)
+    def _age(self, guest, l2_gfn, npages, flush=False):
+        return guest.vm.age_gfn_range(l2_gfn, l2_gfn + npages, flush=flush)
 
-    def _test_age(self, mmu, l2_gfn, npages):
-        return mmu.test_age_gfn(l2_gfn, l2_gfn + npages)
+    def _test_age(self, guest, l2_gfn, npages):
+        return guest.vm.test_age_gfn(l2_gfn, l2_gfn + npages)
 
-    def _dirty_log(self, mmu, op, l2_gfn, npages):
+    def _dirty_log(self, guest, op, l2_gfn, npages):
+        vm = guest.vm
         end = l2_gfn + npages
-        slots = mmu.slots_in(l2_gfn, end)
+        slots = vm.memslots_in(l2_gfn, end)
         if any(s.base_gfn < l2_gfn or s.end_gfn > end for s in slots):
             raise ValueError("dirty_log: the range cuts a mapping")
         if op in ("enable", "disable"):
             enable = op == "enable"
             if enable:
-                mmu.logged.append((l2_gfn, end))
+                guest.logged.append((l2_gfn, end))
             else:
-                mmu.logged = [r for r in mmu.logged if r != (l2_gfn, end)]
-                mmu.orphan_dirty = {g for g in mmu.orphan_dirty if not l2_gfn <= g < end}
+                guest.logged = [r for r in guest.logged if r != (l2_gfn, end)]
+                guest.orphan_dirty = {g for g in guest.orphan_dirty if not l2_gfn <= g < end}
             for slot in slots:
-                result = mmu.set_dirty_logging(slot.slot_id, enable)
+                result = vm.set_dirty_logging(slot.slot_id, enable)
                 if result is not None:
                     self.costs.counts["table_writes"] += result.sptes_created
             return None
         if op != "get":
             raise ValueError(f"dirty_log: op must be enable, disable or get, got {op!r}")
-        gfns = {g for g in mmu.orphan_dirty if l2_gfn <= g < end}
-        mmu.orphan_dirty -= gfns
+        gfns = {g for g in guest.orphan_dirty if l2_gfn <= g < end}
+        guest.orphan_dirty -= gfns
         for slot in slots:
-            gfns.update(slot.dirty_gfns(mmu.get_dirty_log(slot.slot_id)))
+            gfns.update(slot.dirty_gfns(vm.get_dirty_log(slot.slot_id)))
         return sorted(gfns)
 
 
@@ -376,15 +343,16 @@ class KpopNested:
         self.l1 = L1Kpop(host, holder, as_id=as_id)
         self.key = (holder, as_id)
         self.costs = host.costs
-        mmu = host.mmus[self.key]
-        self.fmt, self.opts, self.mem = mmu.fmt, mmu.opts, mmu.mem
+        vm = host.mmus[self.key].vm
+        self.fmt, self.opts, self.mem = vm.fmt, vm.opts, vm.mem
 
     @property
-    def mmu(self):
-        return self.host.mmus[self.key]
+    def vm(self):
+        """The guest MMU's TDP core VM."""
+        return self.host.mmus[self.key].vm
 
     def root_for(self, as_id=0):
-        return self.mmu.root_for(0)
+        return self.vm.root_for(0)
 
     def handle_l2_fault(self, gpa, access):
         result = self.host.handle_l2_fault(self.key, gpa, access)
@@ -441,12 +409,12 @@ class KpopNested:
         return hpa + (gpa & 0xfff), {"r": True, "w": writable, "x": True}
 
     def leaves(self):
-        mmu = self.mmu
-        return [(gfn, level, word) for root in mmu.roots if not root.invalid
-                for gfn, level, word, _ in mmu.walk_present(root)
-                if mmu.fmt.tdp_is_last_spte(word, level)]
+        vm = self.vm
+        return [(gfn, level, word) for root in vm.roots if not root.invalid
+                for gfn, level, word, _ in vm.walk_present(root)
+                if vm.fmt.tdp_is_last_spte(word, level)]
 
     def check(self):
         """The TDP core's invariants on the guest MMU (shared memory); the leaves."""
-        check_vm(self.mmu, exclusive_memory=False)
+        check_vm(self.vm, exclusive_memory=False)
         return self.leaves()

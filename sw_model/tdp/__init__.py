@@ -4,6 +4,13 @@ Every decision about an entry's bits goes through the format's arch hooks (the
 ``tdp_*`` methods at the end of each class in :mod:`sw_model.formats`); this package
 never names a bit, so the same code drives EPT, NPT and G-stage tables.
 
+Layout, one concern a file as KVM splits arch/x86/kvm/mmu/: ``core`` (what every MMU
+shares: format, memory, flush sink and deferred frees, tracing; then the TDP MMU's
+roots, table pages and entry updates), ``fault`` (fault-in), ``zap``, ``dirty_log``
+(dirty logging and eager splitting), ``age``, ``nx`` (NX huge pages), ``page_track``
+(write tracking), ``mirror`` (a TD's mirror propagation; ``tdx`` holds its external
+tables), ``memslot``, ``iter``, ``flush``; ``vm`` composes them into :class:`Vm`.
+
 Public API
 ----------
 ``Vm(fmt_name, memory=None, *, ad=None, pa_bits=None, exec_only=True, nxe=True,
@@ -88,13 +95,16 @@ W, a read fault maps read-only (KVM maps writable and logs the page); with A/D b
 dirty bitmap is filled by collecting D bits (no PML).
 """
 
+from .core import KVM_MIN_FREE_MMU_PAGES, Event, MmuCore, MmuPage
+from .dirty_log import SplitResult
+from .fault import PageFault, PfResult
 from .flush import SPACES, FlushRecorder, FlushSink
 from .iter import TdpIter
 from .memslot import Memslot
-from .mmu import (KVM_MIN_FREE_MMU_PAGES, Event, MmuPage, PageFault, PfResult, SplitResult,
-                  Vm)
 from .tdx import ExternalPageTableManager, ExternalTableError, MemoryAttributes, TdxState
+from .vm import Vm
 
-__all__ = ["Vm", "Memslot", "PfResult", "PageFault", "MmuPage", "Event", "SplitResult",
-           "FlushSink", "FlushRecorder", "SPACES", "TdpIter", "KVM_MIN_FREE_MMU_PAGES",
-           "TdxState", "ExternalPageTableManager", "ExternalTableError", "MemoryAttributes"]
+__all__ = ["Vm", "Memslot", "PfResult", "PageFault", "MmuCore", "MmuPage", "Event",
+           "SplitResult", "FlushSink", "FlushRecorder", "SPACES", "TdpIter",
+           "KVM_MIN_FREE_MMU_PAGES", "TdxState", "ExternalPageTableManager",
+           "ExternalTableError", "MemoryAttributes"]
