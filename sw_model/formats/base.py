@@ -382,6 +382,16 @@ class PageTableFormat:
         return (self.entry_fault(word, level, vm) is None
                 and self.leaf_fault([self.decode(word, level)], access, vm) is None)
 
+    def tdp_make_writable(self, word, vm):
+        """KVM's fast page fault on a write: W back on an MMU-writable leaf, and D where
+        A/D bits exist (the access is a write)."""
+        if not self.tdp_is_mmu_writable(word):
+            raise FormatError("W needs MMU-writable")
+        word |= self.tdp_write_mask()
+        if self.tdp_ad_enabled(vm):
+            word |= self.fields["d"].mask
+        return word
+
     def tdp_write_protect(self, word):
         """Clear W only (dirty logging): MMU-writable stays, so no TLB flush is owed."""
         return word & ~self.tdp_write_mask()

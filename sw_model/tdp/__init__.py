@@ -24,7 +24,8 @@ Memslots
     ``vm.add_memslot(slot_id, base_gfn, npages, hpa, *, as_id=0, readonly=False,
     dirty_logging=False, host_level=None, private_hpa=None) -> Memslot``, ``vm.delete_memslot(slot_id,
     as_id=0)``, ``vm.memslot(slot_id, as_id=0)``, ``vm.memslots(as_id=0)``,
-    ``vm.find_memslot(gfn, as_id=0)``, ``vm.max_mapping_level(slot, gfn)``.
+    ``vm.find_memslot(gfn, as_id=0)``, ``vm.memslots_in(start, end, as_id=0)``,
+    ``vm.max_mapping_level(slot, gfn)``.
 Roots
     ``vm.root_for(as_id=0) -> hpa`` (the vCPU's root: what EPTP / nCR3 / hgatp point
     at), ``vm.get_root(as_id=0, role="direct") -> MmuPage``, ``vm.put_root(root)``,
@@ -47,7 +48,14 @@ Dirty logging
 Write tracking
     ``vm.write_track_add_gfn(gfn, *, as_id=0) -> bool`` (clears W and MMU-writable,
     flushes: the one case spte.h says needs it), ``vm.write_track_remove_gfn(gfn, *,
-    as_id=0)``.
+    as_id=0)``, ``vm.is_write_tracked(gfn, *, as_id=0)``; without tracking:
+    ``vm.write_protect_gfn(gfn, *, as_id=0)``, ``vm.gfn_disallow_lpage(gfn, *,
+    as_id=0)`` / ``vm.gfn_allow_lpage(...)`` (counted, as KVM's).
+Nested MMUs
+    ``vm.nested_mmus``: MMUs that map the VM's memory for its nested guests through
+    rmaps (:class:`sw_model.nested.ShadowNested` registers itself). Dirty logging,
+    eager splitting, huge-page recovery, write protection, memslot deletion and the
+    fault path call them (the interface is in :mod:`sw_model.tdp.dirty_log`).
 Aging and NX huge pages
     ``vm.age_gfn_range(start, end, *, as_id=0, flush=False) -> bool``,
     ``vm.test_age_gfn(start, end, *, as_id=0) -> bool``,
@@ -67,6 +75,9 @@ Confidential VMs (TDX-style TDs, :mod:`sw_model.tdp.tdx`, docs/tdx.md)
     entry, call the manager, commit or restore). ``vm.set_memory_attributes(gfn, npages,
     private)``, ``vm.is_private_gfn(gfn)``; a fault on the wrong side returns
     MEMORY_FAULT. ``vm.zap_all()`` tears the TD down. ``check.check_tdx(vm)``.
+Shared with other MMUs
+    :class:`MmuCore` (format, memory, flush sink and the frees that wait for a flush,
+    tracing, statistics) is the base of the TDP core and of the nested shadow MMU.
 Introspection
     ``vm.stats()``, ``vm.recount()``, ``vm.page_stats``, ``vm.events`` (a bounded deque of
     :class:`Event` with KVM tracepoint names: ``kvm_page_fault``,

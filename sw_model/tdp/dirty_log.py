@@ -1,6 +1,15 @@
 """Dirty logging and eager page splitting: KVM's ``kvm_mmu_slot_apply_flags``,
 KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG, ``kvm_tdp_mmu_try_split_huge_pages`` and
 ``kvm_tdp_mmu_recover_huge_pages``.
+
+An MMU that maps the VM's memory for its nested guests through rmaps (L0's shadow MMU
+for an L2, KVM's rmap-based pages with ``role.guest_mode``) registers in
+``vm.nested_mmus``; every operation here covers it too, as KVM's
+``kvm_memslots_have_rmaps`` branches do, through its ``slot_try_split_huge_pages(slot,
+target_level)``, ``slot_remove_write_access(slot)``, ``write_protect_gfns(slot, gfns)``
+and ``zap_collapsible_sptes(slot)`` (each flushes its own TLBs); ``vm.write_protect_gfn``
+calls its ``rmap_write_protect_gfn(gfn)``, memslot deletion its ``zap_memslot(slot)``
+and the fault path its ``try_to_unsync(gfn)``.
 """
 
 from dataclasses import dataclass
@@ -112,6 +121,8 @@ class DirtyLog:
                 result = self.split_huge_pages(slot_id, as_id=as_id)
             for root in self._roots_of(as_id, space="shared"):
                 self._clear_dirty_gfn_range(root, slot.base_gfn, slot.end_gfn)
+            for mmu in self.nested_mmus:
+                mmu.slot_remove_write_access(slot)
             # Unconditionally, as KVM's kvm_mmu_slot_apply_flags does: a TLB may hold a
             # writable translation whose entry write-protection did not change (aging
             # without A/D bits saved W and cleared R/W/X without a flush), and writes
@@ -143,6 +154,10 @@ class DirtyLog:
         if not ad:
             for index in bitmap.nonzero()[0]:
                 changed |= self._clear_dirty_pt_masked(slot, int(index) * 64, int(bitmap[index]))
+        if self.nested_mmus:
+            gfns = slot.dirty_gfns(bitmap)
+            for mmu in self.nested_mmus:
+                mmu.write_protect_gfns(slot, gfns)
         # KVM's kvm_get_dirty_log_protect flushes whenever a bitmap word was set, whether
         # or not re-protecting changed an entry (see set_dirty_logging).
         if changed or bitmap.any():
@@ -172,6 +187,9 @@ class DirtyLog:
             # kvm_clear_dirty_log_protect's -EINVAL: bits beyond the slot's last page.
             raise ValueError(f"mask {mask:#x} names pages beyond the slot's "
                              f"{slot.npages} pages (first_page {first_page})")
+        gfns = [slot.base_gfn + first_page + i for i in range(64) if mask >> i & 1]
+        for mmu in self.nested_mmus:
+            mmu.write_protect_gfns(slot, gfns)
         if self._clear_dirty_pt_masked(slot, first_page, mask) or mask:
             self.flush_remote_tlbs_memslot(slot_id, as_id)    # as kvm_clear_dirty_log_protect
         word = first_page // 64
@@ -180,12 +198,15 @@ class DirtyLog:
 
     def split_huge_pages(self, slot_id, *, as_id=0, target_level=1):
         """Split every huge page of the slot down to ``target_level`` (KVM's
-        ``kvm_tdp_mmu_try_split_huge_pages``): 1G → 2M → 4K in one pre-order pass.
-        Stops, reporting ``enomem``, when free table pages reach the low-water mark."""
+        ``kvm_mmu_slot_try_split_huge_pages``): the nested MMUs' first, then the TDP
+        MMU's, 1G → 2M → 4K in one pre-order pass, which stops, reporting ``enomem``,
+        when free table pages reach the low-water mark (the result says so)."""
         slot = self.memslot(slot_id, as_id)
         if target_level not in self.fmt.tdp_map_levels():
             raise ValueError(f"target_level must be one of the levels the TDP core maps "
                              f"{self.fmt.tdp_map_levels()}, got {target_level!r}")
+        for mmu in self.nested_mmus:
+            mmu.slot_try_split_huge_pages(slot, target_level)
         result = SplitResult()
         for root in self._roots_of(as_id, only_valid=True):
             self._split_huge_pages_root(root, slot.base_gfn, slot.end_gfn, target_level,
@@ -279,6 +300,8 @@ class DirtyLog:
         slot = self.memslot(slot_id, as_id)
         fmt = self.fmt
         top = max(self._map_levels)
+        for mmu in self.nested_mmus:
+            mmu.zap_collapsible_sptes(slot)
         recovered = 0
         flush = False
         for root in self._roots_of(as_id, only_valid=True, space="shared"):

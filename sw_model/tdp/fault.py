@@ -95,14 +95,13 @@ class TdpFault:
         if private:
             level = min(level, 2)
             frame = self.tdx.private_hpa[(slot.as_id, slot.slot_id)]
-        tracked = self._write_tracked[slot.as_id]
         while level > 1:
             n = self._pages_at(level)
             first = gfn & ~(n - 1)
             if (level in self._map_levels and first >= slot.base_gfn
                     and first + n <= slot.end_gfn
                     and not (slot.base_gfn ^ (frame >> PAGE_SHIFT)) & (n - 1)
-                    and not any(first <= g < first + n for g in tracked)
+                    and not self._lpage_blocked(slot.as_id, first, n)
                     and (self.tdx is None
                          or self.tdx.attributes.uniform(first, first + n) is private)):
                 return level
@@ -233,8 +232,13 @@ class TdpFault:
         ad = fmt.tdp_ad_enabled(opts)
         # While logging by W, only a write fault makes a page writable (and logs it);
         # with A/D bits the walker's D bit logs the write.
-        tracked = gfn in self._write_tracked[fault.as_id]
-        writable = fault.map_writable and not tracked and (fault.write or not logging or ad)
+        mmu_writable = fault.map_writable and gfn not in self._write_tracked[fault.as_id]
+        if mmu_writable and level == 1 and not (old_leaf and fmt.tdp_is_writable(old)) \
+                and not all(mmu.try_to_unsync(gfn) for mmu in self.nested_mmus):
+            # KVM's mmu_try_to_unsync_pages: a nested MMU shadows a table in this page;
+            # it lets a last-level one go out of sync, else the page stays read-only.
+            mmu_writable = False
+        writable = mmu_writable and (fault.write or not logging or ad)
         dirty = writable and (fault.write or (not logging and fmt.tdp_ad_faults(opts)))
         executable = not (level > 1 and self.nx_huge_pages)
         if fault.private:
@@ -242,7 +246,7 @@ class TdpFault:
             writable = dirty = executable = True
         new = fmt.tdp_make_spte(hpa, level, opts, writable=writable, executable=executable,
                                 host_writable=fault.map_writable,
-                                mmu_writable=fault.map_writable and not tracked,
+                                mmu_writable=mmu_writable,
                                 accessed=True, dirty=dirty)
         if new == old:
             return done

@@ -228,6 +228,8 @@ class Memslots:
         """Zap the slot's mappings in every root, flush, and forget the slot
         (KVM's ``kvm_arch_flush_shadow_memslot``)."""
         slot = self.memslot(slot_id, as_id)
+        for mmu in self.nested_mmus:
+            mmu.zap_memslot(slot)
         self.zap_gfn_range(slot.base_gfn, slot.end_gfn, as_id=as_id)
         del self._slots[as_id][slot_id]
         self._slot_starts[as_id].remove(slot.base_gfn)

@@ -64,6 +64,10 @@ class Vm(TdpFault, TdpZap, DirtyLog, Aging, NxHugePages, PageTrack, MirrorPropag
     nx_huge_pages : bool
     tdx : TdxState or None
         A TD's shared bit, external tables and memory attributes; None otherwise.
+    nested_mmus : list
+        MMUs that map this VM's memory for its nested guests through rmaps (L0's
+        shadow MMU for an L2): dirty logging, write protection and memslot deletion
+        cover them too (see :mod:`sw_model.tdp.dirty_log`).
     """
 
     def __init__(self, fmt_name, memory=None, *, ad=None, pa_bits=None, exec_only=True,
@@ -88,6 +92,7 @@ class Vm(TdpFault, TdpZap, DirtyLog, Aging, NxHugePages, PageTrack, MirrorPropag
                          min_free_pages=min_free_pages, yield_every=yield_every,
                          on_yield=on_yield)
         self.nx_huge_pages = bool(nx_huge_pages)
+        self.nested_mmus = []
         self._init_memslots(address_spaces)
         self._init_page_track(address_spaces)
         if tdx:
