@@ -83,18 +83,21 @@ def test_shadow_write_protects_l1_tables_and_zaps_on_write():
     check_tables(d)
 
 
-def test_shadow_write_flooding_unprotects_the_page():
-    d, _ = _shadow(ad="off")
-    d.add_slot(L2Slot(0, 0, 1024, 0x1000))
-    d.dirty_logging(0, True)             # 4 KiB pages from now on
-    for g in range(8):
-        _l2_access(d, g << 12, "write")
-    level1 = [sp for sp in d._sps.values() if sp.level == 1]
-    assert len(level1) == 1
+def test_shadow_write_flooding_unprotects_an_upper_level_page():
+    """L1 zaps 2 MiB leaves one by one in a write-tracked level-2 table: each write
+    exits until the third in a row without a fault using the page, which goes."""
+    d, _ = _shadow()
+    d.add_slot(L2Slot(0, 0, 4096, 0x1000))
+    for g in range(0, 4096, 512):
+        _l2_access(d, g << 12, "read")
+    level2 = [sp for sp in d._sps.values() if sp.level == 2]
+    assert len(level2) == 1
     before = d.costs.counts["wp_exits"]
-    d.get_dirty(0)                       # L1 write-protects 8 leaves in one table
+    for g in range(0, 4096, 512):        # one L1 operation per 2 MiB leaf
+        d.zap(g, g + 512)
     assert d.costs.counts["wp_exits"] - before == d.flood_limit
-    assert not [sp for sp in d._sps.values() if sp.level == 1], "flooded page still shadowed"
+    assert not [sp for sp in d._sps.values() if sp.level == 2], "flooded page still shadowed"
+    assert not d.l0.vm.is_write_tracked(level2[0].l1_table >> 12)
     check_tables(d)
 
 

@@ -1,4 +1,6 @@
-"""Page-table format descriptions: ``get_format(name)`` for the seven formats."""
+"""Page-table format descriptions: ``get_format(name)`` for the seven stage-2 formats;
+:mod:`.stage1` describes the guest's own stage-1 tables (x86-64 paging, Sv48) that a
+hypervisor walks to emulate a nested guest's instruction."""
 
 from .base import (ACCESSES, AD_MODES, FAULT_KINDS, Entry, Field, FormatError,
                    PageTableFormat, VmOptions, bits, check_access)

@@ -31,18 +31,27 @@ Added here, left undone by the proposal:
     mapping in the range, and on mappings made there later; ``"get"``: the L2 GFNs
     written since the last ``get`` (KVM_GET_DIRTY_LOG: D or W re-protected, one flush),
     as a sorted list (a real interface writes a bitmap into an L1 buffer).
+``page_track(holder, as_id, op, l2_gfn, npages)``
+    ``op`` ``"add"`` / ``"remove"``: write tracking of the L2 GFNs (the TDP core's
+    ``write_track_add_gfn``: W and MMU-writable cleared, huge pages split, one flush),
+    e.g. for L1 to shadow a device's page tables that live in L2 memory. A tracked
+    write by L2 exits to L0, which reports it to L1 (``L1Kpop.tracked_writes``) instead
+    of mapping the page; L1 emulates it.
+
+L0's own dirty logging of L1's memory (migrating L1) is not modelled under KPOP: it
+needs a second dirty bitmap in the guest MMUs' memslots, whose bitmaps are L1's.
 """
 
 import bisect
 
 from ..tdp import PfResult, Vm
 from ..tdp.check import check_vm
-from .common import PAGE_SHIFT, Costs, CountingSink
+from .common import PAGE_SHIFT, Composition, Costs, CountingSink
 
 __all__ = ["GuestMmu", "KpopHost", "L1Kpop", "KpopNested", "HYPERCALLS"]
 
 HYPERCALLS = ("mmu_load_unload", "map", "unmap", "zap", "zap_all", "age", "test_age",
-              "dirty_log")
+              "dirty_log", "page_track")
 
 
 class GuestMmu:
@@ -239,6 +248,17 @@ class KpopHost:
             gfns.update(slot.dirty_gfns(vm.get_dirty_log(slot.slot_id)))
         return sorted(gfns)
 
+    def _page_track(self, guest, op, l2_gfn, npages):
+        if op not in ("add", "remove"):
+            raise ValueError(f"page_track: op must be add or remove, got {op!r}")
+        if not isinstance(npages, int) or npages < 1:
+            raise ValueError(f"page_track: npages must be a positive integer, got {npages!r}")
+        for gfn in range(l2_gfn, l2_gfn + npages):
+            if op == "add":
+                guest.vm.write_track_add_gfn(gfn)
+            else:
+                guest.vm.write_track_remove_gfn(gfn)
+
 
 class L1Kpop:
     """L1 under KPOP: its memslots for L2 and the XArray of what it mapped.
@@ -257,6 +277,8 @@ class L1Kpop:
         ``slot_id -> L2Slot``.
     xarray : dict
         ``l2 base GFN -> (npages, l1_gfn, writable)``: one entry per MAP.
+    tracked_writes : list of int
+        L2 GPAs of the writes L0 reported on tracked pages, for L1 to emulate.
     """
 
     def __init__(self, host, holder, *, as_id=0, max_level=2):
@@ -264,6 +286,7 @@ class L1Kpop:
         self.max_level = max_level
         self.slots = {}
         self.xarray = {}
+        self.tracked_writes = []
         self._keys = []
         self.root = self.call("mmu_load_unload", True)
 
@@ -354,10 +377,18 @@ class KpopNested:
     def root_for(self, as_id=0):
         return self.vm.root_for(0)
 
+    @property
+    def l0(self):
+        return self.host.l0
+
     def handle_l2_fault(self, gpa, access):
         result = self.host.handle_l2_fault(self.key, gpa, access)
         if result is not PfResult.EMULATE:
             return result
+        if access == "write" and self.vm.is_write_tracked(gpa >> PAGE_SHIFT):
+            self.l1.tracked_writes.append(gpa)      # reported; L1 emulates the write
+            self.costs.counts["tracked_writes"] += 1
+            return PfResult.EMULATE
         self.costs.counts["reflected"] += 1
         return self.l1.handle_fault(gpa, access)
 
@@ -391,22 +422,54 @@ class KpopNested:
         slot = self.l1.slots[slot_id]
         return set(self.l1.call("dirty_log", "get", slot.base_gfn, slot.npages))
 
+    def write_track(self, start, end, enable):
+        """L1 write-tracks L2 GFNs ``[start, end)`` through the ``page_track``
+        hypercall."""
+        self.l1.call("page_track", "add" if enable else "remove", start, end - start)
+
     def flush(self):
         """L1's TLB flush for L2: nothing to do, every L0 change flushed already."""
 
+    def l0_dirty_logging(self, slot_id, enable, *, eager_split=True):
+        raise ValueError("L0's dirty logging of L1 is not modelled under KPOP (shadow "
+                         "TDP only)")
+
+    def l0_get_dirty(self, slot_id):
+        raise ValueError("L0's dirty logging of L1 is not modelled under KPOP (shadow "
+                         "TDP only)")
+
+    def write_l2(self, gpa):
+        """L0 writes L2's memory at ``gpa`` (an emulated store, a stage-1 A/D update):
+        logged in the guest MMU's dirty log and L0's; None if L1 has not mapped it
+        writable (L0 reflects a fault then)."""
+        gfn = gpa >> PAGE_SHIFT
+        slot = self.vm.find_memslot(gfn)
+        found = self.composed(gpa, "write")
+        if slot is None or found is None:
+            return None
+        if slot.dirty_logging:
+            slot.mark_dirty(gfn)
+        self.host.l0.mark_dirty(found.l1_gfn)
+        return found
+
     def composed(self, gpa, access):
-        """L1's XArray then L0's memslots: ``(hpa, perms)`` or None."""
+        """L1's XArray then L0's memslots: a :class:`~.common.Composition` or None."""
         entry = self.l1.lookup(gpa >> PAGE_SHIFT)
         if entry is None:
             return None
         base, _, l1_gfn, writable = entry
-        slot, hpa = self.host.l0.compose(l1_gfn + (gpa >> PAGE_SHIFT) - base)
+        l1_gfn += (gpa >> PAGE_SHIFT) - base
+        slot, hpa = self.host.l0.compose(l1_gfn)
         if slot is None:
             return None
         writable = writable and not slot.readonly
         if access == "write" and not writable:
             return None
-        return hpa + (gpa & 0xfff), {"r": True, "w": writable, "x": True}
+        return Composition(hpa + (gpa & 0xfff), {"r": True, "w": writable, "x": True},
+                           l1_gfn)
+
+    #: L1 keeps no tables: its XArray is its memslot view.
+    composed_by_memslots = composed
 
     def leaves(self):
         vm = self.vm
