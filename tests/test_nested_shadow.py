@@ -239,8 +239,8 @@ def test_policy_3_flushes_when_the_reused_page_links_a_lower_table():
     d.l0.vm.add_memslot(7, 0x40000, 0x40000, 16 * GIB)
     d.add_slot(L2Slot(0, 0x40000, 0x40000, 0x40000))
     d.add_slot(L2Slot(3, 0x80000, 0x40000, 0x40000))
-    for base in (0x40000, 0x80000):
-        assert _access(d, base << 12, "read").level == 3
+    for base in (0x40000, 0x80000):                 # both L1 leaves dirty: one role
+        assert _access(d, base << 12, "write").level == 3
     d.l0_dirty_logging(7, True, eager_split=False)
     assert _access(d, 0x40000 << 12, "write").level == 1
     d.l0_dirty_logging(7, False)
@@ -266,7 +266,8 @@ def test_policy_4_leaves_entries_not_present_when_the_cache_runs_dry():
     d.l0_dirty_logging(0, True)
     assert d.split_stats["split"] == 1 and d.split_stats["rmap_cache_dry"] == 16
     assert rec.log, "no flush for the unmapped part of the huge page"
-    direct = d._direct[(0x1000, 1, "rw")]
+    direct = d._sptep_to_sp(pte_list_sptes(d._rmaps[1][0x1000])[0])
+    assert direct.l1_table is None
     words = d.mem.read_page(direct.hpa, direct.nbytes)
     assert not any(d.fmt.tdp_is_shadow_present(int(words[1 + g])) for g in range(16))
     d.check()
@@ -315,4 +316,22 @@ def test_l0_memslot_deletion_zaps_the_shadow_entries_mapping_it():
     assert rec.log and _access(d, 0, "read").ok
     t = _access(d, (0x40000 + 5) << 12, "read")
     assert not t.ok, "L1 RAM that L0 deleted still translates"
+    d.check()
+
+
+def test_aliases_of_a_clean_and_a_dirty_l1_leaf_get_different_direct_pages():
+    """The access L1 grants is part of a direct page's role, the write access of a
+    clean L1 leaf removed (FNAME(protect_clean_gpte)): a page built below a dirty alias
+    must not serve the clean one, or L2 could write through it without L1's leaf ever
+    becoming dirty."""
+    d, _ = _shadow()
+    d.add_slot(L2Slot(0, 0, 512, 0x1000))
+    d.add_slot(L2Slot(3, 0xc0000, 512, 0x1000))
+    _log(d)                                  # L0 logs: 4 KiB leaves in direct pages
+    assert _access(d, (0xc0000 + 7) << 12, "write").level == 1
+    assert _access(d, 7 << 12, "read").level == 1
+    clean, dirty = _leaf(d, 7 << 12), _leaf(d, (0xc0000 + 7) << 12)
+    assert clean[0] is not dirty[0]
+    assert d.fmt.tdp_is_writable(dirty[2]) and not d.fmt.tdp_is_mmu_writable(clean[2])
+    assert pte_list_count(d._rmaps[1][0x1007]) == 2
     d.check()

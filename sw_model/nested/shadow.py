@@ -517,10 +517,13 @@ class ShadowNested(ShadowDirtyLog, MmuCore):
         leaf = fmt.decode(gpte, gw.level)
         level = min(gw.level, self.l0.max_level(l1_gfn))
         l1_gfn &= ~(self._pages_at(level) - 1)
+        # FNAME(protect_clean_gpte): with A/D bits, a clean L1 leaf grants no write (the
+        # first write faults, and L0 sets D in it); this access is part of the page's
+        # role, so aliases of a clean and a dirty L1 huge leaf get different pages.
+        clean = fmt.tdp_ad_enabled(self.opts) and not leaf.d
+        perms = dict(gw.perms, w=gw.perms["w"] and not clean)
         # L2 never writes L1's tables (KVM would unsync or write-protect them).
-        mmu_writable = (gw.perms["w"] and not slot.readonly
-                        and (leaf.d or not fmt.tdp_ad_enabled(self.opts))
-                        and l1_gfn not in self._page_sp)
+        mmu_writable = perms["w"] and not slot.readonly and l1_gfn not in self._page_sp
         writable = mmu_writable and (access == "write" or not slot.dirty_logging)
         if writable and slot.dirty_logging:
             self.l0.mark_dirty(l1_gfn)
@@ -528,8 +531,8 @@ class ShadowNested(ShadowDirtyLog, MmuCore):
         with self.sink:
             self._make_mmu_pages_available()
             self._fault_cache.topup(FAULT_DESC_MIN)
-            result = self._fetch(gpa, access, gw, level, l1_gfn, slot.gfn_to_hpa(l1_gfn),
-                                 writable, mmu_writable, gpte)
+            result = self._fetch(gpa, access, gw, _access(perms), level, l1_gfn,
+                                 slot.gfn_to_hpa(l1_gfn), writable, mmu_writable, gpte)
             self._end_op()
         return result
 
@@ -578,10 +581,11 @@ class ShadowNested(ShadowDirtyLog, MmuCore):
             raise MemoryError("L1 ran out of table pages")
         return result
 
-    def _fetch(self, gpa, access, gw, target, l1_gfn, frame, writable, mmu_writable, gpte):
-        """KVM's ``FNAME(fetch)``: link shadow pages down to ``target`` and set the leaf."""
+    def _fetch(self, gpa, access, gw, perms, target, l1_gfn, frame, writable, mmu_writable,
+               gpte):
+        """KVM's ``FNAME(fetch)``: link shadow pages down to ``target`` and set the leaf;
+        ``perms`` is the access L1's walk grants (a direct page's role)."""
         fmt, mem = self.fmt, self.mem
-        perms = _access(gw.perms)
         sp, changed = self._root, False
         while True:
             sp.flooding = 0
