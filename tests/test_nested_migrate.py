@@ -129,7 +129,7 @@ def test_random_nested_workloads_with_l0_logging(fmt, ad, data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt, ad", CONFIGS, ids=IDS)
-@sequence_settings(60)
+@sequence_settings(30)
 @given(data=st.data())
 def test_random_nested_workloads_with_l0_logging_long(fmt, ad, data):
     run_sequence(fmt, ad, data)
@@ -138,7 +138,7 @@ def test_random_nested_workloads_with_l0_logging_long(fmt, ad, data):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_migration_workload_many_seeds(fmt):
-    for seed in range(4):
+    for seed in range(3):
         ad = get_format(fmt).ad_modes[seed % len(get_format(fmt).ad_modes)]
         drv = run_model(build("shadow", fmt, ad=ad),
                         make_workload(seed, scale=2, migrate=True, eager_split=seed % 2 == 0))
