@@ -9,23 +9,19 @@ import pytest
 
 from sw_model.formats import get_format
 from sw_model.memory import HostMemory
-from sw_model.nested import (DESIGNS, HYPERCALLS, L0Host, L1Tdp, L2Slot, ShadowNested, build,
+from sw_model.nested import (DESIGNS, HYPERCALLS, Driver, L0Host, L2Slot, build,
                              check_tables, make_workload, run_model)
 from sw_model.nested.kpop import KpopHost, KpopNested
-from sw_model.nested.workload import L0_SLOTS, L1_TABLES, L2_SLOTS
-from sw_model.tdp import FlushRecorder, PfResult
+from sw_model.nested.workload import L0_SLOTS, L2_SLOTS
+from sw_model.tdp import FlushRecorder
 from sw_model.walker import translate
 
 FAST = [("ept4", "off"), ("npt4", "hardware"), ("sv39x4", "fault")]
 
 
 def _l2_access(design, gpa, access):
-    """The hardware loop: walk, and on a fault let L0 handle it; the final answer."""
-    for _ in range(16):
-        t = translate(design.mem, design.fmt, design.root_for(0), gpa, access, vm=design.opts)
-        if t.ok or design.handle_l2_fault(gpa, access) is PfResult.EMULATE:
-            return t
-    raise AssertionError(f"no progress on {access} {gpa:#x}")
+    """An L2 access, the reference walker as the hardware; the final answer."""
+    return Driver(design).walk(gpa, access)
 
 
 @pytest.mark.parametrize("fmt,ad", FAST)
@@ -56,11 +52,8 @@ def test_kpop_has_fewer_exits_and_flushes_than_shadow():
 
 
 def _shadow(fmt="ept4", ad=None):
-    memory = HostMemory(4 << 20)
-    l0 = L0Host(fmt, memory, L0_SLOTS)
-    l1 = L1Tdp(fmt, ad=ad, table_base=L1_TABLES)
     rec = FlushRecorder()
-    return ShadowNested(l0, l1, memory, sink=rec), rec
+    return build("shadow", fmt, ad=ad, sink=rec), rec
 
 
 def test_shadow_write_protects_l1_tables_and_zaps_on_write():

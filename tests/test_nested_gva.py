@@ -11,10 +11,9 @@ from conftest import (EC_ID, EC_P, EC_RSV, EC_U, EC_W, GS_A, GS_D, gs_leaf, gs_t
 from sw_model.formats import FormatError
 from sw_model.formats.stage1 import get_stage1_format, stage1_format_for
 from sw_model.memory import HostMemory
-from sw_model.nested import (HYPERCALLS, L2Slot, Stage2Fault, build, gva_to_gpa,
+from sw_model.nested import (HYPERCALLS, Driver, L2Slot, Stage2Fault, build, gva_to_gpa,
                              write_l2_memory)
 from sw_model.nested.workload import EMULATIONS, KERNEL_SLOT, L2_SLOTS
-from sw_model.tdp import PfResult
 from sw_model.walker import translate
 
 KERNEL_HALF = (1 << 64) - (1 << 47)
@@ -150,11 +149,7 @@ def test_gva_to_gpa_stops_on_a_table_l1_maps_nowhere():
 
 
 def _loop(d, gpa, access):
-    for _ in range(16):
-        t = translate(d.mem, d.fmt, d.root_for(0), gpa, access, vm=d.opts)
-        if t.ok or d.handle_l2_fault(gpa, access) is PfResult.EMULATE:
-            return t
-    raise AssertionError("no progress")
+    return Driver(d).walk(gpa, access)
 
 
 @pytest.mark.parametrize("design", ["shadow", "kpop"])

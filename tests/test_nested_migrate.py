@@ -14,7 +14,6 @@ from conftest import sequence_settings
 from sw_model.formats import FORMAT_NAMES, get_format
 from sw_model.nested import Driver, L2Slot, build, check_tables, make_workload, run_model
 from sw_model.nested.workload import ALIAS_SLOTS, EMULATIONS, KERNEL_SLOT, L2_SLOTS, TRACKED
-from sw_model.walker import translate
 
 PAGE_SHIFT = 12
 CONFIGS = [(name, ad) for name in FORMAT_NAMES for ad in get_format(name).ad_modes]
@@ -37,13 +36,7 @@ def test_huge_pages_come_back_after_migration():
     d = build("shadow", "sv48x4")
     drv = run_model(d, make_workload(2, migrate=True))
     for g in range(0, ALIAS_SLOTS[0].npages, 512):
-        gpa = (ALIAS_SLOTS[0].base_gfn + g) << PAGE_SHIFT
-        for _ in range(8):
-            t = translate(d.mem, d.fmt, d.root_for(0), gpa, "read", vm=d.opts)
-            if t.ok:
-                drv.translated(gpa, "read", t)
-                break
-            drv.fault(gpa, "read")
+        drv.walk((ALIAS_SLOTS[0].base_gfn + g) << PAGE_SHIFT, "read")
     assert any(level == 2 for _, level, _ in d.leaves())
     assert d.costs.counts["l0_collapsed"] > 0
 
@@ -105,15 +98,7 @@ def run_sequence(fmt, ad, data):
             drv.apply(("l0_harvest", op[1]))
         elif kind in ("access", "emulate", "zap", "zap_all", "age", "flush"):
             for gpa, access in drv.apply(op):
-                for _ in range(16):
-                    t = translate(d.mem, d.fmt, d.root_for(0), gpa, access, vm=d.opts)
-                    if t.ok:
-                        drv.translated(gpa, access, t)
-                        break
-                    if not drv.fault(gpa, access):
-                        break
-                else:
-                    raise AssertionError(f"no progress on {access} {gpa:#x}")
+                drv.walk(gpa, access)
         check_tables(d, drv.may_be_stale)
     for slot_id in sorted(l0_logged):
         drv.apply(("l0_harvest", slot_id))

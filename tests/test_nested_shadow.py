@@ -6,31 +6,22 @@ triggered on purpose. ``check()`` verifies the books against the tables througho
 
 import pytest
 
-from sw_model.memory import HostMemory
-from sw_model.nested import L0Host, L1Tdp, L2Slot, ShadowNested, check_tables
+from sw_model.nested import Driver, L2Slot, build, check_tables
 from sw_model.nested.rmap import pte_list_count, pte_list_sptes
-from sw_model.nested.workload import L0_SLOTS, L1_TABLES
-from sw_model.tdp import FlushRecorder, PfResult
-from sw_model.walker import translate
+from sw_model.nested.workload import L1_TABLES
+from sw_model.tdp import FlushRecorder
 
 GIB = 1 << 30
 
 
 def _shadow(fmt="ept4", ad=None, **options):
-    memory = HostMemory(8 << 20)
-    l0 = L0Host(fmt, memory, L0_SLOTS)
-    l1 = L1Tdp(fmt, ad=ad, table_base=L1_TABLES)
     rec = FlushRecorder()
-    return ShadowNested(l0, l1, memory, sink=rec, **options), rec
+    return build("shadow", fmt, ad=ad, sink=rec, **options), rec
 
 
 def _access(d, gpa, access):
-    """The hardware loop on the shadow tables; the final answer."""
-    for _ in range(16):
-        t = translate(d.mem, d.fmt, d.root_for(0), gpa, access, vm=d.opts)
-        if t.ok or d.handle_l2_fault(gpa, access) is PfResult.EMULATE:
-            return t
-    raise AssertionError(f"no progress on {access} {gpa:#x}")
+    """An L2 access, the reference walker as the hardware; the final answer."""
+    return Driver(d).walk(gpa, access)
 
 
 def _log(d, slot_id=0, eager_split=True):

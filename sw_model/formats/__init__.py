@@ -3,7 +3,7 @@
 hypervisor walks to emulate a nested guest's instruction."""
 
 from .base import (ACCESSES, AD_MODES, FAULT_KINDS, Entry, Field, FormatError,
-                   PageTableFormat, VmOptions, bits, check_access)
+                   PageTableFormat, VmOptions, bits, check_access, lookup_format)
 from .ept import make_ept
 from .gstage import make_gstage
 from .npt import make_npt
@@ -22,8 +22,4 @@ FORMAT_NAMES = tuple(_FORMATS)
 
 def get_format(name):
     """The :class:`PageTableFormat` called ``name`` (one of :data:`FORMAT_NAMES`)."""
-    try:
-        return _FORMATS[name]
-    except (KeyError, TypeError):
-        raise FormatError(f"unknown page-table format {name!r} "
-                          f"(choose one of {', '.join(FORMAT_NAMES)})") from None
+    return lookup_format(_FORMATS, name, "page-table")

@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "ACCESSES", "AD_MODES", "FAULT_KINDS", "Field", "Entry", "VmOptions",
     "PageTableFormat", "bits", "FormatError", "check_access", "ad_updates_for",
+    "lookup_format",
 ]
 
 ACCESSES = ("read", "write", "execute")
@@ -473,6 +474,16 @@ def ad_updates_for(entries, access, a_mask, d_mask, *, leaf_only):
         if new != entry.word:
             updates.append((position, new))
     return updates
+
+
+def lookup_format(formats, name, kind):
+    """``formats[name]``, or a :class:`FormatError` naming the ``kind`` of format and
+    the choices."""
+    try:
+        return formats[name]
+    except (KeyError, TypeError):
+        raise FormatError(f"unknown {kind} format {name!r} "
+                          f"(choose one of {', '.join(formats)})") from None
 
 
 def check_access(access):

@@ -22,7 +22,7 @@ exception.
 
 from dataclasses import dataclass
 
-from .base import Field, FormatError, VmOptions
+from .base import Field, FormatError, VmOptions, lookup_format
 from .gstage import GSTAGE_FIELDS, GstageFormat
 from .npt import EC_ID, EC_P, EC_RSVD, EC_U, EC_W, NPT_FIELDS, NptFormat
 
@@ -51,7 +51,14 @@ class Stage1Options(VmOptions):
 
 
 class _Stage1:
-    """What both stage-1 formats add to their stage-2 cousin."""
+    """What both stage-1 formats add to their stage-2 cousin (``_user_field``: the
+    entry's user bit)."""
+
+    def make_leaf(self, hpa, level, *, r=True, w=True, x=True, memtype=None, a=False,
+                  d=False, u=True):
+        """A leaf, user-accessible unless ``u`` is False."""
+        word = super().make_leaf(hpa, level, r=r, w=w, x=x, memtype=memtype, a=a, d=d)
+        return word if u else word & ~self.fields[self._user_field].mask
 
     def vm_options(self, ad=None, pa_bits=None, exec_only=True, nxe=True, *, user=False,
                    wp=True, sum=False):
@@ -71,12 +78,7 @@ class _Stage1:
 
 @dataclass(frozen=True, eq=False)
 class X86Paging(_Stage1, NptFormat):
-
-    def make_leaf(self, hpa, level, *, r=True, w=True, x=True, memtype=None, a=False,
-                  d=False, u=True):
-        """A leaf, user-accessible unless ``u`` is False."""
-        word = super().make_leaf(hpa, level, r=r, w=w, x=x, memtype=memtype, a=a, d=d)
-        return word if u else word & ~self.fields["us"].mask
+    _user_field = "us"
 
     def leaf_fault(self, entries, access, vm):
         perms = self.effective_perms(entries, vm)
@@ -105,26 +107,14 @@ class X86Paging(_Stage1, NptFormat):
 
 @dataclass(frozen=True, eq=False)
 class Sv48(_Stage1, GstageFormat):
+    _user_field = "u"
 
-    def make_leaf(self, hpa, level, *, r=True, w=True, x=True, memtype=None, a=False,
-                  d=False, u=True):
-        """A leaf, for U-mode unless ``u`` is False."""
-        word = super().make_leaf(hpa, level, r=r, w=w, x=x, memtype=memtype, a=a, d=d)
-        return word if u else word & ~self.fields["u"].mask
-
-    def leaf_fault(self, entries, access, vm):
-        leaf = entries[-1]
-        if not {"read": leaf.r, "write": leaf.w, "execute": leaf.x}[access]:
-            return "permission"
+    def _leaf_permission(self, leaf, access, vm):
         if vm.user and not leaf.u:
-            return "permission"
+            return False
         if not vm.user and leaf.u and (access == "execute" or not vm.sum):
-            return "permission"
-        if leaf.level > 1 and leaf.frame & (self.page_size(leaf.level) - 1):
-            return "misaligned"
-        if vm.ad == "fault" and (not leaf.a or (access == "write" and not leaf.d)):
-            return "ad_clear"
-        return None
+            return False
+        return {"read": leaf.r, "write": leaf.w, "execute": leaf.x}[access]
 
     def fault_report(self, kind, access, gpa, entries, vm):
         if kind == "bus_error":
@@ -153,11 +143,7 @@ STAGE1_FORMAT_NAMES = tuple(_FORMATS)
 
 def get_stage1_format(name):
     """The stage-1 format called ``name`` (one of :data:`STAGE1_FORMAT_NAMES`)."""
-    try:
-        return _FORMATS[name]
-    except (KeyError, TypeError):
-        raise FormatError(f"unknown stage-1 format {name!r} "
-                          f"(choose one of {', '.join(STAGE1_FORMAT_NAMES)})") from None
+    return lookup_format(_FORMATS, name, "stage-1")
 
 
 def stage1_format_for(arch):

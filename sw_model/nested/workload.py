@@ -303,6 +303,20 @@ class Driver:
             if slot.slot_id in self._l0_pending:
                 self._l0_pending[slot.slot_id].add(l1_gfn)
 
+    def walk(self, gpa, access):
+        """One L2 access with the reference walker as the hardware (A/D updates
+        applied): a fault goes to L0's exit handler and the access is retried. The
+        final answer."""
+        d = self.design
+        for _ in range(16):
+            t = translate(d.mem, d.fmt, d.root_for(0), gpa, access, vm=d.opts)
+            if t.ok:
+                self.translated(gpa, access, t)
+                return t
+            if not self.fault(gpa, access):
+                return t
+        raise AssertionError(f"{d.name}: no progress on {access} {gpa:#x}")
+
     def fault(self, gpa, access):
         """The hardware faulted: L0's exit handler. Returns False when the access is
         emulated (no retry)."""
@@ -423,16 +437,7 @@ def run_model(design, ops, *, check_every=8):
     drv = Driver(design)
     for n, op in enumerate(ops):
         for gpa, access in drv.apply(op):
-            for _ in range(16):
-                t = translate(design.mem, design.fmt, design.root_for(0), gpa, access,
-                              vm=design.opts)
-                if t.ok:
-                    drv.translated(gpa, access, t)
-                    break
-                if not drv.fault(gpa, access):
-                    break
-            else:
-                raise AssertionError(f"{design.name}: no progress on {access} {gpa:#x}")
+            drv.walk(gpa, access)
         if check_every and n % check_every == 0:
             check_tables(design, drv.may_be_stale)
     check_tables(design, drv.may_be_stale)

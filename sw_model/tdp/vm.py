@@ -32,12 +32,9 @@ class Vm(TdpFault, TdpZap, DirtyLog, Aging, NxHugePages, PageTrack, MirrorPropag
         Number of address spaces (KVM's ``as_id``, e.g. 2 for x86 SMM).
     nx_huge_pages : bool, optional
         The NX-huge-page mitigation; default on where the format supports it.
-    flush_sink : FlushSink, optional
-        Receives TLB invalidations (default: dropped).
-    trace : bool
-        Record :attr:`events`.
-    trace_limit : int
-        Keep only the last this many events.
+    flush_sink, trace, trace_limit
+        As :class:`~sw_model.tdp.MmuCore`: the sink of TLB invalidations (default:
+        dropped), whether to record :attr:`events`, and how many to keep.
     min_free_pages : int
         Low-water mark of free table pages for eager splitting.
     yield_every : int
