@@ -294,6 +294,17 @@ def test_bad_options():
         _shadow(max_shadow_pages=3)
     with pytest.raises(ValueError, match="capacity"):
         _shadow(split_desc_capacity=-1)
+    with pytest.raises(ValueError, match="flood_limit"):
+        _shadow(flood_limit=0)
+    with pytest.raises(ValueError, match="shadow TDP only"):
+        build("kpop", "ept4", max_shadow_pages=100)
+    d = build("kpop", "ept4")
+    with pytest.raises(ValueError, match="not modelled under KPOP"):
+        d.l0_dirty_logging(0, True)
+    with pytest.raises(ValueError, match="not modelled under KPOP"):
+        d.l0_get_dirty(0)
+    with pytest.raises(ValueError, match="page_track: npages"):
+        d.l1.call("page_track", "add", 40, 0)
 
 
 def test_l0_memslot_deletion_zaps_the_shadow_entries_mapping_it():
