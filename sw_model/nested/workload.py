@@ -117,8 +117,8 @@ def make_workload(seed, scale=1, burst=40, *, migrate=False, eager_split=True):
 
     ``migrate``: L0 migrates L1 at the same time: slots 3 and 4 (:data:`ALIAS_SLOTS`)
     take part, slots 0, 3 and 4 are read all over before L0 starts logging both of its
-    memslots of L1 RAM (``eager_split``: with eager splitting), and L0 harvests after every burst over
-    bursts 3 to 11 of every 12.
+    memslots of L1 RAM after the 3rd burst of every 12 (``eager_split``: with eager
+    splitting); L0 harvests them after each of the next eight bursts, then stops.
 
     The operation list: ``("slot", L2Slot)``, ``("delete", slot_id)``, ``("access",
     [(gpa, access)])``, ``("emulate", [(mapping, access, user)])``, ``("zap", start,
@@ -400,8 +400,10 @@ class Driver:
         self._l0_pending[slot_id] = set()
 
     def summary(self):
+        """The costs, the checks' counts and the split policies' counts."""
         d = self.design
-        return {**d.costs.summary(), **self.stats, **getattr(d, "split_stats", {})}
+        stats = dict(self.stats, l0_log_seconds=round(self.stats["l0_log_seconds"], 4))
+        return {**d.costs.summary(), **stats, **getattr(d, "split_stats", {})}
 
 
 def check_tables(design, may_be_stale=lambda gfn: False, max_leaves=256):
