@@ -210,6 +210,7 @@ def test_policy_3_reuses_the_direct_page_of_an_alias():
     pages = len(d._sps)
     _log(d)
     assert d.split_stats["split"] == 2 and d.split_stats["aliased"] == 1
+    assert d.split_stats["aliased_flush"] == 0
     assert len(d._sps) == pages + 1
     direct = d._sptep_to_sp(pte_list_sptes(d._rmaps[1][0x1000])[0])
     assert pte_list_count(d._rmaps[1][0x1000]) == 1, "a second direct page"
@@ -238,6 +239,7 @@ def test_policy_3_flushes_when_the_reused_page_links_a_lower_table():
     rec.clear()
     d.l0.vm.split_huge_pages(7, target_level=2)
     assert d.split_stats["split"] == 1 and d.split_stats["aliased"] == 1
+    assert d.split_stats["aliased_flush"] == 1
     assert ("range", 0x80000, 0x40000) in rec.log
     check_tables(d)
 

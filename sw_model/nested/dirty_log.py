@@ -29,7 +29,8 @@ and counts each policy in ``split_stats``:
     of the same L1 huge page split earlier, or mapped small by a fault): it is
     reused, not allocated a second time, as the final patch does: its present entries
     stay, its empty ones are filled, and if one of its entries links a lower table
-    (part of the huge page may be unmapped there) the range is flushed at once.
+    (part of the huge page may be unmapped there) the range is flushed at once
+    (``aliased_flush``).
 ``rmap_cache_dry`` (4)
     Child entries left not present because their rmap needed a descriptor and the
     split cache (topped up once per split operation) was empty, as the first version
@@ -138,6 +139,7 @@ class ShadowDirtyLog:
             self.split_stats["split_entries"] += 1
         self._zap_pte(huge_sp, index)
         if flush:
+            self.split_stats["aliased_flush"] += 1
             self._flush_entry(huge_sp, index, bases)
         self._link(self.split_cache, huge_sp, index, child)
         self.split_stats["split"] += 1
