@@ -12,8 +12,9 @@ branches), called by L0's VM for L1 (:mod:`sw_model.tdp.dirty_log`, which keeps
 - Disable: 4 KiB leaves in direct pages that a huge page could replace now are zapped
   (``kvm_rmap_zap_collapsible_sptes``); faults map huge pages again.
 
-Eager splitting follows "KVM: x86/mmu: Extend Eager Page Splitting to the shadow MMU"
-and counts each policy in ``split_stats``:
+Eager splitting follows "KVM: x86/mmu: Extend Eager Page Splitting to nested MMUs"
+(the series "KVM: Extend Eager Page Splitting to the shadow MMU") and counts each
+policy in ``split_stats``:
 
 ``split``
     Huge leaves replaced by a direct page (entries ``split_entries``).
