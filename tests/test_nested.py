@@ -9,23 +9,19 @@ import pytest
 
 from sw_model.formats import get_format
 from sw_model.memory import HostMemory
-from sw_model.nested import (DESIGNS, HYPERCALLS, L0Host, L1Tdp, L2Slot, ShadowNested, build,
+from sw_model.nested import (DESIGNS, HYPERCALLS, Driver, L0Host, L2Slot, build,
                              check_tables, make_workload, run_model)
 from sw_model.nested.kpop import KpopHost, KpopNested
-from sw_model.nested.workload import L0_SLOTS, L1_TABLES, L2_SLOTS
-from sw_model.tdp import FlushRecorder, PfResult
+from sw_model.nested.workload import L0_SLOTS, L2_SLOTS
+from sw_model.tdp import FlushRecorder
 from sw_model.walker import translate
 
 FAST = [("ept4", "off"), ("npt4", "hardware"), ("sv39x4", "fault")]
 
 
 def _l2_access(design, gpa, access):
-    """The hardware loop: walk, and on a fault let L0 handle it; the final answer."""
-    for _ in range(16):
-        t = translate(design.mem, design.fmt, design.root_for(0), gpa, access, vm=design.opts)
-        if t.ok or design.handle_l2_fault(gpa, access) is PfResult.EMULATE:
-            return t
-    raise AssertionError(f"no progress on {access} {gpa:#x}")
+    """An L2 access, the reference walker as the hardware; the final answer."""
+    return Driver(design).walk(gpa, access)
 
 
 @pytest.mark.parametrize("fmt,ad", FAST)
@@ -56,11 +52,8 @@ def test_kpop_has_fewer_exits_and_flushes_than_shadow():
 
 
 def _shadow(fmt="ept4", ad=None):
-    memory = HostMemory(4 << 20)
-    l0 = L0Host(fmt, memory, L0_SLOTS)
-    l1 = L1Tdp(fmt, ad=ad, table_base=L1_TABLES)
     rec = FlushRecorder()
-    return ShadowNested(l0, l1, memory, sink=rec), rec
+    return build("shadow", fmt, ad=ad, sink=rec), rec
 
 
 def test_shadow_write_protects_l1_tables_and_zaps_on_write():
@@ -83,18 +76,21 @@ def test_shadow_write_protects_l1_tables_and_zaps_on_write():
     check_tables(d)
 
 
-def test_shadow_write_flooding_unprotects_the_page():
-    d, _ = _shadow(ad="off")
-    d.add_slot(L2Slot(0, 0, 1024, 0x1000))
-    d.dirty_logging(0, True)             # 4 KiB pages from now on
-    for g in range(8):
-        _l2_access(d, g << 12, "write")
-    level1 = [sp for sp in d._sps.values() if sp.level == 1]
-    assert len(level1) == 1
+def test_shadow_write_flooding_unprotects_an_upper_level_page():
+    """L1 zaps 2 MiB leaves one by one in a write-tracked level-2 table: each write
+    exits until the third in a row without a fault using the page, which goes."""
+    d, _ = _shadow()
+    d.add_slot(L2Slot(0, 0, 4096, 0x1000))
+    for g in range(0, 4096, 512):
+        _l2_access(d, g << 12, "read")
+    level2 = [sp for sp in d._sps.values() if sp.level == 2]
+    assert len(level2) == 1
     before = d.costs.counts["wp_exits"]
-    d.get_dirty(0)                       # L1 write-protects 8 leaves in one table
+    for g in range(0, 4096, 512):        # one L1 operation per 2 MiB leaf
+        d.zap(g, g + 512)
     assert d.costs.counts["wp_exits"] - before == d.flood_limit
-    assert not [sp for sp in d._sps.values() if sp.level == 1], "flooded page still shadowed"
+    assert not [sp for sp in d._sps.values() if sp.level == 2], "flooded page still shadowed"
+    assert not d.l0.vm.is_write_tracked(level2[0].l1_table >> 12)
     check_tables(d)
 
 

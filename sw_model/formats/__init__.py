@@ -1,7 +1,9 @@
-"""Page-table format descriptions: ``get_format(name)`` for the seven formats."""
+"""Page-table format descriptions: ``get_format(name)`` for the seven stage-2 formats;
+:mod:`.stage1` describes the guest's own stage-1 tables (x86-64 paging, Sv48) that a
+hypervisor walks to emulate a nested guest's instruction."""
 
 from .base import (ACCESSES, AD_MODES, FAULT_KINDS, Entry, Field, FormatError,
-                   PageTableFormat, VmOptions, bits, check_access)
+                   PageTableFormat, VmOptions, bits, check_access, lookup_format)
 from .ept import make_ept
 from .gstage import make_gstage
 from .npt import make_npt
@@ -20,8 +22,4 @@ FORMAT_NAMES = tuple(_FORMATS)
 
 def get_format(name):
     """The :class:`PageTableFormat` called ``name`` (one of :data:`FORMAT_NAMES`)."""
-    try:
-        return _FORMATS[name]
-    except (KeyError, TypeError):
-        raise FormatError(f"unknown page-table format {name!r} "
-                          f"(choose one of {', '.join(FORMAT_NAMES)})") from None
+    return lookup_format(_FORMATS, name, "page-table")

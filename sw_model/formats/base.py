@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "ACCESSES", "AD_MODES", "FAULT_KINDS", "Field", "Entry", "VmOptions",
     "PageTableFormat", "bits", "FormatError", "check_access", "ad_updates_for",
+    "lookup_format",
 ]
 
 ACCESSES = ("read", "write", "execute")
@@ -299,6 +300,11 @@ class PageTableFormat:
         """Whether a leaf can be made non-executable (NX huge pages need it)."""
         return True
 
+    def tdp_shared_bit_default(self):
+        """The GPA bit that selects a TDX-style TD's shared memory by default, or None
+        where the architecture has no such confidential VMs."""
+        return None
+
     def tdp_frozen_spte(self):
         """KVM's ``FROZEN_SPTE``: non-present, never written by the walker."""
         return self.frozen_word
@@ -376,6 +382,16 @@ class PageTableFormat:
         spurious): the walker's own rules, tables above granting everything."""
         return (self.entry_fault(word, level, vm) is None
                 and self.leaf_fault([self.decode(word, level)], access, vm) is None)
+
+    def tdp_make_writable(self, word, vm):
+        """KVM's fast page fault on a write: W back on an MMU-writable leaf, and D where
+        A/D bits exist (the access is a write)."""
+        if not self.tdp_is_mmu_writable(word):
+            raise FormatError("W needs MMU-writable")
+        word |= self.tdp_write_mask()
+        if self.tdp_ad_enabled(vm):
+            word |= self.fields["d"].mask
+        return word
 
     def tdp_write_protect(self, word):
         """Clear W only (dirty logging): MMU-writable stays, so no TLB flush is owed."""
@@ -458,6 +474,16 @@ def ad_updates_for(entries, access, a_mask, d_mask, *, leaf_only):
         if new != entry.word:
             updates.append((position, new))
     return updates
+
+
+def lookup_format(formats, name, kind):
+    """``formats[name]``, or a :class:`FormatError` naming the ``kind`` of format and
+    the choices."""
+    try:
+        return formats[name]
+    except (KeyError, TypeError):
+        raise FormatError(f"unknown {kind} format {name!r} "
+                          f"(choose one of {', '.join(formats)})") from None
 
 
 def check_access(access):

@@ -125,6 +125,12 @@ class EptFormat(PageTableFormat):
     def tdp_nx_huge_pages(self):
         return True
 
+    def tdp_shared_bit_default(self):
+        # TDX: GPA.SHARED is the top GPA bit of the secure EPT, bit 47 with 4 levels
+        # (GPAW 48) and bit 51 with 5 levels (GPAW 52) (Intel TDX Module base spec,
+        # "GPA Shared Bit").
+        return {4: 47, 5: 51}[self.levels]
+
     def _tdp_rx_mask(self):
         return self.fields["r"].mask | self.fields["x"].mask
 

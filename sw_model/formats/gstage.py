@@ -79,10 +79,13 @@ class GstageFormat(PageTableFormat):
         leaf = entries[-1]
         return {"r": leaf.r, "w": leaf.w, "x": leaf.x, "u": leaf.u}
 
+    def _leaf_permission(self, leaf, access, vm):
+        # Step 5: G-stage accesses are checked as U-mode: U must be set.
+        return leaf.u and {"read": leaf.r, "write": leaf.w, "execute": leaf.x}[access]
+
     def leaf_fault(self, entries, access, vm):
         leaf = entries[-1]
-        # Step 5: G-stage accesses are checked as U-mode: U must be set.
-        if not leaf.u or not {"read": leaf.r, "write": leaf.w, "execute": leaf.x}[access]:
+        if not self._leaf_permission(leaf, access, vm):
             return "permission"
         # Step 6: a superpage whose low PPN bits are not zero is misaligned.
         if leaf.level > 1 and leaf.frame & (self.page_size(leaf.level) - 1):

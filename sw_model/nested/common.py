@@ -3,11 +3,12 @@ counting, and the L2 memory map that L1 manages."""
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..formats import get_format
-from ..tdp import FlushSink, Vm
+from ..tdp import FlushSink, PfResult, Vm
 
-__all__ = ["L0Host", "Costs", "CountingSink", "L2Slot", "PAGE_SHIFT"]
+__all__ = ["L0Host", "Costs", "CountingSink", "L2Slot", "Composition", "PAGE_SHIFT"]
 
 PAGE_SHIFT = 12
 
@@ -21,8 +22,16 @@ class Costs:
         ``table_writes`` (entries written in L0-built tables), ``l1_table_writes``
         (words L1 changed in its own tables, shadow TDP), ``tlb_flushes`` (L0's
         invalidations of the L2 context), ``l2_faults`` (L2 exits to L0),
-        ``reflected`` (of those, delivered to L1), ``wp_exits``, ``invept_exits``
-        (shadow), ``hc_<name>`` (KPOP hypercalls).
+        ``reflected`` (of those, delivered to L1), ``hc_<name>`` (KPOP hypercalls);
+        shadow TDP: ``wp_exits`` (L1 writes to its protected tables that exit),
+        ``invept_exits``, ``unsync`` (last-level shadow pages let go out of sync),
+        ``resyncs`` and ``resync_zapped`` (pages resynced at INVEPT and entries
+        dropped then), ``l0_faults`` (L2 faults L0 maps after walking L1's tables),
+        ``fast_faults`` (L2 write faults fixed without walking them: W restored on a
+        leaf write-protected for L0's dirty log), ``l1_faults`` (L1's own faults on
+        L0's tables for it, outside its protected tables), ``l0_log_protected``
+        (shadow leaves write-protected for L0's dirty log), ``l0_collapsed`` (leaves
+        zapped when it stops), ``zapped_oldest`` (shadow pages zapped for the budget).
     table_pages, table_pages_peak : int
         4 KiB pages of L0-built tables for L2, now and at most.
     l1_table_pages : callable
@@ -56,7 +65,12 @@ class Costs:
                 "l1_table_writes": c["l1_table_writes"], "exits": self.exits,
                 "l2_faults": c["l2_faults"], "reflected_to_l1": c["reflected"],
                 "wp_exits": c["wp_exits"], "invept_exits": c["invept_exits"],
-                "hypercalls": self.hypercalls, "tlb_flushes": c["tlb_flushes"]}
+                "unsync": c["unsync"], "resyncs": c["resyncs"],
+                "resync_zapped": c["resync_zapped"], "fast_faults": c["fast_faults"],
+                "l0_faults": c["l0_faults"], "l1_faults": c["l1_faults"],
+                "l0_log_protected": c["l0_log_protected"], "l0_collapsed": c["l0_collapsed"],
+                "zapped_oldest": c["zapped_oldest"], "hypercalls": self.hypercalls,
+                "tlb_flushes": c["tlb_flushes"]}
 
 
 class CountingSink(FlushSink):
@@ -105,6 +119,14 @@ class CountingSink(FlushSink):
             self.flush_all()
         elif batch[1] > batch[0]:
             self.flush_range(batch[0], batch[1] - batch[0])
+
+
+class Composition(NamedTuple):
+    """L1's mapping of an L2 GPA composed with L0's: the host address, the permissions
+    both allow, and the L1 GFN in between."""
+    hpa: int
+    perms: dict
+    l1_gfn: int
 
 
 @dataclass(frozen=True)
@@ -165,9 +187,25 @@ class L0Host:
         slot = self.vm.find_memslot(l1_gfn)
         return 1 if slot is None else self.vm.max_mapping_level(slot, l1_gfn)
 
-    def write_track(self, gfn, add):
-        """Write-protect an L1 GFN (a shadowed L1 table page) or stop doing so."""
-        if add:
-            self.vm.write_track_add_gfn(gfn)
-        else:
-            self.vm.write_track_remove_gfn(gfn)
+    def mark_dirty(self, gfn):
+        """L0 wrote L1's page ``gfn`` itself (KVM's ``mark_page_dirty``): logged if its
+        memslot is."""
+        slot = self.vm.find_memslot(gfn)
+        if slot is not None and slot.dirty_logging:
+            slot.mark_dirty(gfn)
+
+    def vcpu_write(self, gfn):
+        """L1's vCPU writes its page ``gfn`` through L0's TDP tables for L1: the walk
+        sets D (logged with A/D bits), or faults to L0, which maps the page (logging a
+        write by W) or, for a write-tracked page, emulates the write and logs it.
+        Returns the :class:`PfResult` of each fault taken (empty: no exit)."""
+        gpa = gfn << PAGE_SHIFT
+        faults = []
+        for _ in range(8):
+            if self.vm.translate(gpa, "write", ad_update=True).ok:
+                return faults
+            faults.append(self.vm.handle_fault(gpa, "write"))
+            if faults[-1] is PfResult.EMULATE:
+                self.mark_dirty(gfn)
+                return faults
+        raise AssertionError(f"L1's write to its GFN {gfn:#x}: no progress ({faults})")

@@ -2,8 +2,8 @@
 maps through hypercalls, and L0 builds L2's tables with its TDP core's map path.
 
 L0 keeps one guest MMU per ``(vCPU holder, as_id)`` in a hash, with a reference count
-taken by MMU_LOAD_UNLOAD. A guest MMU is a :class:`sw_model.tdp.Vm` whose memslots are
-the MAP hypercalls composed with L0's own memslots for L1, so faults, zaps, splits,
+taken by MMU_LOAD_UNLOAD. A guest MMU holds a :class:`sw_model.tdp.Vm` whose memslots
+are the MAP hypercalls composed with L0's own memslots for L1, so faults, zaps, splits,
 aging and dirty logging are the TDP core's. Hypercalls (``hypercall(name, ...)``):
 
 ``mmu_load_unload(holder, as_id, load)``
@@ -31,28 +31,36 @@ Added here, left undone by the proposal:
     mapping in the range, and on mappings made there later; ``"get"``: the L2 GFNs
     written since the last ``get`` (KVM_GET_DIRTY_LOG: D or W re-protected, one flush),
     as a sorted list (a real interface writes a bitmap into an L1 buffer).
+``page_track(holder, as_id, op, l2_gfn, npages)``
+    ``op`` ``"add"`` / ``"remove"``: write tracking of the L2 GFNs (the TDP core's
+    ``write_track_add_gfn``: W and MMU-writable cleared, huge pages split, one flush),
+    e.g. for L1 to shadow a device's page tables that live in L2 memory. A tracked
+    write by L2 exits to L0, which reports it to L1 (``L1Kpop.tracked_writes``) instead
+    of mapping the page; L1 emulates it.
+
+L0's own dirty logging of L1's memory (migrating L1) is not modelled under KPOP: it
+needs a second dirty bitmap in the guest MMUs' memslots, whose bitmaps are L1's.
 """
 
 import bisect
 
 from ..tdp import PfResult, Vm
 from ..tdp.check import check_vm
-from .common import PAGE_SHIFT, Costs, CountingSink
+from .common import PAGE_SHIFT, Composition, Costs, CountingSink
 
 __all__ = ["GuestMmu", "KpopHost", "L1Kpop", "KpopNested", "HYPERCALLS"]
 
 HYPERCALLS = ("mmu_load_unload", "map", "unmap", "zap", "zap_all", "age", "test_age",
-              "dirty_log")
+              "dirty_log", "page_track")
 
 
-class GuestMmu(Vm):
-    """A TDP core VM for one ``(holder, as_id)``: memslots come from MAP hypercalls.
-
-    A MAP is one memslot (L2 GFNs → host frames); lookups use a sorted index, since
-    there are many small slots.
+class GuestMmu:
+    """L0's guest MMU for one ``(holder, as_id)``: a TDP core VM whose memslots are the
+    MAP hypercalls (one memslot per MAP, L2 GFNs to host frames), with KPOP's books.
 
     Members
     -------
+    vm : sw_model.tdp.Vm
     key : tuple
         ``(holder, as_id)``.
     refcount : int
@@ -63,47 +71,12 @@ class GuestMmu(Vm):
         Dirty L2 GFNs of mappings removed while logged, until the next ``get``.
     """
 
-    def __init__(self, key, fmt_name, memory, **kwargs):
-        super().__init__(fmt_name, memory, **kwargs)
-        self.key = key
+    def __init__(self, key, vm):
+        self.vm, self.key = vm, key
         self.refcount = 0
         self.logged = []
         self.orphan_dirty = set()
-        self._starts = []
-        self._by_start = {}
         self._next_id = 0
-
-    def add_memslot(self, slot_id, base_gfn, npages, hpa, **kwargs):
-        slot = super().add_memslot(slot_id, base_gfn, npages, hpa, **kwargs)
-        bisect.insort(self._starts, base_gfn)
-        self._by_start[base_gfn] = slot
-        return slot
-
-    def delete_memslot(self, slot_id, as_id=0):
-        slot = self.memslot(slot_id, as_id)
-        super().delete_memslot(slot_id, as_id)
-        self._starts.remove(slot.base_gfn)
-        del self._by_start[slot.base_gfn]
-
-    def find_memslot(self, gfn, as_id=0):
-        i = bisect.bisect_right(self._starts, gfn) - 1
-        if i >= 0:
-            slot = self._by_start[self._starts[i]]
-            if slot.contains(gfn):
-                return slot
-        return None
-
-    def slots_in(self, start, end):
-        """Memslots overlapping L2 GFNs ``[start, end)``, by address."""
-        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
-        out = []
-        for base in self._starts[i:]:
-            if base >= end:
-                break
-            slot = self._by_start[base]
-            if slot.end_gfn > start:
-                out.append(slot)
-        return out
 
     def new_slot_id(self):
         self._next_id += 1
@@ -150,127 +123,141 @@ class KpopHost:
         key = (holder, as_id)
         if name == "mmu_load_unload":
             return self._load_unload(key, *args, **kwargs)
-        mmu = self.mmus.get(key)
-        if mmu is None:
+        guest = self.mmus.get(key)
+        if guest is None:
             raise ValueError(f"hypercall {name}: no guest MMU loaded for {key}")
         with self._sinks[key]:
-            result = getattr(self, "_" + name)(mmu, *args, **kwargs)
-        self._account(mmu)
+            result = getattr(self, "_" + name)(guest, *args, **kwargs)
+        self._account(guest)
         return result
 
     def handle_l2_fault(self, key, gpa, access):
         """An L2 fault on a guest MMU (an exit to L0): the TDP core maps it from the
         MAPs; EMULATE means L1 has not mapped it (reflect to L1)."""
         self.costs.counts["l2_faults"] += 1
-        mmu = self.mmus[key]
+        guest = self.mmus[key]
         with self._sinks[key]:
-            result = mmu.handle_fault(gpa, access)
-        self._account(mmu)
+            result = guest.vm.handle_fault(gpa, access)
+        self._account(guest)
         return result
 
-    def _account(self, mmu):
+    def _account(self, guest):
         """Table pages and entry writes (the TDP core's ``kvm_tdp_mmu_spte_changed``
         tracepoint, drained after every operation)."""
-        fmt = mmu.fmt
-        pages = sum(m.stats()["table_pages"] + len(m.roots) * (fmt.root_table_bytes // 4096 - 1)
-                    for m in self.mmus.values())
+        fmt = guest.vm.fmt
+        pages = sum(g.vm.stats()["table_pages"]
+                    + len(g.vm.roots) * (fmt.root_table_bytes // 4096 - 1)
+                    for g in self.mmus.values())
         self.costs.pages(pages - self.costs.table_pages)
         self.costs.counts["table_writes"] += sum(e.name == "kvm_tdp_mmu_spte_changed"
-                                                 for e in mmu.events)
-        mmu.events.clear()
+                                                 for e in guest.vm.events)
+        guest.vm.events.clear()
 
     # -- hypercalls ----------------------------------------------------------------
 
     def _load_unload(self, key, load):
-        mmu = self.mmus.get(key)
+        guest = self.mmus.get(key)
         if load:
-            if mmu is None:
+            if guest is None:
                 sink = self._sinks[key] = CountingSink(self.costs, self.sink_for(key))
-                mmu = self.mmus[key] = GuestMmu(key, self.l0.fmt.name, self.mem, ad=self.ad,
-                                                flush_sink=sink)
-            mmu.refcount += 1
-            root = mmu.root_for(0)
-            self._account(mmu)
+                guest = self.mmus[key] = GuestMmu(key, Vm(self.l0.fmt.name, self.mem, ad=self.ad,
+                                                          flush_sink=sink))
+            guest.refcount += 1
+            root = guest.vm.root_for(0)
+            self._account(guest)
             return root
-        if mmu is None or mmu.refcount == 0:
+        if guest is None or guest.refcount == 0:
             raise ValueError(f"mmu_load_unload: {key} holds no reference")
-        mmu.refcount -= 1
-        if mmu.refcount == 0:
+        guest.refcount -= 1
+        if guest.refcount == 0:
             with self._sinks[key]:
-                mmu.zap_all()
+                guest.vm.zap_all()
             del self.mmus[key], self._sinks[key]
-            self._account(mmu)
+            self._account(guest)
         return None
 
-    def _map(self, mmu, l2_gfn, l1_gfn, npages, writable, gpa=None, access=None):
-        if mmu.slots_in(l2_gfn, l2_gfn + npages):
+    def _map(self, guest, l2_gfn, l1_gfn, npages, writable, gpa=None, access=None):
+        vm = guest.vm
+        if vm.memslots_in(l2_gfn, l2_gfn + npages):
             raise ValueError(f"map: L2 GFNs {l2_gfn:#x}+{npages} overlap a mapping")
-        logged = mmu.is_logged(l2_gfn, l2_gfn + npages)
+        logged = guest.is_logged(l2_gfn, l2_gfn + npages)
         done = 0
         while done < npages:     # one memslot per L0 memslot the range crosses
             slot = self.l0.vm.find_memslot(l1_gfn + done)
             if slot is None:
                 raise ValueError(f"map: L1 GFN {l1_gfn + done:#x} is not L1 RAM")
             n = min(npages - done, slot.end_gfn - (l1_gfn + done))
-            mmu.add_memslot(mmu.new_slot_id(), l2_gfn + done, n, slot.gfn_to_hpa(l1_gfn + done),
-                            readonly=not writable or slot.readonly, dirty_logging=logged,
-                            host_level=slot.host_level)
+            vm.add_memslot(guest.new_slot_id(), l2_gfn + done, n, slot.gfn_to_hpa(l1_gfn + done),
+                           readonly=not writable or slot.readonly, dirty_logging=logged,
+                           host_level=slot.host_level)
             done += n
         if gpa is None:
             return PfResult.FIXED
-        return mmu.handle_fault(gpa, access)
+        return vm.handle_fault(gpa, access)
 
-    def _remove(self, mmu, slots):
+    def _remove(self, guest, slots):
         for slot in slots:
             if slot.dirty_logging:
-                mmu.orphan_dirty.update(slot.dirty_gfns())
-            mmu.delete_memslot(slot.slot_id)
+                guest.orphan_dirty.update(slot.dirty_gfns())
+            guest.vm.delete_memslot(slot.slot_id)
 
-    def _unmap(self, mmu, l2_gfn, npages):
-        slots = mmu.slots_in(l2_gfn, l2_gfn + npages)
+    def _unmap(self, guest, l2_gfn, npages):
+        slots = guest.vm.memslots_in(l2_gfn, l2_gfn + npages)
         if slots:
-            mmu.zap_gfn_range(slots[0].base_gfn, slots[-1].end_gfn)
-        self._remove(mmu, slots)
+            guest.vm.zap_gfn_range(slots[0].base_gfn, slots[-1].end_gfn)
+        self._remove(guest, slots)
         return len(slots)
 
-    def _zap(self, mmu, l2_gfn, npages):
-        return mmu.zap_gfn_range(l2_gfn, l2_gfn + npages)
+    def _zap(self, guest, l2_gfn, npages):
+        return guest.vm.zap_gfn_range(l2_gfn, l2_gfn + npages)
 
-    def _zap_all(self, mmu):
-        mmu.zap_all_fast()
-        self._remove(mmu, mmu.slots_in(0, 1 << 64))
-        mmu.root_for(0)
+    def _zap_all(self, guest):
+        guest.vm.zap_all_fast()
+        self._remove(guest, guest.vm.memslots())
+        guest.vm.root_for(0)
 
-    def _age(self, mmu, l2_gfn, npages, flush=False):
-        return mmu.age_gfn_range(l2_gfn, l2_gfn + npages, flush=flush)
+    def _age(self, guest, l2_gfn, npages, flush=False):
+        return guest.vm.age_gfn_range(l2_gfn, l2_gfn + npages, flush=flush)
 
-    def _test_age(self, mmu, l2_gfn, npages):
-        return mmu.test_age_gfn(l2_gfn, l2_gfn + npages)
+    def _test_age(self, guest, l2_gfn, npages):
+        return guest.vm.test_age_gfn(l2_gfn, l2_gfn + npages)
 
-    def _dirty_log(self, mmu, op, l2_gfn, npages):
+    def _dirty_log(self, guest, op, l2_gfn, npages):
+        vm = guest.vm
         end = l2_gfn + npages
-        slots = mmu.slots_in(l2_gfn, end)
+        slots = vm.memslots_in(l2_gfn, end)
         if any(s.base_gfn < l2_gfn or s.end_gfn > end for s in slots):
             raise ValueError("dirty_log: the range cuts a mapping")
         if op in ("enable", "disable"):
             enable = op == "enable"
             if enable:
-                mmu.logged.append((l2_gfn, end))
+                guest.logged.append((l2_gfn, end))
             else:
-                mmu.logged = [r for r in mmu.logged if r != (l2_gfn, end)]
-                mmu.orphan_dirty = {g for g in mmu.orphan_dirty if not l2_gfn <= g < end}
+                guest.logged = [r for r in guest.logged if r != (l2_gfn, end)]
+                guest.orphan_dirty = {g for g in guest.orphan_dirty if not l2_gfn <= g < end}
             for slot in slots:
-                result = mmu.set_dirty_logging(slot.slot_id, enable)
+                result = vm.set_dirty_logging(slot.slot_id, enable)
                 if result is not None:
                     self.costs.counts["table_writes"] += result.sptes_created
             return None
         if op != "get":
             raise ValueError(f"dirty_log: op must be enable, disable or get, got {op!r}")
-        gfns = {g for g in mmu.orphan_dirty if l2_gfn <= g < end}
-        mmu.orphan_dirty -= gfns
+        gfns = {g for g in guest.orphan_dirty if l2_gfn <= g < end}
+        guest.orphan_dirty -= gfns
         for slot in slots:
-            gfns.update(slot.dirty_gfns(mmu.get_dirty_log(slot.slot_id)))
+            gfns.update(slot.dirty_gfns(vm.get_dirty_log(slot.slot_id)))
         return sorted(gfns)
+
+    def _page_track(self, guest, op, l2_gfn, npages):
+        if op not in ("add", "remove"):
+            raise ValueError(f"page_track: op must be add or remove, got {op!r}")
+        if not isinstance(npages, int) or npages < 1:
+            raise ValueError(f"page_track: npages must be a positive integer, got {npages!r}")
+        for gfn in range(l2_gfn, l2_gfn + npages):
+            if op == "add":
+                guest.vm.write_track_add_gfn(gfn)
+            else:
+                guest.vm.write_track_remove_gfn(gfn)
 
 
 class L1Kpop:
@@ -290,6 +277,8 @@ class L1Kpop:
         ``slot_id -> L2Slot``.
     xarray : dict
         ``l2 base GFN -> (npages, l1_gfn, writable)``: one entry per MAP.
+    tracked_writes : list of int
+        L2 GPAs of the writes L0 reported on tracked pages, for L1 to emulate.
     """
 
     def __init__(self, host, holder, *, as_id=0, max_level=2):
@@ -297,6 +286,7 @@ class L1Kpop:
         self.max_level = max_level
         self.slots = {}
         self.xarray = {}
+        self.tracked_writes = []
         self._keys = []
         self.root = self.call("mmu_load_unload", True)
 
@@ -376,20 +366,29 @@ class KpopNested:
         self.l1 = L1Kpop(host, holder, as_id=as_id)
         self.key = (holder, as_id)
         self.costs = host.costs
-        mmu = host.mmus[self.key]
-        self.fmt, self.opts, self.mem = mmu.fmt, mmu.opts, mmu.mem
+        vm = host.mmus[self.key].vm
+        self.fmt, self.opts, self.mem = vm.fmt, vm.opts, vm.mem
 
     @property
-    def mmu(self):
-        return self.host.mmus[self.key]
+    def vm(self):
+        """The guest MMU's TDP core VM."""
+        return self.host.mmus[self.key].vm
 
     def root_for(self, as_id=0):
-        return self.mmu.root_for(0)
+        return self.vm.root_for(0)
+
+    @property
+    def l0(self):
+        return self.host.l0
 
     def handle_l2_fault(self, gpa, access):
         result = self.host.handle_l2_fault(self.key, gpa, access)
         if result is not PfResult.EMULATE:
             return result
+        if access == "write" and self.vm.is_write_tracked(gpa >> PAGE_SHIFT):
+            self.l1.tracked_writes.append(gpa)      # reported; L1 emulates the write
+            self.costs.counts["tracked_writes"] += 1
+            return PfResult.EMULATE
         self.costs.counts["reflected"] += 1
         return self.l1.handle_fault(gpa, access)
 
@@ -423,30 +422,62 @@ class KpopNested:
         slot = self.l1.slots[slot_id]
         return set(self.l1.call("dirty_log", "get", slot.base_gfn, slot.npages))
 
+    def write_track(self, start, end, enable):
+        """L1 write-tracks L2 GFNs ``[start, end)`` through the ``page_track``
+        hypercall."""
+        self.l1.call("page_track", "add" if enable else "remove", start, end - start)
+
     def flush(self):
         """L1's TLB flush for L2: nothing to do, every L0 change flushed already."""
 
+    def l0_dirty_logging(self, slot_id, enable, *, eager_split=True):
+        raise ValueError("L0's dirty logging of L1 is not modelled under KPOP (shadow "
+                         "TDP only)")
+
+    def l0_get_dirty(self, slot_id):
+        raise ValueError("L0's dirty logging of L1 is not modelled under KPOP (shadow "
+                         "TDP only)")
+
+    def write_l2(self, gpa):
+        """L0 writes L2's memory at ``gpa`` (an emulated store, a stage-1 A/D update):
+        logged in the guest MMU's dirty log and L0's; None if L1 has not mapped it
+        writable (L0 reflects a fault then)."""
+        gfn = gpa >> PAGE_SHIFT
+        slot = self.vm.find_memslot(gfn)
+        found = self.composed(gpa, "write")
+        if slot is None or found is None:
+            return None
+        if slot.dirty_logging:
+            slot.mark_dirty(gfn)
+        self.host.l0.mark_dirty(found.l1_gfn)
+        return found
+
     def composed(self, gpa, access):
-        """L1's XArray then L0's memslots: ``(hpa, perms)`` or None."""
+        """L1's XArray then L0's memslots: a :class:`~.common.Composition` or None."""
         entry = self.l1.lookup(gpa >> PAGE_SHIFT)
         if entry is None:
             return None
         base, _, l1_gfn, writable = entry
-        slot, hpa = self.host.l0.compose(l1_gfn + (gpa >> PAGE_SHIFT) - base)
+        l1_gfn += (gpa >> PAGE_SHIFT) - base
+        slot, hpa = self.host.l0.compose(l1_gfn)
         if slot is None:
             return None
         writable = writable and not slot.readonly
         if access == "write" and not writable:
             return None
-        return hpa + (gpa & 0xfff), {"r": True, "w": writable, "x": True}
+        return Composition(hpa + (gpa & 0xfff), {"r": True, "w": writable, "x": True},
+                           l1_gfn)
+
+    #: L1 keeps no tables: its XArray is its memslot view.
+    composed_by_memslots = composed
 
     def leaves(self):
-        mmu = self.mmu
-        return [(gfn, level, word) for root in mmu.roots if not root.invalid
-                for gfn, level, word, _ in mmu.walk_present(root)
-                if mmu.fmt.tdp_is_last_spte(word, level)]
+        vm = self.vm
+        return [(gfn, level, word) for root in vm.roots if not root.invalid
+                for gfn, level, word, _ in vm.walk_present(root)
+                if vm.fmt.tdp_is_last_spte(word, level)]
 
     def check(self):
         """The TDP core's invariants on the guest MMU (shared memory); the leaves."""
-        check_vm(self.mmu, exclusive_memory=False)
+        check_vm(self.vm, exclusive_memory=False)
         return self.leaves()

@@ -4,6 +4,13 @@ Every decision about an entry's bits goes through the format's arch hooks (the
 ``tdp_*`` methods at the end of each class in :mod:`sw_model.formats`); this package
 never names a bit, so the same code drives EPT, NPT and G-stage tables.
 
+Layout, one concern a file as KVM splits arch/x86/kvm/mmu/: ``core`` (what every MMU
+shares: format, memory, flush sink and deferred frees, tracing; then the TDP MMU's
+roots, table pages and entry updates), ``fault`` (fault-in), ``zap``, ``dirty_log``
+(dirty logging and eager splitting), ``age``, ``nx`` (NX huge pages), ``page_track``
+(write tracking), ``mirror`` (a TD's mirror propagation; ``tdx`` holds its external
+tables), ``memslot``, ``iter``, ``flush``; ``vm`` composes them into :class:`Vm`.
+
 Public API
 ----------
 ``Vm(fmt_name, memory=None, *, ad=None, pa_bits=None, exec_only=True, nxe=True,
@@ -17,7 +24,8 @@ Memslots
     ``vm.add_memslot(slot_id, base_gfn, npages, hpa, *, as_id=0, readonly=False,
     dirty_logging=False, host_level=None, private_hpa=None) -> Memslot``, ``vm.delete_memslot(slot_id,
     as_id=0)``, ``vm.memslot(slot_id, as_id=0)``, ``vm.memslots(as_id=0)``,
-    ``vm.find_memslot(gfn, as_id=0)``, ``vm.max_mapping_level(slot, gfn)``.
+    ``vm.find_memslot(gfn, as_id=0)``, ``vm.memslots_in(start, end, as_id=0)``,
+    ``vm.max_mapping_level(slot, gfn)``.
 Roots
     ``vm.root_for(as_id=0) -> hpa`` (the vCPU's root: what EPTP / nCR3 / hgatp point
     at), ``vm.get_root(as_id=0, role="direct") -> MmuPage``, ``vm.put_root(root)``,
@@ -40,7 +48,14 @@ Dirty logging
 Write tracking
     ``vm.write_track_add_gfn(gfn, *, as_id=0) -> bool`` (clears W and MMU-writable,
     flushes: the one case spte.h says needs it), ``vm.write_track_remove_gfn(gfn, *,
-    as_id=0)``.
+    as_id=0)``, ``vm.is_write_tracked(gfn, *, as_id=0)``; without tracking:
+    ``vm.write_protect_gfn(gfn, *, as_id=0)``, ``vm.gfn_disallow_lpage(gfn, *,
+    as_id=0)`` / ``vm.gfn_allow_lpage(...)`` (counted, as KVM's).
+Nested MMUs
+    ``vm.nested_mmus``: MMUs that map the VM's memory for its nested guests through
+    rmaps (:class:`sw_model.nested.ShadowNested` registers itself). Dirty logging,
+    eager splitting, huge-page recovery, write protection, memslot deletion and the
+    fault path call them (the interface is in :mod:`sw_model.tdp.dirty_log`).
 Aging and NX huge pages
     ``vm.age_gfn_range(start, end, *, as_id=0, flush=False) -> bool``,
     ``vm.test_age_gfn(start, end, *, as_id=0) -> bool``,
@@ -60,6 +75,9 @@ Confidential VMs (TDX-style TDs, :mod:`sw_model.tdp.tdx`, docs/tdx.md)
     entry, call the manager, commit or restore). ``vm.set_memory_attributes(gfn, npages,
     private)``, ``vm.is_private_gfn(gfn)``; a fault on the wrong side returns
     MEMORY_FAULT. ``vm.zap_all()`` tears the TD down. ``check.check_tdx(vm)``.
+Shared with other MMUs
+    :class:`MmuCore` (format, memory, flush sink and the frees that wait for a flush,
+    tracing, statistics) is the base of the TDP core and of the nested shadow MMU.
 Introspection
     ``vm.stats()``, ``vm.recount()``, ``vm.page_stats``, ``vm.events`` (a bounded deque of
     :class:`Event` with KVM tracepoint names: ``kvm_page_fault``,
@@ -88,13 +106,16 @@ W, a read fault maps read-only (KVM maps writable and logs the page); with A/D b
 dirty bitmap is filled by collecting D bits (no PML).
 """
 
+from .core import KVM_MIN_FREE_MMU_PAGES, Event, MmuCore, MmuPage
+from .dirty_log import SplitResult
+from .fault import PageFault, PfResult
 from .flush import SPACES, FlushRecorder, FlushSink
 from .iter import TdpIter
 from .memslot import Memslot
-from .mmu import (KVM_MIN_FREE_MMU_PAGES, Event, MmuPage, PageFault, PfResult, SplitResult,
-                  Vm)
 from .tdx import ExternalPageTableManager, ExternalTableError, MemoryAttributes, TdxState
+from .vm import Vm
 
-__all__ = ["Vm", "Memslot", "PfResult", "PageFault", "MmuPage", "Event", "SplitResult",
-           "FlushSink", "FlushRecorder", "SPACES", "TdpIter", "KVM_MIN_FREE_MMU_PAGES",
-           "TdxState", "ExternalPageTableManager", "ExternalTableError", "MemoryAttributes"]
+__all__ = ["Vm", "Memslot", "PfResult", "PageFault", "MmuCore", "MmuPage", "Event",
+           "SplitResult", "FlushSink", "FlushRecorder", "SPACES", "TdpIter",
+           "KVM_MIN_FREE_MMU_PAGES", "TdxState", "ExternalPageTableManager",
+           "ExternalTableError", "MemoryAttributes"]

@@ -9,9 +9,13 @@ A confidential VM (TD) has two translation spaces for one GFN: ``"private"`` (th
 the external root) and ``"shared"`` (through the shared root, GPA with the shared bit).
 Its flushes name the space; an ordinary VM's flushes are always ``"both"`` and are
 delivered without the keyword, so sinks written before TDs keep working.
+
+:class:`RemoteTlbFlush` is the MMU side that every MMU of the model shares (the TDP
+core and the nested shadow MMU): it counts and traces flushes, and frees removed tables
+only once a flush has covered them (KVM frees them after an RCU grace period).
 """
 
-__all__ = ["FlushSink", "FlushRecorder", "SPACES"]
+__all__ = ["FlushSink", "FlushRecorder", "RemoteTlbFlush", "SPACES"]
 
 #: Values of the ``space`` keyword.
 SPACES = ("shared", "private", "both")
@@ -69,3 +73,57 @@ class FlushRecorder(FlushSink):
 
     def clear(self):
         self.log.clear()
+
+
+class RemoteTlbFlush:
+    """KVM's ``kvm_flush_remote_tlbs*`` and the frees that wait for them.
+
+    A mixin of :class:`~sw_model.tdp.core.MmuCore`: it uses ``sink``, ``mem``,
+    ``_counters``, ``_trace``, ``_pages_at``, ``_root_space`` and ``_pending_free``
+    (tables removed from the tree, :class:`~sw_model.tdp.core.MmuPage` objects).
+    """
+
+    def flush_remote_tlbs(self, *, space="both"):
+        """Flush every translation of the VM (KVM's ``kvm_flush_remote_tlbs``); a TD
+        may flush only its ``"private"`` or ``"shared"`` translations."""
+        check_space(space)
+        self._counters["tlb_flush"] += 1
+        self._trace("tlb_flush", gfn=None, npages=None, space=space)
+        if space == "both":
+            self.sink.flush_all()
+        else:
+            self.sink.flush_all(space=space)
+        self._free_pending(None, None, space)
+
+    def flush_remote_tlbs_range(self, gfn, npages, *, space="both"):
+        """Flush ``[gfn, gfn + npages)`` (GFNs without a TD's shared bit) in
+        ``space``; a full flush if the sink cannot do ranges."""
+        check_space(space)
+        if not self.sink.supports_ranges:
+            self.flush_remote_tlbs(space=space)
+            return
+        self._counters["tlb_flush"] += 1
+        self._trace("tlb_flush", gfn=gfn, npages=npages, space=space)
+        if space == "both":
+            self.sink.flush_range(gfn, npages)
+        else:
+            self.sink.flush_range(gfn, npages, space=space)
+        self._free_pending(gfn, gfn + npages, space)
+
+    def _free_pending(self, start, end, space="both"):
+        """Free the removed tables the flush covered (KVM's RCU callback): only then
+        can no walker, and no page-walk cache, still reach them."""
+        keep = []
+        for sp in self._pending_free:
+            span = self._pages_at(sp.level + 1)
+            if space not in ("both", self._root_space(sp)):
+                keep.append(sp)
+            elif start is None or (start <= sp.gfn and sp.gfn + span <= end and not sp.is_root):
+                self.mem.free_table(sp.hpa, sp.nbytes)
+            else:
+                keep.append(sp)
+        self._pending_free = keep
+
+    def _end_op(self):
+        if self._pending_free:
+            self.flush_remote_tlbs()

@@ -3,7 +3,10 @@
 The iterator re-reads an entry before stepping down (the table it names may have been
 removed meanwhile), and after a yield restarts from the root at the next GFN it had not
 finished (``next_last_level_gfn``), so a walk interrupted any number of times still
-visits every GFN of the range. See arch/x86/kvm/mmu/tdp_iter.c.
+visits every GFN of the range. A TD's shared root is indexed with the shared bit while
+GFNs stay without it (memslots, flushes and dirty bitmaps use them so): ``gfn_bits``
+is added to every table index, as KVM's ``kvm_gfn_root_bits``. See
+arch/x86/kvm/mmu/tdp_iter.c.
 """
 
 __all__ = ["TdpIter"]
@@ -15,8 +18,9 @@ class TdpIter:
     """Iterate the entries of the tables rooted at ``root_hpa`` covering ``[start, end)``.
 
     Use as ``for it in TdpIter(...)``: each step yields the iterator itself with
-    ``gfn`` (first GFN the entry maps), ``level``, ``sptep`` (entry address) and
-    ``old_spte`` (the word read). Entries below ``min_level`` are not visited.
+    ``gfn`` (first GFN the entry maps, without ``gfn_bits``), ``level``, ``sptep``
+    (entry address) and ``old_spte`` (the word read). Entries below ``min_level`` are
+    not visited.
 
     Members
     -------
@@ -32,8 +36,9 @@ class TdpIter:
     valid : bool
     """
 
-    def __init__(self, mem, fmt, root_hpa, min_level, start, end):
+    def __init__(self, mem, fmt, root_hpa, min_level, start, end, gfn_bits=0):
         self.mem = mem
+        self.gfn_bits = gfn_bits
         self.fmt = fmt
         self.root_level = fmt.root_level
         self.min_level = min_level
@@ -59,7 +64,8 @@ class TdpIter:
         return gfn & ~((self.fmt.page_size(level) >> PAGE_SHIFT) - 1)
 
     def _refresh_sptep(self):
-        self.sptep = self.fmt.entry_addr(self.pt_path[self.level], self.gfn << PAGE_SHIFT, self.level)
+        self.sptep = self.fmt.entry_addr(self.pt_path[self.level],
+                                         (self.gfn | self.gfn_bits) << PAGE_SHIFT, self.level)
         self.old_spte = self.mem.read64(self.sptep)
 
     def _try_step_down(self):

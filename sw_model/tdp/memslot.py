@@ -1,12 +1,15 @@
-"""Memslots: a GFN range backed by contiguous host frames, with a dirty bitmap."""
+"""Memslots: a GFN range backed by contiguous host frames, with a dirty bitmap, and a
+VM's memslots per address space (KVM's ``kvm_memslots``), found by GFN in O(log n)."""
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..memory import PAGE_SIZE
+from .iter import PAGE_SHIFT
 
-__all__ = ["Memslot"]
+__all__ = ["Memslot", "Memslots"]
 
 
 @dataclass(eq=False)
@@ -112,3 +115,131 @@ class Memslot:
             self._check_bitmap(bitmap, "bitmap")
         bits = np.unpackbits(bitmap.view(np.uint8), bitorder="little")[:self.npages]
         return [self.base_gfn + int(i) for i in np.flatnonzero(bits)]
+
+
+class Memslots:
+    """The memslots of :class:`~sw_model.tdp.Vm` (a mixin over
+    :class:`~sw_model.tdp.core.TdpCore`)."""
+
+    def _init_memslots(self, address_spaces):
+        self._slots = [{} for _ in range(address_spaces)]
+        self._slot_starts = [[] for _ in range(address_spaces)]   # sorted base GFNs
+        self._slot_at = [{} for _ in range(address_spaces)]       # base GFN -> Memslot
+
+    @staticmethod
+    def _check_gfn_range(start, end):
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+            raise ValueError(f"start/end must be integers with 0 <= start <= end, got {start!r}, {end!r}")
+
+    def _check_as_id(self, as_id):
+        if not isinstance(as_id, int) or not 0 <= as_id < self._address_spaces:
+            raise ValueError(f"as_id must be in [0, {self._address_spaces}), got {as_id!r}")
+
+    def add_memslot(self, slot_id, base_gfn, npages, hpa, *, as_id=0, readonly=False,
+                    dirty_logging=False, host_level=None, private_hpa=None):
+        """Create a memslot: GFNs ``[base_gfn, base_gfn + npages)`` backed by host
+        frames from ``hpa``. ``host_level`` (default: the largest level the format maps)
+        bounds huge pages. A TD's slot also has private frames from ``private_hpa``
+        (guest_memfd; default ``hpa + 2**40``); its GFNs lie below the shared bit.
+        Returns the :class:`Memslot`."""
+        self._check_as_id(as_id)
+        if self.tdx is None and private_hpa is not None:
+            raise ValueError("private_hpa: only a TD's memslots have private memory")
+        if self.tdx is not None:
+            if readonly:
+                raise ValueError("readonly: a TD has no read-only memslots (as KVM for "
+                                 "VMs with protected state)")
+            if private_hpa is None and isinstance(hpa, int):
+                private_hpa = hpa + (1 << 40)
+        for name, value in (("slot_id", slot_id), ("base_gfn", base_gfn),
+                            ("npages", npages), ("hpa", hpa),
+                            ("private_hpa", 0 if private_hpa is None else private_hpa)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if npages == 0:
+            raise ValueError("npages must be positive")
+        if base_gfn + npages > self._max_gfn:
+            limit = (f"the {self.fmt.gpa_bits}-bit GPA space of {self.fmt.name}"
+                     if self.tdx is None else f"the TD's shared bit {self.tdx.shared_bit}")
+            raise ValueError(f"base_gfn/npages: the slot ends beyond {limit}")
+        for name, value in (("hpa", hpa), ("private_hpa", private_hpa)):
+            if value is not None and (value % (1 << PAGE_SHIFT)
+                                      or value + (npages << PAGE_SHIFT) > 1 << self.opts.pa_bits):
+                raise ValueError(f"{name} {value:#x} must be 4 KiB aligned and the frames must "
+                                 f"lie below 2**{self.opts.pa_bits}")
+        top = max(self._map_levels)
+        host_level = top if host_level is None else host_level
+        if not isinstance(host_level, int) or not 1 <= host_level <= self.fmt.levels:
+            raise ValueError(f"host_level must be in [1, {self.fmt.levels}], got {host_level!r}")
+        slots = self._slots[as_id]
+        if slot_id in slots:
+            raise ValueError(f"slot_id {slot_id} already exists in address space {as_id}")
+        overlap = self.memslots_in(base_gfn, base_gfn + npages, as_id)
+        if overlap:
+            raise ValueError(f"base_gfn/npages: overlaps memslot {overlap[0].slot_id}")
+        slot = Memslot(slot_id, as_id, base_gfn, npages, hpa, readonly=bool(readonly),
+                       dirty_logging=bool(dirty_logging), host_level=host_level)
+        slots[slot_id] = slot
+        bisect.insort(self._slot_starts[as_id], base_gfn)
+        self._slot_at[as_id][base_gfn] = slot
+        if self.tdx is not None:
+            self.tdx.private_hpa[(as_id, slot_id)] = private_hpa
+        self._trace("memslot_add", slot_id=slot_id, as_id=as_id, base_gfn=base_gfn,
+                    npages=npages, hpa=hpa, readonly=slot.readonly)
+        return slot
+
+    def memslot(self, slot_id, as_id=0):
+        self._check_as_id(as_id)
+        try:
+            return self._slots[as_id][slot_id]
+        except KeyError:
+            raise ValueError(f"slot_id {slot_id!r}: no such memslot in address space {as_id}") from None
+
+    def memslots(self, as_id=0):
+        self._check_as_id(as_id)
+        return list(self._slots[as_id].values())
+
+    def find_memslot(self, gfn, as_id=0):
+        """The memslot holding ``gfn``, or None (MMIO)."""
+        self._check_as_id(as_id)
+        starts = self._slot_starts[as_id]
+        index = bisect.bisect_right(starts, gfn) - 1
+        if index >= 0:
+            slot = self._slot_at[as_id][starts[index]]
+            if slot.contains(gfn):
+                return slot
+        return None
+
+    def memslots_in(self, start, end, as_id=0):
+        """The memslots overlapping GFNs ``[start, end)``, by address (KVM's
+        ``kvm_for_each_memslot_in_gfn_range``)."""
+        self._check_as_id(as_id)
+        starts = self._slot_starts[as_id]
+        out = []
+        for base in starts[max(bisect.bisect_right(starts, start) - 1, 0):]:
+            if base >= end:
+                break
+            slot = self._slot_at[as_id][base]
+            if slot.end_gfn > start:
+                out.append(slot)
+        return out
+
+    def delete_memslot(self, slot_id, as_id=0):
+        """Zap the slot's mappings in every root, flush, and forget the slot
+        (KVM's ``kvm_arch_flush_shadow_memslot``)."""
+        slot = self.memslot(slot_id, as_id)
+        for mmu in self.nested_mmus:
+            mmu.zap_memslot(slot)
+        self.zap_gfn_range(slot.base_gfn, slot.end_gfn, as_id=as_id)
+        del self._slots[as_id][slot_id]
+        self._slot_starts[as_id].remove(slot.base_gfn)
+        del self._slot_at[as_id][slot.base_gfn]
+        if self.tdx is not None:
+            del self.tdx.private_hpa[(as_id, slot_id)]
+        self._trace("memslot_delete", slot_id=slot_id, as_id=as_id)
+
+    def flush_remote_tlbs_memslot(self, slot_id, as_id=0):
+        """Flush a memslot's range (KVM's ``kvm_flush_remote_tlbs_memslot``)."""
+        slot = self.memslot(slot_id, as_id)
+        self.flush_remote_tlbs_range(slot.base_gfn, slot.npages)
+
