@@ -80,8 +80,9 @@ class WalkEngine(wiring.Component):
     -------
     start : In(stream.Signature(start_layout(tag_bits)))
         Accepted when idle; the first AR is presented in the same cycle.
-    ar_valid, ar_addr, ar_level, ar_ready
-        The next entry to read (``ar_addr`` without its low three bits).
+    ar_valid, ar_addr, ar_level, ar_params, ar_ready
+        The next entry to read (``ar_addr`` without its low three bits), its level and
+        the walk's parameters (the start's in the cycle a walk is accepted).
     view : Out(...)
         What the PTE pipe needs to decode this walk's next R beat.
     step_valid : In(1), step : In(STEP_LAYOUT)
@@ -101,7 +102,7 @@ class WalkEngine(wiring.Component):
         super().__init__({
             "start": In(stream.Signature(start_layout(tag_bits))),
             "ar_valid": Out(1), "ar_addr": Out(ADDR_BITS), "ar_level": Out(3),
-            "ar_ready": In(1),
+            "ar_params": Out(WALK_PARAMS), "ar_ready": In(1),
             "view": Out(ENGINE_VIEW),
             "step_valid": In(1), "step": In(STEP_LAYOUT),
             "ad_req": Out(1), "ad_need": Out(MAX_LEVELS), "ad_leaf": Out(3),
@@ -144,7 +145,8 @@ class WalkEngine(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += [self.start.ready.eq(1),
                              self.ar_valid.eq(self.start.valid & start.in_range),
-                             self.ar_addr.eq(start.addr), self.ar_level.eq(start.level)]
+                             self.ar_addr.eq(start.addr), self.ar_level.eq(start.level),
+                             self.ar_params.eq(start.params)]
                 with m.If(self.start.valid):
                     m.d.sync += [
                         self.gpa.eq(start.gpa), self.access.eq(start.access),
@@ -163,7 +165,7 @@ class WalkEngine(wiring.Component):
 
             with m.State("READ"):
                 m.d.comb += [self.ar_valid.eq(1), self.ar_addr.eq(addr),
-                             self.ar_level.eq(level)]
+                             self.ar_level.eq(level), self.ar_params.eq(self.params)]
                 with m.If(self.ar_ready):
                     m.next = "WAIT"
 

@@ -23,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 
 from .arch import ARCHS, FORMATS, format_table
 from .decode import ACCESS_IDS, KIND_IDS, MAX_LEVELS, PA_WIDTH, page_shift
+from .context import WALK_PARAMS
 from .engine import ENGINE_VIEW, STEP_LAYOUT
 
 __all__ = ["PtePipe", "RECORD_PWC"]
@@ -72,8 +73,9 @@ class PtePipe(wiring.Component):
     -------
     r_valid, r_id, r_data, r_err : In
         The AXI R beat (``r_err``: SLVERR or DECERR), always accepted.
-    ar_valid, ar_id : In
-        Walk ``ar_id``'s read was granted: the pipe notes that entry's reserved bits.
+    ar_valid, ar_id, ar_level, ar_params : In
+        Walk ``ar_id``'s read of a level-``ar_level`` entry was granted: the pipe notes
+        that entry's reserved bits.
     views : In(ENGINE_VIEW).array(engines)
         Each walk's state, read at R0 by the beat's ID.
     ad_expect, ad_owner : In
@@ -92,7 +94,8 @@ class PtePipe(wiring.Component):
         id_bits = max(1, (engines - 1).bit_length())
         super().__init__({
             "r_valid": In(1), "r_id": In(id_bits), "r_data": In(64), "r_err": In(1),
-            "ar_valid": In(1), "ar_id": In(id_bits),
+            "ar_valid": In(1), "ar_id": In(id_bits), "ar_level": In(3),
+            "ar_params": In(WALK_PARAMS),
             "views": In(ENGINE_VIEW).array(engines),
             "ad_expect": In(1), "ad_owner": In(id_bits),
             "ad_beat": Out(1), "ad_data": Out(64), "ad_err": Out(1),
@@ -215,8 +218,7 @@ class PtePipe(wiring.Component):
         """The mask memory, written for walk ``ar_id`` at its read's grant."""
         layout = data.StructLayout({"table": RESERVABLE, "leaf": RESERVABLE})
         m.submodules.masks = masks = Memory(shape=layout, depth=max(2, self.engines), init=[])
-        view = data.View(ENGINE_VIEW, Array(v.as_value() for v in self.views)[self.ar_id])
-        p = view.params
+        p, level = self.ar_params, self.ar_level
         # Bits at or above the physical-address width, where a format reserves them.
         pa_high = {i: p.pa_bits <= i for i in range(64)}
         write = masks.write_port()
@@ -224,7 +226,7 @@ class PtePipe(wiring.Component):
         for kind, leaf in (("table", False), ("leaf", True)):
             def bit(i):
                 static, pa, nxe = (format_table(m, p.format, 1, lambda c: _level_mux(
-                    view.level, lambda l: Const(c.reserved[(l, leaf)][k] >> i & 1, 1),
+                    level, lambda l: Const(c.reserved[(l, leaf)][k] >> i & 1, 1),
                     c.levels)) for k in range(3))
                 return static | (pa & pa_high[i]) | (nxe & ~p.nxe)
             m.d.comb += getattr(write.data, kind).eq(Cat(bit(i) for i in _reservable()))

@@ -89,10 +89,10 @@ class WalkerPool(wiring.Component):
             mem = Memory(shape=shape, depth=8 * N, init=[])
             m.submodules[name] = mem
             return mem.write_port(), mem
-        ar_level = Signal(3)
+        ar_level, ar_params = Signal(3), Signal(WALK_PARAMS)
         for i, e in enumerate(engines):
             with m.If(arb.grant == i):
-                m.d.comb += ar_level.eq(e.ar_level)
+                m.d.comb += [ar_level.eq(e.ar_level), ar_params.eq(e.ar_params)]
         addr_w, addr_mem = record("rec_addr", ADDR_BITS)
         word_w, word_mem = record("rec_word", 64)
         addr_r, word_r = addr_mem.read_port(domain="comb"), word_mem.read_port(domain="comb")
@@ -134,6 +134,7 @@ class WalkerPool(wiring.Component):
             pipe.r_valid.eq(axi.rvalid & (axi.rid < N)), pipe.r_id.eq(axi.rid),
             pipe.r_data.eq(axi.rdata), pipe.r_err.eq(axi.rresp[1]),
             pipe.ar_valid.eq(axi.arvalid & axi.arready), pipe.ar_id.eq(arb.grant),
+            pipe.ar_level.eq(ar_level), pipe.ar_params.eq(ar_params),
             pipe.ad_expect.eq(ad.expect), pipe.ad_owner.eq(ad.owner),
             ad.beat.eq(pipe.ad_beat), ad.data.eq(pipe.ad_data), ad.err.eq(pipe.ad_err),
             axi.awid.eq(ad.awid), axi.awaddr.eq(ad.awaddr), axi.awvalid.eq(ad.awvalid),
