@@ -220,7 +220,9 @@ class PtePipe(wiring.Component):
         m.submodules.masks = masks = Memory(shape=layout, depth=max(2, self.engines), init=[])
         p, level = self.ar_params, self.ar_level
         # Bits at or above the physical-address width, where a format reserves them.
-        pa_high = {i: p.pa_bits <= i for i in range(64)}
+        width = len(p.pa_bits)
+        pa_high = {i: p.pa_bits <= i if i < (1 << width) - 1 else Const(1, 1)
+                   for i in range(64)}
         write = masks.write_port()
         m.d.comb += [write.en.eq(self.ar_valid), write.addr.eq(self.ar_id)]
         for kind, leaf in (("table", False), ("leaf", True)):
