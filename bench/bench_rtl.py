@@ -209,8 +209,8 @@ def main(quick=False):
                        "level); cycles from request accepted to response for a 4 KiB read "
                        "whose entries have A set (no A/D write), with a cold walk cache and "
                        "then for a second page of the same 2 MiB region (every non-leaf level "
-                       "cached: one memory read). Each cached level still costs two walker "
-                       "FSM cycles (docs/mmu.md).")
+                       "cached: one memory read). The walk starts below the cached levels, "
+                       "so they cost no cycle (docs/mmu.md).")
     tables.append(walk_table)
 
     hits, cycles, latency = tlb_hit_throughput(64 if quick else 512)
@@ -220,7 +220,7 @@ def main(quick=False):
                         "back-to-back hits to one warm page (ept4), after the warm-up walk; "
                         "cycles include draining the last response. The latency runs from the "
                         "cycle a request is accepted (TLB lookup) to its response (hw/mmu.py "
-                        "answers a hit on the next cycle)."))
+                        "answers a hit from S2, two cycles after it was accepted)."))
 
     walkers = (1, 2, 4, 8)
     count = 48 if quick else 256
