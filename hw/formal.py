@@ -234,8 +234,8 @@ class PWCHarness(_CacheHarness):
     lookups of a symbolic key; the payload is the cached table's frame and permissions.
     ``prop`` as for :class:`TLBHarness`, per walk-cache level: a walk start at level
     ``l - 1`` is the level-``l`` entry. As in the MMU, an invalidation is given only
-    with no lookup in the pipeline; the "inval" check skips the cycles of a range sweep
-    (``inval_done`` ends it)."""
+    with no lookup in the pipeline, and no lookup is taken until its sweep is done; the
+    "inval" check skips the cycles of a range sweep (``inval_done`` ends it)."""
 
     def __init__(self, prop, *, entries=2, vm_bits=1, gen_bits=2, max_level=3, vpn_bits=20):
         super().__init__(prop, vpn_bits, lambda: PageWalkCache(
@@ -260,8 +260,9 @@ class PWCHarness(_CacheHarness):
         s1, s2 = Signal(), Signal()
         with m.If(dut.adv):
             m.d.sync += [s1.eq(dut.take), s2.eq(s1)]
-        m.d.comb += Assume(~dut.inval.valid | ~(dut.take | s1 | s2))
         busy = ~dut.inval.ready
+        m.d.comb += [Assume(~dut.inval.valid | ~(dut.take | s1 | s2)),
+                     Assume(~dut.take | ~busy)]
         fill = _Fields(dut.fill.payload.key, level=dut.fill.payload.level,
                        data=dut.fill.payload.data.as_value())
         start = dut.start

@@ -130,6 +130,10 @@ class PageWalkCache(wiring.Component):
                 m.d.sync += pm[l].eq(Cat(
                     valid[l][i] & ~written[l][i] & (e.vm == k0.vm)
                     & (e.region == region(k0.vpn, l)) for i, e in enumerate(ent[l])))
+        with m.Else():
+            for l in self.levels:
+                # A lookup held in S1 forgets an entry overwritten meanwhile.
+                m.d.sync += pm[l].eq(pm[l] & ~written[l])
         hits = {l: Signal(N, name=f"l{l}_hit") for l in self.levels}
         for l in self.levels:
             m.d.comb += hits[l].eq(pm[l] & valid[l] & Cat(

@@ -163,8 +163,8 @@ class TLB(wiring.Component):
     Members
     -------
     op : In(stream.Signature(op_layout(...)))
-        One op per cycle while ``op.ready``: not while invalidating, not in the two
-        cycles after a fill, not while ``result`` waits.
+        One op per cycle while ``op.ready``: not while an invalidation waits or runs,
+        not in the two cycles after a fill, not while ``result`` waits.
     result : Out(stream.Signature(result_layout(data_width)))
         Every op's answer two cycles after it was taken (a fill's: no hit); the
         pipeline holds while it is not taken.
@@ -236,7 +236,7 @@ class TLB(wiring.Component):
 
         adv = ~s2_valid | s2_sweep | self.result.ready
         m.d.comb += [
-            self.op.ready.eq(adv & (gap == 0) & ~busy),
+            self.op.ready.eq(adv & (gap == 0) & ~busy & ~self.inval.valid),
             self.result.valid.eq(s2_valid & ~s2_sweep),
             tag_rd.en.eq(adv), data_rd.en.eq(adv),
         ]
