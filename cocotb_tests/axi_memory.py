@@ -10,7 +10,7 @@ Reads and atomics act on the HostMemory when their request is accepted and answe
 ``latency`` cycles later, in order. Out-of-range words answer DECERR; poisoned words
 (:meth:`HostMemory.poison`) and addresses in :attr:`errors` answer SLVERR.
 
-Fault injection (issue 10): SLVERR on chosen PTE reads or A/D writes, by address
+Fault injection: SLVERR on chosen PTE reads or A/D writes, by address
 (:attr:`read_errors`, :attr:`atomic_errors`) or by probability (:attr:`read_error_rate`,
 :attr:`atomic_error_rate`); a random latency per response (``max_latency``), which lets
 responses of different AXI IDs pass each other as the AXI spec allows (A3.4.1: only
