@@ -1,4 +1,4 @@
-"""Fault injection on the MMU top (issue 10): one cocotb test per fault named in
+"""Fault injection on the MMU top: one cocotb test per fault named in
 ``TDPWALK_SCENARIOS``, each on a fresh reset, results appended to ``TDPWALK_RESULTS``.
 
 Run by :func:`cocotb_tests.runner.run_mmu` with ``test_module="cocotb_tests.fault_bench"``

@@ -362,7 +362,7 @@ async def mixed(tb, env):
 
 SCENARIOS = {f.__name__: f for f in (boot, steady, memslot_delete, dirty_log, harvest, aging,
                                      huge_recovery, mixed)}
-from .scenario_nested import nested; SCENARIOS["nested"] = nested  # noqa: E402,E702 (issue 8)
+from .scenario_nested import nested; SCENARIOS["nested"] = nested  # noqa: E402,E702
 from .scenario_nested import nested_migrate  # noqa: E402
 SCENARIOS["nested_migrate"] = nested_migrate
-from .scenario_tdx import tdx; SCENARIOS["tdx"] = tdx  # noqa: E402,E702 (issue 7)
+from .scenario_tdx import tdx; SCENARIOS["tdx"] = tdx  # noqa: E402,E702

@@ -1,8 +1,8 @@
 """Command line of the RTL: ``python -m hw {generate,run,lint} ...``.
 
 ``generate`` writes Verilog for a configuration; ``run`` replays a vector file on the
-walker, in Amaranth's simulator or under cocotb on Icarus or Verilator, and prints
-results in the JSON shape of ``python -m sw_model run``; ``lint`` generates and checks
+walker in Amaranth's simulator (``python -m cocotb_tests.replay_cli`` does it on the
+generated Verilog under Icarus or Verilator) and prints results in the JSON shape of ``python -m sw_model run``; ``lint`` generates and checks
 the Verilog with Verilator (``-Wall`` with the waivers in hw/lint.vlt) and elaborates it
 with Icarus Verilog.
 """
@@ -137,39 +137,17 @@ def _cmd_lint(args):
 
 
 def _cmd_run(args):
-    if args.sim == "amaranth":
-        vectors = load_vectors(args.vectors)
-        results = run_walker(vectors.memory, [VmContext(vectors.fmt, vectors.root, vectors.vm)],
-                             vectors.accesses, latency=args.latency, stall=args.stall,
-                             seed=args.seed, waves=args.waves)
-        write_results([r.result for r in results], args.output)
-        return 0
-    # Icarus or Verilator through cocotb: the bench itself compares every access with the
-    # reference walker and fails on a mismatch.
-    from cocotb_tests.runner import ToolchainError, replay
-    load_vectors(args.vectors)                      # report a bad file before building
-    log = pathlib.Path("build") / f"replay-{args.sim}.log"
-    log.parent.mkdir(exist_ok=True)
-    print(f"simulator log: {log}", file=sys.stderr)
-    try:
-        lines = replay(args.vectors, args.sim, latency=args.latency, stall=args.stall,
-                       seed=args.seed, waves=args.waves, log_file=log.resolve())
-    except ToolchainError as e:
-        raise ConfigError(str(e)) from None
-    except AssertionError as e:                     # a mismatch with the model
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    text = "".join(json.dumps(line) + "\n" for line in lines)
-    if args.output:
-        pathlib.Path(args.output).write_text(text)
-    else:
-        sys.stdout.write(text)
+    vectors = load_vectors(args.vectors)
+    results = run_walker(vectors.memory, [VmContext(vectors.fmt, vectors.root, vectors.vm)],
+                         vectors.accesses, latency=args.latency, stall=args.stall,
+                         seed=args.seed, waves=args.waves)
+    write_results([r.result for r in results], args.output)
     return 0
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status: 0, 1 when a replay under cocotb
-    disagrees with the model, or 2 with a one-line ``error: ...`` for bad input."""
+    """Run the command line; returns the exit status: 0, or 2 with a one-line
+    ``error: ...`` for bad input."""
     parser = OneLineParser(prog="python -m hw",
                            description="tdpwalk's RTL: generate, simulate, lint")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -183,13 +161,15 @@ def main(argv=None):
     gen.add_argument("-o", "--output", default="build", help="output directory")
     gen.set_defaults(func=_cmd_generate)
 
-    run = sub.add_parser("run", help="replay a vector file on the RTL, one JSON result per "
-                                     "line (the shape of `python -m sw_model run`)")
+    run = sub.add_parser("run", help="replay a vector file on the walker in Amaranth's "
+                                     "simulator, one JSON result per line (the shape of "
+                                     "`python -m sw_model run`; the Verilog under cocotb: "
+                                     "python -m cocotb_tests.replay_cli)")
     run.add_argument("vectors", help="vector file (JSON)")
-    run.add_argument("--sim", choices=("amaranth", "icarus", "verilator"), default="amaranth",
-                     help="Amaranth's simulator, or the generated Verilog under cocotb")
-    run.add_argument("--waves", help="write a waveform of the run to this file (VCD on "
-                                     "amaranth, FST under cocotb) and a GTKWave save file")
+    run.add_argument("--sim", choices=("amaranth",), default="amaranth",
+                     help="Amaranth's simulator (Icarus and Verilator: "
+                          "python -m cocotb_tests.replay_cli)")
+    run.add_argument("--waves", help="write a VCD waveform of the run to this file")
     run.add_argument("--latency", type=positive_int, default=1,
                      help="memory read latency in cycles (default 1)")
     run.add_argument("--stall", type=probability, default=0.0,

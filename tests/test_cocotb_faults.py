@@ -1,4 +1,4 @@
-"""Fault injection on the MMU top's Verilog (issue 10), on Icarus and Verilator: AXI
+"""Fault injection on the MMU top's Verilog, on Icarus and Verilator: AXI
 error responses on PTE reads and A/D writes, random latency, reordering and
 back-pressure on every AXI channel, reset in the middle of walks and invalidations,
 invalidations at every cycle offset of a walk, and software changing a PTE between the
