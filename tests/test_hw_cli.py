@@ -40,3 +40,14 @@ def test_bad_vector_file_is_an_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "hw", "run", str(path)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "format" in done.stderr
+
+
+def test_cocotb_replay_cli_rejects_bad_input_in_one_line(tmp_path):
+    """The cocotb replay command (the Verilog under Icarus or Verilator) names a bad
+    vector file in one line and exits 2 before building anything."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    done = subprocess.run([sys.executable, "-m", "cocotb_tests.replay_cli", str(bad)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
