@@ -15,6 +15,9 @@ scripted between requests.
 
 A single testbench coroutine does everything per cycle, sampling the DUT's outputs at
 the clock edge (``ctx.tick().sample``), which keeps the Python cost per cycle low.
+Building Amaranth's simulator of a walker or an MMU takes seconds and resetting one
+takes none, so each design's simulator is built once per process and reset for every
+run (:func:`_simulation`).
 """
 
 import random
@@ -37,6 +40,46 @@ from .walker import Walker, response_layout
 __all__ = ["VmContext", "WalkResult", "run_walker", "run_mmu", "MmuRun", "ProtocolError",
            "INVAL_KINDS", "INVAL_SPACES", "check_against_model", "walk_latency",
            "unpack_response", "response_to_model"]
+
+
+#: Simulators kept for reuse, by design: ``(factory, params) -> (dut, sim, slot)``.
+_SIMULATORS = {}
+_KEEP = 4
+
+
+def _simulation(factory, *, fresh=False, **params):
+    """``(dut, run)``: the design ``factory(**params)`` in a simulator, and
+    ``run(bench, waves=None, **write_vcd_args)`` running the testbench ``bench`` on it
+    from reset. The simulator is kept for the next run of the same design, unless
+    ``fresh`` (a run with waves) or the run raised."""
+    key = (factory, tuple(sorted(params.items())))
+    cached = None if fresh else _SIMULATORS.pop(key, None)
+    if cached is None:
+        dut = factory(**params)
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        slot = {"used": False}
+
+        async def testbench(ctx):
+            await slot["bench"](ctx)
+        sim.add_testbench(testbench)
+        cached = (dut, sim, slot)
+    dut, sim, slot = cached
+
+    def run(bench, waves=None, **vcd_args):
+        if slot["used"]:
+            sim.reset()
+        slot.update(bench=bench, used=True)
+        if waves:
+            with sim.write_vcd(waves, **vcd_args):
+                sim.run()
+            return
+        sim.run()
+        if not fresh:
+            _SIMULATORS[key] = cached           # most recently used last
+            while len(_SIMULATORS) > _KEEP:
+                _SIMULATORS.pop(next(iter(_SIMULATORS)))
+    return dut, run
 
 
 class ProtocolError(AssertionError):
@@ -193,7 +236,7 @@ def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_a
     if not jobs:
         return []
 
-    dut = Walker(num_vms=num_vms, tag_bits=tag_bits)
+    dut, run = _simulation(Walker, fresh=bool(waves), num_vms=num_vms, tag_bits=tag_bits)
     layout = response_layout(tag_bits)
     rng = random.Random(seed)
     axi, req, resp = dut.axi, dut.req, dut.resp
@@ -335,16 +378,12 @@ def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_a
             else:
                 set_if("bvalid", axi.bvalid, 0)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
     if waves:
         # A GTKWave save file next to the VCD opens with the ports already grouped.
-        gtkw = str(waves).rsplit(".", 1)[0] + ".gtkw"
-        with sim.write_vcd(waves, gtkw, traces=[dut.req, dut.resp, dut.ctx, dut.axi]):
-            sim.run()
+        run(bench, waves, gtkw_file=str(waves).rsplit(".", 1)[0] + ".gtkw",
+            traces=[dut.req, dut.resp, dut.ctx, dut.axi])
     else:
-        sim.run()
+        run(bench)
     return results
 
 
@@ -433,7 +472,8 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
     ``waves``: write a VCD waveform of the run to this path.
     """
     num_vms = 1 << max(0, (len(contexts) - 1).bit_length())
-    dut = MMU(num_vms=max(2, num_vms), tag_bits=TAG_BITS, **mmu_kwargs)
+    dut, run = _simulation(MMU, fresh=bool(waves), num_vms=max(2, num_vms), tag_bits=TAG_BITS,
+                           **mmu_kwargs)
     layout = response_layout(TAG_BITS)
     rng = random.Random(seed)
     out = MmuRun()
@@ -612,12 +652,5 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
         for name in COUNTERS:
             out.counters[name] = ctx.get(getattr(dut.counters, name))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    if waves:
-        with sim.write_vcd(waves):
-            sim.run()
-    else:
-        sim.run()
+    run(bench, waves)
     return out
