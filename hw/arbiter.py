@@ -19,13 +19,22 @@ def lowest_set(m, bits, width, name):
 
 class AxiArbiter(wiring.Component):
     """The AR requests of ``ports`` walkers onto one AR channel, the ID naming the
-    walker. The lowest index wins; a grant is held until its handshake, so ARADDR and
-    ARID stay stable while ARVALID waits (AMBA AXI, "Handshake process").
+    walker.
+
+    A walk in progress asks from a register (its READ state); the lowest index wins,
+    and a grant is held until its handshake, so ARADDR and ARID stay stable while
+    ARVALID waits (AMBA AXI, "Handshake process"). A walk being started presents its
+    first read straight from the start (``start_*``) in the cycle it starts, when no
+    walk in progress asks: so whether it is taken depends on registers and ARREADY
+    alone, never on which walk starts (the MMU decides that late in its cycle). A start
+    not taken is asked again from its walker's READ state, holding the grant.
 
     Members
     -------
     valid : In(ports); addr : In(width).array(ports); ready : Out(ports)
-        Each walker's request and its handshake.
+        Each walker's request in progress, and its handshake.
+    start_valid, start_id, start_addr : In; start_ready : Out(1)
+        The first read of the walk starting on walker ``start_id``, and its handshake.
     grant : Out(id_bits)
         The walker presented on the port this cycle.
     arvalid, araddr, arready : the shared channel (``grant`` is its ARID).
@@ -36,6 +45,8 @@ class AxiArbiter(wiring.Component):
         id_bits = max(1, (ports - 1).bit_length())
         super().__init__({
             "valid": In(ports), "addr": In(width).array(ports), "ready": Out(ports),
+            "start_valid": In(1), "start_id": In(id_bits), "start_addr": In(width),
+            "start_ready": Out(1),
             "grant": Out(id_bits),
             "arvalid": Out(1), "araddr": Out(width), "arready": In(1),
         })
@@ -44,13 +55,16 @@ class AxiArbiter(wiring.Component):
         m = Module()
         locked = Signal()
         held = Signal.like(self.grant)
-        lowest = lowest_set(m, self.valid, self.ports, "lowest")
-        grant = self.grant
+        asks = self.valid.any()
+        # A held grant is a walker in its READ state, so ``asks`` is set while locked.
+        granted = Signal.like(self.grant)
+        m.d.comb += granted.eq(Mux(locked, held, lowest_set(m, self.valid, self.ports, "lowest")))
         m.d.comb += [
-            grant.eq(Mux(locked, held, lowest)),
-            self.arvalid.eq(self.valid.any()),
-            self.araddr.eq(Array(self.addr)[grant]),
-            self.ready.eq((self.arready & self.arvalid) << grant),
+            self.grant.eq(Mux(asks, granted, self.start_id)),
+            self.arvalid.eq(asks | self.start_valid),
+            self.araddr.eq(Mux(asks, Array(self.addr)[granted], self.start_addr)),
+            self.ready.eq(Mux(asks & self.arready, 1 << granted, 0)),
+            self.start_ready.eq(self.arready & ~asks),
         ]
-        m.d.sync += [locked.eq(self.arvalid & ~self.arready), held.eq(grant)]
+        m.d.sync += [locked.eq(self.arvalid & ~self.arready), held.eq(self.grant)]
         return m

@@ -79,10 +79,12 @@ class WalkEngine(wiring.Component):
     Members
     -------
     start : In(stream.Signature(start_layout(tag_bits)))
-        Accepted when idle; the first AR is presented in the same cycle.
+        Accepted when idle. Its first read is presented in the same cycle by the pool
+        (from the start itself); ``ar_ready`` then says it was taken, else the engine
+        asks for it from READ.
     ar_valid, ar_addr, ar_level, ar_params, ar_ready
         The next entry to read (``ar_addr`` without its low three bits), its level and
-        the walk's parameters (the start's in the cycle a walk is accepted).
+        the walk's parameters, asked for from registers (the READ state).
     view : Out(...)
         What the PTE pipe needs to decode this walk's next R beat.
     step_valid : In(1), step : In(STEP_LAYOUT)
@@ -127,6 +129,7 @@ class WalkEngine(wiring.Component):
         need = Signal(MAX_LEVELS)
         root_addr = Signal(ADDR_BITS)
         m.d.comb += [
+            self.ar_addr.eq(addr), self.ar_level.eq(level), self.ar_params.eq(self.params),
             self.view.level.eq(level), self.view.params.eq(self.params),
             self.view.access.eq(self.access), self.view.acc.eq(acc),
             self.view.gpa.eq(self.gpa),
@@ -143,10 +146,7 @@ class WalkEngine(wiring.Component):
 
         with m.FSM(name="walk"):
             with m.State("IDLE"):
-                m.d.comb += [self.start.ready.eq(1),
-                             self.ar_valid.eq(self.start.valid & start.in_range),
-                             self.ar_addr.eq(start.addr), self.ar_level.eq(start.level),
-                             self.ar_params.eq(start.params)]
+                m.d.comb += self.start.ready.eq(1)
                 with m.If(self.start.valid):
                     m.d.sync += [
                         self.gpa.eq(start.gpa), self.access.eq(start.access),
@@ -164,8 +164,7 @@ class WalkEngine(wiring.Component):
                         m.next = "READ"
 
             with m.State("READ"):
-                m.d.comb += [self.ar_valid.eq(1), self.ar_addr.eq(addr),
-                             self.ar_level.eq(level), self.ar_params.eq(self.params)]
+                m.d.comb += self.ar_valid.eq(1)
                 with m.If(self.ar_ready):
                     m.next = "WAIT"
 

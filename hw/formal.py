@@ -501,7 +501,7 @@ class MMUHarness(Elaboratable):
             m.d.comb += Assert(~(resp.valid & (resp.payload.tag == tag0)) | (count == 1),
                                "response for a tag with no outstanding request")
         elif self.prop == "stale":
-            start = dut.walkers.start[0]
+            start = dut.walkers.start
             fresh = Signal()        # the walk of the engine started after the last invalidation
             with m.If(inval_go):
                 m.d.sync += fresh.eq(0)

@@ -161,6 +161,10 @@ class MMU(wiring.Component):
                                      gen_bits=GEN_BITS)
         except ValueError as e:
             raise ValueError(f"pwc_{e}") from None
+        # A TLB hit's answer: the entry and the request's tag and page offset.
+        self._hit_layout = data.StructLayout({
+            "level": 3, "data": TLB_DATA_LAYOUT.size, "tag": tag_bits,
+            "offset": page_shift(self.tlb.max_level)})
         self.walkers = WalkerPool(engines=num_walkers, tag_bits=tag_bits,
                                   id_width=axi_id_width, cache_tables=True)
         super().__init__({
@@ -277,14 +281,28 @@ class MMU(wiring.Component):
         join_to = Mux(follow, last_walk, lowest_set(m, joins, N, "join_walk"))
         free_to = lowest_set(m, ~misses.busy, N, "free_walk")
         go_join = miss & can_join
-        go_start = miss & ~can_join & ~misses.busy.all()
+        go_start = adv & miss & ~can_join & ~misses.busy.all()
         go_wait = miss & ~go_join & ~go_start
 
+        # A hit is answered in S2, or kept in ``held`` when the port is not free for it;
+        # the pipeline advances while ``held`` is empty (or the TLB's S2 is, as the TLB
+        # does), so whether it advances never depends on this cycle's hit or
+        # ``resp.ready``.
         resp, walk_resp = self.resp, misses.resp
+        held = Signal(self._hit_layout, name="held")
+        held_valid = Signal(name="held_valid")
+        live = Signal(self._hit_layout, name="live_hit")
+        m.d.comb += [live.level.eq(res.level), live.data.eq(res.data), live.tag.eq(s2.req.tag),
+                     live.offset.eq(s2.req.gpa)]
         hit_turn, prefer_walk = Signal(name="hit_turn"), Signal(name="prefer_walk")
-        m.d.comb += hit_turn.eq(hit & ~(walk_resp.valid & prefer_walk))
-        m.d.comb += [adv.eq(~hit | (hit_turn & resp.ready)), tlb.result.ready.eq(adv),
+        m.d.comb += hit_turn.eq((held_valid | hit) & ~(walk_resp.valid & prefer_walk))
+        m.d.comb += [adv.eq(~held_valid | ~tlb.result.valid), tlb.result.ready.eq(~held_valid),
                      walk_resp.ready.eq(resp.ready & ~hit_turn)]
+        with m.If(held_valid):
+            with m.If(hit_turn & resp.ready):
+                m.d.sync += held_valid.eq(0)
+        with m.Elif(hit & ~(hit_turn & resp.ready)):
+            m.d.sync += [held_valid.eq(1), held.eq(live)]
         with m.If(walk_resp.valid & walk_resp.ready):
             m.d.sync += prefer_walk.eq(0)
         with m.Elif(walk_resp.valid & hit_turn):
@@ -307,7 +325,7 @@ class MMU(wiring.Component):
         ]
         self._start_walks(m, pool, pwc.start, s2, s2_params, s2_root, s2_in_range,
                           go_start, free_to, count)
-        self._respond(m, resp, hit_turn, res, s2, walk_resp)
+        self._respond(m, resp, hit_turn, Mux(held_valid, held, live), walk_resp)
 
         # -- walk-cache fills: table entries the walks read (and set A in) ---------------
         cached = pool.cached
@@ -366,34 +384,35 @@ class MMU(wiring.Component):
     def _start_walks(self, m, pool, start, s2, params, root, in_range, go, to, count):
         """Walk ``s2``'s request on engine ``to`` when ``go``, from the walk cache's start
         when it hit, else from the root entry; the first read goes out this cycle."""
-        for i, st in enumerate(pool.start):
-            sp = st.payload
-            m.d.comb += [
-                st.valid.eq(go & (to == i)),
-                sp.gpa.eq(s2.req.gpa), sp.access.eq(s2.req.access), sp.tag.eq(s2.req.tag),
-                sp.params.eq(params), sp.root_addr.eq(root), sp.in_range.eq(in_range),
-                sp.level.eq(Mux(start.hit, start.level, params.levels)),
-                sp.addr.eq(Mux(start.hit, start.addr, root)),
-                sp.acc.eq(Mux(start.hit, start.acc, ALL_PERMS)),
-            ]
+        sp = pool.start.payload
+        m.d.comb += [
+            pool.start.valid.eq(go), pool.start_to.eq(to),
+            sp.gpa.eq(s2.req.gpa), sp.access.eq(s2.req.access), sp.tag.eq(s2.req.tag),
+            sp.params.eq(params), sp.root_addr.eq(root), sp.in_range.eq(in_range),
+            sp.level.eq(Mux(start.hit, start.level, params.levels)),
+            sp.addr.eq(Mux(start.hit, start.addr, root)),
+            sp.acc.eq(Mux(start.hit, start.acc, ALL_PERMS)),
+        ]
         m.d.comb += [
             count["walks"].eq(go),
             count["pwc_hits"].eq(go & start.hit),
             count["pwc_reads_saved"].eq(Mux(go & start.hit, params.levels - start.level, 0)),
         ]
 
-    def _respond(self, m, resp, hit_turn, res, s2, walk_resp):
-        """The response port: the TLB hit in S2 on its turn, else a walk's answer."""
+    def _respond(self, m, resp, hit_turn, hit, walk_resp):
+        """The response port: the TLB hit (``hit``, of :attr:`_hit_layout`) on its
+        turn, else a walk's answer."""
         rp = resp.payload
+        res = data.View(self._hit_layout, hit)
         m.d.comb += resp.valid.eq(hit_turn | walk_resp.valid)
         with m.If(hit_turn):
             entry = data.View(TLB_DATA_LAYOUT, res.data)
             mask = Const(0xfff, PA_WIDTH)
             for level in range(2, 5):
                 mask = Mux(res.level == level, Const((1 << page_shift(level)) - 1, PA_WIDTH), mask)
-            m.d.comb += [rp.ok.eq(1), rp.level.eq(res.level), rp.tag.eq(s2.req.tag),
+            m.d.comb += [rp.ok.eq(1), rp.level.eq(res.level), rp.tag.eq(res.tag),
                          rp.hpa.eq((Cat(Const(0, 12), entry.frame) & ~mask)
-                                   | (s2.req.gpa[:PA_WIDTH] & mask)),
+                                   | (res.offset & mask)),
                          rp.perms.eq(entry.perms), rp.memtype.eq(entry.memtype)]
         with m.Else():
             w = walk_resp.payload

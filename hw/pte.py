@@ -4,9 +4,10 @@ AXI returns at most one R beat per cycle, whichever walk it belongs to, so one d
 serves all the walkers of an MMU. Two stages:
 
 * R0 registers the beat and, selected by its ID, what the owning walk's decode needs:
-  the level, the format's reserved-bit masks for that level (leaf and non-leaf), the
-  permissions so far, the next level's index bits. Nothing here depends on the data.
-* R1 decodes the word with the rules of :mod:`hw.arch` and hands the owning
+  the level, the permissions so far, the next level's index bits. Nothing here
+  depends on the data.
+* R1 decodes the word with the rules of :mod:`hw.arch` (the reserved bits with the
+  masks noted for the walk's read, :meth:`PtePipe._masks`) and hands the owning
   :class:`hw.engine.WalkEngine` a :data:`hw.engine.STEP`: descend to the next entry, or
   finish with a translation or a fault. It also records the word (for the A/D unit)
   and, for a table entry, the next table and permissions (for a walk cache).
@@ -54,16 +55,7 @@ def _reservable():
     return [i for i in range(64) if bits >> i & 1]
 
 
-#: The reservable bits in groups of four, reduced to one bit each at R0.
-_GROUPS = [tuple(_reservable()[k:k + 4]) for k in range(0, len(_reservable()), 4)]
 RESERVABLE = len(_reservable())
-
-
-def _group_offsets():
-    offset = 0
-    for group in _GROUPS:
-        yield offset, group
-        offset += len(group)
 
 
 class PtePipe(wiring.Component):
@@ -74,8 +66,9 @@ class PtePipe(wiring.Component):
     r_valid, r_id, r_data, r_err : In
         The AXI R beat (``r_err``: SLVERR or DECERR), always accepted.
     ar_valid, ar_id, ar_level, ar_params : In
-        Walk ``ar_id``'s read of a level-``ar_level`` entry was granted: the pipe notes
-        that entry's reserved bits.
+        Walk ``ar_id``'s read of a level-``ar_level`` entry was granted (the cycle
+        before: its beat comes one cycle after this at the earliest, and is decoded the
+        cycle after that): the pipe notes that entry's reserved bits.
     views : In(ENGINE_VIEW).array(engines)
         Each walk's state, read at R0 by the beat's ID.
     ad_expect, ad_owner : In
@@ -143,17 +136,15 @@ class PtePipe(wiring.Component):
         ]
 
         # The reserved bits of the entry each walk reads next (as a table entry, and as a
-        # leaf) are noted when its read is granted, so the beat is only ANDed with them
-        # here and reduced to a few bits before the R0 register.
+        # leaf) are noted in the cycle after its read was granted, so R1 only ANDs the
+        # word with them.
         masks = self._masks(m)
         read = masks.read_port(domain="comb")
-        m.d.comb += read.addr.eq(self.r_id)
-        rsvd_table, rsvd_leaf = Signal(len(_GROUPS)), Signal(len(_GROUPS))
-        for kind, part in (("table", rsvd_table), ("leaf", rsvd_leaf)):
-            mask = getattr(read.data, kind)
-            m.d.sync += part.eq(Cat(
-                (Cat(self.r_data[i] for i in group) & mask[first:first + len(group)]).any()
-                for first, group in _group_offsets()))
+        m.d.comb += read.addr.eq(rid)
+        reservable = Cat(word[i] for i in _reservable())
+        rsvd_table, rsvd_leaf = Signal(), Signal()
+        m.d.comb += [rsvd_table.eq((reservable & read.data.table).any()),
+                     rsvd_leaf.eq((reservable & read.data.leaf).any())]
 
         # -- R1: decode --------------------------------------------------------------
         def by_arch(build, width):
@@ -170,7 +161,7 @@ class PtePipe(wiring.Component):
         m.d.comb += [present.eq(ent("present")), leaf.eq(ent("leaf")), bad.eq(ent("bad")),
                      frame.eq(ent("frame")), perms.eq(ent("perms")),
                      memtype.eq(ent("memtype")), ent_a.eq(ent("a")), ent_d.eq(ent("d"))]
-        rsvd = Mux(leaf, rsvd_leaf.any(), rsvd_table.any())
+        rsvd = Mux(leaf, rsvd_leaf, rsvd_table)
         acc_next = acc & perms
         misaligned = (frame[:OFFSET_BITS] & page_mask).any()
         checks = {a.name: a.leaf(acc_next, perms, want, nxe=nxe, svade=svade, write=write,
@@ -215,7 +206,7 @@ class PtePipe(wiring.Component):
         return m
 
     def _masks(self, m):
-        """The mask memory, written for walk ``ar_id`` at its read's grant."""
+        """The mask memory, written for walk ``ar_id`` the cycle after its read's grant."""
         layout = data.StructLayout({"table": RESERVABLE, "leaf": RESERVABLE})
         m.submodules.masks = masks = Memory(shape=layout, depth=max(2, self.engines), init=[])
         p, level = self.ar_params, self.ar_level

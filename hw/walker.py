@@ -121,7 +121,8 @@ class Walker(wiring.Component):
                                               id_width=len(self.axi.arid))
         wiring.connect(m, wiring.flipped(self.ctx), contexts.write)
         wiring.connect(m, pool.axi, wiring.flipped(self.axi))
-        req, start = self.req, pool.start[0]
+        req, start = self.req, pool.start
+        m.d.comb += pool.start_to.eq(0)
 
         # One walk at a time: a request is registered with its walk's start, which the
         # engine takes the cycle after.

@@ -32,7 +32,9 @@ class WalkerPool(wiring.Component):
 
     Members
     -------
-    start : In(stream.Signature(start_layout(tag_bits))).array(engines)
+    start : In(stream.Signature(start_layout(tag_bits))); start_to : In(id_bits)
+        A walk to start on engine ``start_to`` (ready while it is idle); its first read
+        goes out in the same cycle when the AR channel is free.
     result : Out(stream.Signature(RESULT_LAYOUT)).array(engines)
     walk : Out(WALK_INFO).array(engines); tag : Out(tag_bits).array(engines)
     axi : Out(AXI4Signature(addr_width=64, data_width=64, id_width=id_width))
@@ -45,7 +47,8 @@ class WalkerPool(wiring.Component):
         self.engines, self.tag_bits, self.cache_tables = engines, tag_bits, cache_tables
         self.id_bits = max(1, (engines - 1).bit_length())
         members = {
-            "start": In(stream.Signature(start_layout(tag_bits))).array(engines),
+            "start": In(stream.Signature(start_layout(tag_bits))),
+            "start_to": In(self.id_bits),
             "result": Out(stream.Signature(RESULT_LAYOUT)).array(engines),
             "walk": Out(WALK_INFO).array(engines),
             "tag": Out(tag_bits).array(engines),
@@ -67,15 +70,19 @@ class WalkerPool(wiring.Component):
         m.submodules.arbiter = arb = AxiArbiter(N, ADDR_BITS)
         axi = self.axi
 
+        start = self.start
         for i, e in enumerate(engines):
-            connect(m, wiring.flipped(self.start[i]), e.start)
+            m.d.comb += [e.start.valid.eq(start.valid & (self.start_to == i)),
+                         e.start.payload.eq(start.payload)]
+            with m.If(self.start_to == i):
+                m.d.comb += start.ready.eq(e.start.ready)
             connect(m, e.result, wiring.flipped(self.result[i]))
             w = self.walk[i]
             m.d.comb += [
                 w.gpa.eq(e.gpa), w.access.eq(e.access), w.params.eq(e.params),
                 w.top.eq(e.top), self.tag[i].eq(e.tag),
                 arb.valid[i].eq(e.ar_valid), arb.addr[i].eq(e.ar_addr),
-                e.ar_ready.eq(arb.ready[i]),
+                e.ar_ready.eq(arb.ready[i] | arb.start_ready),
                 pipe.views[i].eq(e.view),
                 e.step_valid.eq(pipe.step_valid[i]), e.step.eq(pipe.step),
                 ad.req[i].eq(e.ad_req), ad.need[i].eq(e.ad_need), ad.leaf[i].eq(e.ad_leaf),
@@ -89,16 +96,23 @@ class WalkerPool(wiring.Component):
             mem = Memory(shape=shape, depth=8 * N, init=[])
             m.submodules[name] = mem
             return mem.write_port(), mem
-        ar_level, ar_params = Signal(3), Signal(WALK_PARAMS)
+        # The read taken, registered: the decoder notes its masks and the record its
+        # address in the next cycle, off the path of the AR handshake.
+        m.d.comb += [arb.start_valid.eq(start.valid & start.payload.in_range),
+                     arb.start_id.eq(self.start_to), arb.start_addr.eq(start.payload.addr)]
+        taken, ar_id = Signal(), Signal(self.id_bits)
+        ar_level, ar_params, ar_addr = Signal(3), Signal(WALK_PARAMS), Signal(ADDR_BITS)
+        m.d.sync += [taken.eq(axi.arvalid & axi.arready), ar_id.eq(arb.grant),
+                     ar_addr.eq(arb.araddr),
+                     ar_level.eq(start.payload.level), ar_params.eq(start.payload.params)]
         for i, e in enumerate(engines):
-            with m.If(arb.grant == i):
-                m.d.comb += [ar_level.eq(e.ar_level), ar_params.eq(e.ar_params)]
+            with m.If(arb.valid.any() & (arb.grant == i)):
+                m.d.sync += [ar_level.eq(e.ar_level), ar_params.eq(e.ar_params)]
         addr_w, addr_mem = record("rec_addr", ADDR_BITS)
         word_w, word_mem = record("rec_word", 64)
         addr_r, word_r = addr_mem.read_port(domain="comb"), word_mem.read_port(domain="comb")
         m.d.comb += [
-            addr_w.en.eq(axi.arvalid & axi.arready), addr_w.addr.eq(Cat(ar_level, arb.grant)),
-            addr_w.data.eq(arb.araddr),
+            addr_w.en.eq(taken), addr_w.addr.eq(Cat(ar_level, ar_id)), addr_w.data.eq(ar_addr),
             word_w.en.eq(pipe.rec_valid), word_w.addr.eq(Cat(pipe.rec_level, pipe.rec_id)),
             word_w.data.eq(pipe.rec_word),
             addr_r.addr.eq(Cat(ad.rec_level, ad.rec_id)), ad.rec_addr.eq(addr_r.data),
@@ -133,7 +147,7 @@ class WalkerPool(wiring.Component):
             axi.rready.eq(1), axi.bready.eq(1),
             pipe.r_valid.eq(axi.rvalid & (axi.rid < N)), pipe.r_id.eq(axi.rid),
             pipe.r_data.eq(axi.rdata), pipe.r_err.eq(axi.rresp[1]),
-            pipe.ar_valid.eq(axi.arvalid & axi.arready), pipe.ar_id.eq(arb.grant),
+            pipe.ar_valid.eq(taken), pipe.ar_id.eq(ar_id),
             pipe.ar_level.eq(ar_level), pipe.ar_params.eq(ar_params),
             pipe.ad_expect.eq(ad.expect), pipe.ad_owner.eq(ad.owner),
             ad.beat.eq(pipe.ad_beat), ad.data.eq(pipe.ad_data), ad.err.eq(pipe.ad_err),
