@@ -147,13 +147,15 @@ class WalkEngine(wiring.Component):
         with m.FSM(name="walk"):
             with m.State("IDLE"):
                 m.d.comb += self.start.ready.eq(1)
+                # An idle engine takes the start's fields every cycle (nobody reads them
+                # before it starts), so only its state waits for ``start.valid``.
+                m.d.sync += [
+                    self.gpa.eq(start.gpa), self.access.eq(start.access),
+                    self.tag.eq(start.tag), self.params.eq(start.params),
+                    level.eq(start.level), addr.eq(start.addr), acc.eq(start.acc),
+                    need.eq(0), root_addr.eq(start.root_addr), self.top.eq(start.level),
+                ]
                 with m.If(self.start.valid):
-                    m.d.sync += [
-                        self.gpa.eq(start.gpa), self.access.eq(start.access),
-                        self.tag.eq(start.tag), self.params.eq(start.params),
-                        level.eq(start.level), addr.eq(start.addr), acc.eq(start.acc),
-                        need.eq(0), root_addr.eq(start.root_addr), self.top.eq(start.level),
-                    ]
                     with m.If(~start.in_range):
                         m.d.sync += [res.ok.eq(0), res.kind.eq(KIND_IDS["gpa_range"]),
                                      level.eq(start.params.levels), res.perms.eq(0)]

@@ -43,7 +43,7 @@ from .decode import FORMAT_IDS, MAX_LEVELS, PA_WIDTH
 from .mmu import MMU
 from .pwc import PWC_DATA, PageWalkCache
 from . import pwc as pwc_module, tlb as tlb_module
-from .tlb import LEVEL_BITS, TLB, InvalKind, InvalSpace
+from .tlb import LEVEL_BITS, TLB, InvalKind, InvalSpace, key_layout, late_layout
 from .context import CONTEXT_LAYOUT
 from .walker import Walker
 
@@ -197,14 +197,25 @@ class TLBHarness(_CacheHarness):
         self.data_width = data_width
 
     def lookup_key(self, dut):
-        return dut.op.payload.key
+        # The op's generation and space, free, as the op is taken; the TLB is given
+        # them in the next cycle (``key_late``).
+        k = dut.op.payload.key
+        self.op_late = Signal(late_layout(dut.gen_bits))
+        self.key_view = data.View(key_layout(dut.vm_bits, dut.gen_bits), Cat(
+            k.vm, self.op_late.gen, self.op_late.private, k.vpn, k.access))
+        return self.key_view
 
     def looks_up(self, dut):
         return dut.op.valid & ~dut.op.payload.fill
 
     def check(self, m, dut, g):
         op = dut.op
-        fill = _Fields(op.payload.key, level=op.payload.level, data=op.payload.data)
+        late = Signal.like(self.op_late)
+        m.d.comb += self.op_late.eq(AnySeq(late.shape().size))
+        with m.If(op.valid & op.ready):
+            m.d.sync += late.eq(self.op_late)
+        m.d.comb += Assume(dut.key_late.as_value() == late.as_value())
+        fill = _Fields(self.key_view, level=op.payload.level, data=op.payload.data)
         fill_valid = op.valid & op.payload.fill
         res = dut.result
         for l in self.levels:

@@ -7,7 +7,7 @@ could match again, so the MMU sweeps that VM's space before a request uses it
 (``wrapped``).
 """
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,8 +22,8 @@ class Generations(wiring.Component):
 
     Members
     -------
-    vm, private : In; gen : Out(GEN_BITS)
-        The current generation of a VM's space (combinational).
+    vm : In; gen_shared, gen_private : Out(GEN_BITS)
+        The current generations of a VM's two spaces (combinational).
     retire : In(2 * num_vms)
         Counters to advance this cycle.
     wrapped : Out(2 * num_vms)
@@ -34,7 +34,7 @@ class Generations(wiring.Component):
         self.num_vms = num_vms
         vm_bits = max(1, (num_vms - 1).bit_length())
         super().__init__({
-            "vm": In(vm_bits), "private": In(1), "gen": Out(GEN_BITS),
+            "vm": In(vm_bits), "gen_shared": Out(GEN_BITS), "gen_private": Out(GEN_BITS),
             "retire": In(2 * num_vms), "wrapped": Out(2 * num_vms),
         })
 
@@ -44,7 +44,8 @@ class Generations(wiring.Component):
                 for i in range(2 * self.num_vms)]
         for vm in range(self.num_vms):
             with m.If(self.vm == vm):
-                m.d.comb += self.gen.eq(Mux(self.private, gens[2 * vm + 1], gens[2 * vm]))
+                m.d.comb += [self.gen_shared.eq(gens[2 * vm]),
+                             self.gen_private.eq(gens[2 * vm + 1])]
         m.d.comb += self.wrapped.eq(self.retire & Cat(g.all() for g in gens))
         for i, g in enumerate(gens):
             with m.If(self.retire[i]):

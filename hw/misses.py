@@ -138,20 +138,31 @@ class MissTable(wiring.Component):
                 m.d.sync += [valid.bit_select(slot, 1).eq(1),
                              joined.bit_select(slot, 1).eq(self.joined),
                              replaying.bit_select(slot, 1).eq(0)]
-                for j in range(E):
-                    with m.If(slot == j):
-                        m.d.sync += [walker[j].eq(self.record_walk), reqs[j].eq(self.record_req)]
+            # The request is written whether or not it is recorded (so that the write
+            # does not wait for the outcome): the slot is free or holds this same
+            # replayed request.
+            for j in range(E):
+                with m.If((slot == j) & (self.record_replay | ~valid[j])):
+                    m.d.sync += [walker[j].eq(self.record_walk), reqs[j].eq(self.record_req)]
             with m.If(self.settled):
                 m.d.sync += [valid.bit_select(self.record_entry, 1).eq(0),
                              replaying.bit_select(self.record_entry, 1).eq(0)]
             m.d.comb += self.free.eq(sum(~valid[j] for j in range(E)))
+            # The entry offered is chosen a cycle ahead (a register), so the lookup
+            # pipeline's S0 reads a request by a registered index.
             ready = valid & ~joined & ~replaying
-            pick = lowest_set(m, ready, E, "replay_entry")
-            m.d.comb += [self.replay.valid.eq(ready.any() & ~busy.all()),
-                         self.replay.payload.entry.eq(pick),
-                         self.replay.payload.req.eq(_pick(reqs, pick))]
-            with m.If(self.replay.valid & self.replay.ready):
-                m.d.sync += replaying.bit_select(pick, 1).eq(1)
+            offer = Signal(len(self.record_entry), name="replay_entry")
+            offered = Signal(name="replay_offered")
+            took = self.replay.valid & self.replay.ready
+            later = ready & ~Mux(took, 1 << offer, 0)
+            m.d.sync += [offered.eq(later.any()),
+                         offer.eq(lowest_set(m, later, E, "replay_next"))]
+            m.d.comb += [self.replay.valid.eq(offered & ready.bit_select(offer, 1)
+                                              & ~busy.all()),
+                         self.replay.payload.entry.eq(offer),
+                         self.replay.payload.req.eq(_pick(reqs, offer))]
+            with m.If(took):
+                m.d.sync += replaying.bit_select(offer, 1).eq(1)
 
         # -- responses: a walk's own request, then the requests that joined it ----------
         resp, r = self.resp, self.resp.payload

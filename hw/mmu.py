@@ -183,7 +183,7 @@ class MMU(wiring.Component):
         m.submodules.tlb = tlb = self.tlb
         m.submodules.pwc = pwc = self.pwc
         m.submodules.walkers = pool = self.walkers
-        m.submodules.contexts = contexts = ContextTable(self.num_vms, reads=3)
+        m.submodules.contexts = contexts = ContextTable(self.num_vms, reads=4)
         m.submodules.gens = gens = Generations(self.num_vms)
         m.submodules.misses = misses = MissTable(
             walkers=N, entries=self.pending - N, vm_bits=self.vm_bits, tag_bits=self.tag_bits)
@@ -209,11 +209,15 @@ class MMU(wiring.Component):
         for name in ("vm", "gpa", "access", "tag"):
             m.d.comb += getattr(s0, name).eq(Mux(replay_now, getattr(replay.payload.req, name),
                                                  getattr(req.payload, name)))
-        m.d.comb += [contexts.read_vm[0].eq(s0.vm), gens.vm.eq(s0.vm),
-                     gens.private.eq(is_private(contexts.read[0], s0.gpa))]
+        # Whether the GPA is a TD's private one: for the port's request and the replay
+        # apart, so that only the last choice waits for ``replay_now``.
+        m.d.comb += [gens.vm.eq(s0.vm), contexts.read_vm[0].eq(req.payload.vm),
+                     contexts.read_vm[3].eq(replay.payload.req.vm)]
+        private0 = Mux(replay_now, is_private(contexts.read[3], replay.payload.req.gpa),
+                       is_private(contexts.read[0], req.payload.gpa))
+        fill_key = _pick(list(misses.key), fill_i)
         op = tlb.op.payload
-        m.d.comb += [op.key.vm.eq(s0.vm), op.key.gen.eq(gens.gen),
-                     op.key.private.eq(gens.private), op.key.vpn.eq(vpn_of(s0.gpa)),
+        m.d.comb += [op.key.vm.eq(s0.vm), op.key.vpn.eq(vpn_of(s0.gpa)),
                      op.key.access.eq(s0.access)]
         with m.If(fill_now):
             m.d.comb += self._fill_op(op, misses, pool, fill_i)
@@ -235,44 +239,54 @@ class MMU(wiring.Component):
 
         stage = data.StructLayout({"lookup": 1, "fill": 1, "replay": 1,
                                    "entry": len(replay.payload.entry), "walk": len(fill_i),
-                                   "req": s0.shape(), "gen": GEN_BITS, "private": 1})
+                                   "req": s0.shape(), "private": 1,
+                                   "gens": data.ArrayLayout(GEN_BITS, 2)})
         s1, s2 = Signal(stage, name="s1"), Signal(stage, name="s2")
         with m.If(adv):
             m.d.sync += [s1.lookup.eq(take), s1.fill.eq(take_fill),
                          s1.replay.eq(replay.valid & replay.ready),
                          s1.entry.eq(replay.payload.entry), s1.walk.eq(fill_i), s1.req.eq(s0),
-                         s1.gen.eq(gens.gen), s1.private.eq(gens.private)]
+                         s1.gens.eq(Mux(fill_now, fill_key.gen.replicate(2),
+                                        Cat(gens.gen_shared, gens.gen_private))),
+                         s1.private.eq(Mux(fill_now, fill_key.private, private0))]
         m.d.comb += ahead.eq((s1.lookup & ~s1.replay) + (s2.lookup & ~s2.replay))
 
-        # -- S1: walk start, walks to join --------------------------------------------------
-        m.d.comb += [contexts.read_vm[1].eq(s1.req.vm), pwc.key_late.gen.eq(s1.gen),
-                     pwc.key_late.private.eq(s1.private)]
+        # -- S1: generation, walk start, walks to join --------------------------------------
+        # The VM's generations of both spaces were read at S0; the space picks one here.
+        gen1 = Signal(GEN_BITS, name="gen1")
+        key1 = data.View(misses.key_layout, Cat(s1.req.vm, gen1, s1.private))
+        m.d.comb += [gen1.eq(s1.gens[s1.private]),
+                     tlb.key_late.gen.eq(gen1), tlb.key_late.private.eq(s1.private),
+                     pwc.key_late.gen.eq(gen1), pwc.key_late.private.eq(s1.private),
+                     contexts.read_vm[1].eq(s1.req.vm)]
         params1, root1, in_range1 = walk_start(m, contexts.read[1], s1.req.gpa)
 
-        def same_page(key, gpa, access, other):
-            return ((key.vm == other.req.vm) & (key.gen == other.gen)
-                    & (key.private == other.private)
+        def same_page(key, gpa, access, other_key, other):
+            return ((key.as_value() == other_key.as_value())
                     & (vpn_of(gpa) == vpn_of(other.req.gpa)) & (access == other.req.access))
         joinable = Cat(
             misses.busy[i] & ~misses.stale[i] & (~misses.done[i] | misses.ok[i])
-            & same_page(misses.key[i], pool.walk[i].gpa, pool.walk[i].access, s1)
+            & same_page(misses.key[i], pool.walk[i].gpa, pool.walk[i].access, key1, s1)
             for i in range(N))
         s2_params = Signal.like(params1, name="s2_params")
         s2_root, s2_in_range = Signal(len(root1), name="s2_root"), Signal(name="s2_in_range")
         s2_join, s2_follow = Signal(N, name="s2_join"), Signal(name="s2_follow")
+        s2_low = Signal(name="s2_low")      # the GPA is below any format's top
+        s2_gen = Signal(GEN_BITS, name="s2_gen")
         with m.If(adv):
             m.d.sync += [
-                s2.eq(s1), s2_params.eq(params1), s2_root.eq(root1),
+                s2.eq(s1), s2_gen.eq(gen1), s2_params.eq(params1), s2_root.eq(root1),
                 s2_in_range.eq(in_range1), s2_join.eq(joinable),
+                s2_low.eq(s1.req.gpa[12 + VPN_BITS:] == 0),
                 s2_follow.eq(s2.lookup & same_page(
-                    data.View(misses.key_layout, Cat(s2.req.vm, s2.gen, s2.private)),
-                    s2.req.gpa, s2.req.access, s1)),
+                    data.View(misses.key_layout, Cat(s2.req.vm, s2_gen, s2.private)),
+                    s2.req.gpa, s2.req.access, key1, s1)),
             ]
 
         # -- S2: answer a hit; join, start or wait on a miss ----------------------------------
         res = tlb.result.payload
         # A GPA above any format's space never hits (the TLB compares 59 bits).
-        hit = s2.lookup & res.hit & (s2.req.gpa[12 + VPN_BITS:] == 0)
+        hit = s2.lookup & res.hit & s2_low
         miss = s2.lookup & ~hit
         last_walk, last_valid = Signal(len(fill_i), name="last_walk"), Signal(name="last_valid")
         follow = s2_follow & last_valid
@@ -317,7 +331,7 @@ class MMU(wiring.Component):
             misses.settled.eq(adv & s2.replay & (hit | go_start)),
             misses.written.eq(adv & s2.fill), misses.written_walk.eq(s2.walk),
             misses.start.eq(go_start), misses.start_walk.eq(free_to),
-            misses.start_key.vm.eq(s2.req.vm), misses.start_key.gen.eq(s2.gen),
+            misses.start_key.vm.eq(s2.req.vm), misses.start_key.gen.eq(s2_gen),
             misses.start_key.private.eq(s2.private),
             count["tlb_hits"].eq(adv & hit & ~s2.replay),
             count["tlb_misses"].eq(adv & miss & ~s2.replay),
@@ -372,8 +386,7 @@ class MMU(wiring.Component):
         # A write is served from the entry only if it cannot owe a D update.
         write_ok = (walk.access == ACCESS_IDS["write"]) | ~walk.params.dirty
         return [
-            op.fill.eq(1), op.key.vm.eq(key.vm), op.key.gen.eq(key.gen),
-            op.key.private.eq(key.private),
+            op.fill.eq(1), op.key.vm.eq(key.vm),
             op.key.vpn.eq(vpn_of(walk.gpa) & ~page_mask(level)),
             op.level.eq(level),
             op.allow.eq(each_arch(walk.params.arch,

@@ -10,8 +10,9 @@ Pipeline (one op per cycle, an op being a lookup, a fill or a sweep step):
 
 * S0 — the set of the op's page is read from the tag RAM (LUT RAM on ECP5), its valid
   bits from flip-flops.
-* S1 — the ways' tags and every huge entry are compared with the key; match bits are
-  registered, and the data RAM is read for the set.
+* S1 — the ways' tags and every huge entry are compared with the key, its generation
+  and space given only now (``key_late``); match bits are registered, and the data RAM
+  is read for the set.
 * S2 — a lookup's answer: the one matching way (a 4 KiB entry wins over a huge page),
   its data, whether it allows the access. A fill writes here: the way (or huge entry)
   already holding the same page, else an invalid one, else the tree-PLRU victim (round
@@ -36,8 +37,8 @@ from .arbiter import lowest_set
 from .context import GPA_BITS
 
 __all__ = ["TLB", "InvalKind", "InvalSpace", "VPN_BITS", "LEVEL_BITS", "key_layout",
-           "op_layout", "result_layout", "sweep_layout", "plru_touch", "plru_victim",
-           "space_match", "level_mask", "page_mask"]
+           "late_layout", "op_layout", "result_layout", "sweep_layout", "plru_touch",
+           "plru_victim", "space_match", "level_mask", "page_mask"]
 
 #: GPA page-number width (the widest GPA: sv57x4's 59 bits).
 VPN_BITS = GPA_BITS - 12
@@ -67,12 +68,18 @@ def key_layout(vm_bits, gen_bits):
                               "vpn": VPN_BITS, "access": 2})
 
 
+def late_layout(gen_bits):
+    """The part of an op's key given in its S1 (``TLB.key_late``): generation, space."""
+    return data.StructLayout({"gen": gen_bits, "private": 1})
+
+
 def op_layout(vm_bits, gen_bits, data_width):
     """An op: a lookup of ``key``, or (``fill``) a new entry of ``level`` with ``key``
     (``vpn`` aligned to the level), the accesses it may serve (``allow``: r, w, x) and
-    its ``data``."""
-    return data.StructLayout({"fill": 1, "key": key_layout(vm_bits, gen_bits), "level": 3,
-                              "allow": 3, "data": data_width})
+    its ``data``. The key's generation and space follow a cycle later."""
+    key = data.StructLayout({"vm": vm_bits, "vpn": VPN_BITS, "access": 2})
+    return data.StructLayout({"fill": 1, "key": key, "level": 3, "allow": 3,
+                              "data": data_width})
 
 
 def result_layout(data_width):
@@ -165,6 +172,9 @@ class TLB(wiring.Component):
     op : In(stream.Signature(op_layout(...)))
         One op per cycle while ``op.ready``: not while an invalidation waits or runs,
         not in the two cycles after a fill, not while ``result`` waits.
+    key_late : In(late_layout(gen_bits))
+        The generation and space of the op in S1: the MMU reads a VM's generation only
+        then, from registers.
     result : Out(stream.Signature(result_layout(data_width)))
         Every op's answer two cycles after it was taken (a fill's: no hit); the
         pipeline holds while it is not taken.
@@ -198,6 +208,7 @@ class TLB(wiring.Component):
             "level": 3, "data": data_width})
         super().__init__({
             "op": In(stream.Signature(op_layout(vm_bits, gen_bits, data_width))),
+            "key_late": In(late_layout(gen_bits)),
             "result": Out(stream.Signature(result_layout(data_width))),
             "inval": In(stream.Signature(sweep_layout(vm_bits))),
             "inval_done": Out(1),
@@ -229,6 +240,7 @@ class TLB(wiring.Component):
         s1_sweep, s2_sweep = Signal(), Signal()     # a sweep step of set ``s*_set``
         s1_set, s2_set = Signal(self.set_bits), Signal(self.set_bits)
         s1_vbits = Signal(W)                         # the set's valid bits at S0
+        s2_late = Signal(late_layout(self.gen_bits))
         gap = Signal(2)
         busy = self.busy
         sweep_go = Signal()
@@ -255,24 +267,26 @@ class TLB(wiring.Component):
                          s1_vbits.eq(Cat(v.bit_select(s0_set, 1) for v in valid))]
 
         # -- S1: compare -------------------------------------------------------------------
-        key = s1.key
+        key, late = s1.key, self.key_late
         way_tags = [data.View(self.tag_layout, tag_rd.data[w * tag_w:(w + 1) * tag_w])
                     for w in range(W)]
         vpn_hi = key.vpn[self.set_bits:] if S > 1 else key.vpn
-        match = Cat(s1_vbits[w] & (t.vm == key.vm) & (t.gen == key.gen)
-                    & (t.private == key.private)
+        match = Cat(s1_vbits[w] & (t.vm == key.vm) & (t.gen == late.gen)
+                    & (t.private == late.private)
                     & ((t.vpn[self.set_bits:] if S > 1 else t.vpn) == vpn_hi)
                     for w, t in enumerate(way_tags))
         allowed = Cat(t.allow.bit_select(key.access, 1) for t in way_tags)
         huge_match = Cat(
-            huge_valid[i] & (e.vm == key.vm) & (e.gen == key.gen) & (e.private == key.private)
+            huge_valid[i] & (e.vm == key.vm) & (e.gen == late.gen)
+            & (e.private == late.private)
             & ((e.vpn ^ key.vpn) & ~self._huge_mask(e.level) == 0)
             for i, e in enumerate(huge))
         huge_allowed = Cat(e.allow.bit_select(key.access, 1) for e in huge)
         # A huge fill replaces the entry of its own level and page, and drops every
         # other huge entry overlapping its region (compared at the larger level).
         huge_overlap = Cat(
-            huge_valid[i] & (e.vm == key.vm) & (e.gen == key.gen) & (e.private == key.private)
+            huge_valid[i] & (e.vm == key.vm) & (e.gen == late.gen)
+            & (e.private == late.private)
             & ((e.vpn ^ key.vpn) & ~Mux(e.level > s1.level, self._huge_mask(e.level),
                                         self._huge_mask(s1.level)) == 0)
             for i, e in enumerate(huge))
@@ -290,6 +304,7 @@ class TLB(wiring.Component):
         with m.If(adv):
             m.d.sync += [
                 s2_valid.eq(s1_valid), s2_sweep.eq(s1_sweep), s2.eq(s1), s2_set.eq(s1_set),
+                s2_late.eq(late),
                 r_match.eq(match), r_hit.eq(match & allowed),
                 r_huge_hit.eq(huge_match & huge_allowed), r_huge_same.eq(huge_same),
                 r_huge_overlap.eq(huge_overlap),
@@ -342,7 +357,7 @@ class TLB(wiring.Component):
         m.d.comb += way.eq(Mux(r_match.any(), same_way, Mux(free.any(), free_way, victim)))
         tag = data.View(self.tag_layout, Signal(tag_w))
         m.d.comb += [
-            tag.vm.eq(s2.key.vm), tag.gen.eq(s2.key.gen), tag.private.eq(s2.key.private),
+            tag.vm.eq(s2.key.vm), tag.gen.eq(s2_late.gen), tag.private.eq(s2_late.private),
             tag.allow.eq(s2.allow), tag.vpn.eq(s2.key.vpn),
             tag_wr.addr.eq(s2_set), tag_wr.data.eq(tag.as_value().replicate(W)),
             tag_wr.en.eq(Mux(fill4k, 1 << way, 0)),
@@ -401,8 +416,8 @@ class TLB(wiring.Component):
         # -- huge entries: fills, overlaps, sweeps ------------------------------------
         new_huge = Signal(self.huge_layout)
         m.d.comb += [
-            new_huge.vm.eq(s2.key.vm), new_huge.gen.eq(s2.key.gen),
-            new_huge.private.eq(s2.key.private), new_huge.allow.eq(s2.allow),
+            new_huge.vm.eq(s2.key.vm), new_huge.gen.eq(s2_late.gen),
+            new_huge.private.eq(s2_late.private), new_huge.allow.eq(s2.allow),
             new_huge.vpn.eq(s2.key.vpn), new_huge.level.eq(s2.level),
             new_huge.data.eq(s2.data),
         ]
