@@ -121,10 +121,11 @@ class WalkEngine(wiring.Component):
         res = Signal(END_LAYOUT, name="end")
         level = Signal(3)
         addr = Signal(ADDR_BITS)
+        pte = Signal(ADDR_BITS)             # the entry read last: a fault names it
         out = self.result.payload
         m.d.comb += [out.ok.eq(res.ok), out.kind.eq(res.kind), out.hpa.eq(res.hpa),
                      out.perms.eq(res.perms), out.memtype.eq(res.memtype),
-                     out.level.eq(level), out.pte.eq(addr)]
+                     out.level.eq(level), out.pte.eq(pte)]
         acc = Signal(4)
         need = Signal(MAX_LEVELS)
         root_addr = Signal(ADDR_BITS)
@@ -152,8 +153,9 @@ class WalkEngine(wiring.Component):
                 m.d.sync += [
                     self.gpa.eq(start.gpa), self.access.eq(start.access),
                     self.tag.eq(start.tag), self.params.eq(start.params),
-                    level.eq(start.level), addr.eq(start.addr), acc.eq(start.acc),
-                    need.eq(0), root_addr.eq(start.root_addr), self.top.eq(start.level),
+                    level.eq(start.level), addr.eq(start.addr), pte.eq(start.addr),
+                    acc.eq(start.acc), need.eq(0), root_addr.eq(start.root_addr),
+                    self.top.eq(start.level),
                 ]
                 with m.If(self.start.valid):
                     with m.If(~start.in_range):
@@ -167,22 +169,24 @@ class WalkEngine(wiring.Component):
 
             with m.State("READ"):
                 m.d.comb += self.ar_valid.eq(1)
+                m.d.sync += pte.eq(addr)
                 with m.If(self.ar_ready):
                     m.next = "WAIT"
 
             with m.State("WAIT"):
                 with m.If(self.step_valid):
+                    # A step's fields are taken whatever it decided, so only the state
+                    # and the level wait for the decode.
                     owed = need | Mux(step.need, level_bit, 0)
+                    m.d.sync += [addr.eq(step.next_addr), acc.eq(step.acc), need.eq(owed),
+                                 res.eq(step.end), self.ad_leaf.eq(level)]
                     with m.If(step.descend):
-                        m.d.sync += [level.eq(level - 1), addr.eq(step.next_addr),
-                                     acc.eq(step.acc), need.eq(owed)]
+                        m.d.sync += level.eq(level - 1)
                         m.next = "READ"
                     with m.Else():
-                        m.d.sync += [res.eq(step.end), need.eq(owed)]
                         with m.If(~step.end.ok):
                             m.next = "DONE"
                         with m.Elif(owed.any()):
-                            m.d.sync += self.ad_leaf.eq(level)
                             m.next = "AD"
                         with m.Else():
                             m.next = "DONE"
@@ -199,7 +203,7 @@ class WalkEngine(wiring.Component):
                             m.next = "READ"
                         with m.Default():
                             m.d.sync += [res.ok.eq(0), res.kind.eq(KIND_IDS["bus_error"]),
-                                         level.eq(self.ad_level), addr.eq(self.ad_addr)]
+                                         level.eq(self.ad_level), pte.eq(self.ad_addr)]
                             m.next = "DONE"
 
             with m.State("DONE"):

@@ -234,8 +234,11 @@ class MMU(wiring.Component):
         m.d.comb += [misses.filled.eq(take_fill), misses.filled_walk.eq(fill_i),
                      count["tlb_fills"].eq(take_fill),
                      count["requests"].eq(req.valid & req.ready)]
-        m.d.comb += [pwc.key.vm.eq(s0.vm), pwc.key.vpn.eq(vpn_of(s0.gpa)), pwc.take.eq(take),
-                     pwc.adv.eq(adv)]
+        # The walk cache looks up requests only: its key does not wait for ``fill_now``.
+        m.d.comb += [pwc.key.vm.eq(Mux(replay.valid, replay.payload.req.vm, req.payload.vm)),
+                     pwc.key.vpn.eq(vpn_of(Mux(replay.valid, replay.payload.req.gpa,
+                                               req.payload.gpa))),
+                     pwc.take.eq(take), pwc.adv.eq(adv)]
 
         stage = data.StructLayout({"lookup": 1, "fill": 1, "replay": 1,
                                    "entry": len(replay.payload.entry), "walk": len(fill_i),
@@ -308,14 +311,18 @@ class MMU(wiring.Component):
         live = Signal(self._hit_layout, name="live_hit")
         m.d.comb += [live.level.eq(res.level), live.data.eq(res.data), live.tag.eq(s2.req.tag),
                      live.offset.eq(s2.req.gpa)]
+        # Whose turn the port is, from registers only: a held hit or a lookup in S2 (it
+        # may turn out a miss: the port idles a cycle) goes first unless a walk's
+        # answer was passed over last time.
         hit_turn, prefer_walk = Signal(name="hit_turn"), Signal(name="prefer_walk")
-        m.d.comb += hit_turn.eq((held_valid | hit) & ~(walk_resp.valid & prefer_walk))
+        m.d.comb += hit_turn.eq((held_valid | s2.lookup) & ~(walk_resp.valid & prefer_walk))
+        hit_sent = hit_turn & resp.ready
         m.d.comb += [adv.eq(~held_valid | ~tlb.result.valid), tlb.result.ready.eq(~held_valid),
                      walk_resp.ready.eq(resp.ready & ~hit_turn)]
         with m.If(held_valid):
-            with m.If(hit_turn & resp.ready):
+            with m.If(hit_sent):
                 m.d.sync += held_valid.eq(0)
-        with m.Elif(hit & ~(hit_turn & resp.ready)):
+        with m.Elif(hit & ~hit_sent):
             m.d.sync += [held_valid.eq(1), held.eq(live)]
         with m.If(walk_resp.valid & walk_resp.ready):
             m.d.sync += prefer_walk.eq(0)
@@ -339,7 +346,8 @@ class MMU(wiring.Component):
         ]
         self._start_walks(m, pool, pwc.start, s2, s2_params, s2_root, s2_in_range,
                           go_start, free_to, count)
-        self._respond(m, resp, hit_turn, Mux(held_valid, held, live), walk_resp)
+        self._respond(m, resp, hit_turn, held_valid | hit, Mux(held_valid, held, live),
+                      walk_resp)
 
         # -- walk-cache fills: table entries the walks read (and set A in) ---------------
         cached = pool.cached
@@ -412,12 +420,12 @@ class MMU(wiring.Component):
             count["pwc_reads_saved"].eq(Mux(go & start.hit, params.levels - start.level, 0)),
         ]
 
-    def _respond(self, m, resp, hit_turn, hit, walk_resp):
-        """The response port: the TLB hit (``hit``, of :attr:`_hit_layout`) on its
-        turn, else a walk's answer."""
+    def _respond(self, m, resp, hit_turn, hit_valid, hit, walk_resp):
+        """The response port: on the hits' turn the TLB hit (``hit``, of
+        :attr:`_hit_layout`) if ``hit_valid``, else a walk's answer."""
         rp = resp.payload
         res = data.View(self._hit_layout, hit)
-        m.d.comb += resp.valid.eq(hit_turn | walk_resp.valid)
+        m.d.comb += resp.valid.eq(Mux(hit_turn, hit_valid, walk_resp.valid))
         with m.If(hit_turn):
             entry = data.View(TLB_DATA_LAYOUT, res.data)
             mask = Const(0xfff, PA_WIDTH)
