@@ -148,19 +148,22 @@ class MissTable(wiring.Component):
                 m.d.sync += [valid.bit_select(self.record_entry, 1).eq(0),
                              replaying.bit_select(self.record_entry, 1).eq(0)]
             m.d.comb += self.free.eq(sum(~valid[j] for j in range(E)))
-            # The entry offered is chosen a cycle ahead (a register), so the lookup
-            # pipeline's S0 reads a request by a registered index.
+            # The entry offered is chosen a cycle ahead and its request copied with it,
+            # so the lookup pipeline's S0 reads the request from registers.
             ready = valid & ~joined & ~replaying
             offer = Signal(len(self.record_entry), name="replay_entry")
+            offer_req = Signal(self.record_req.shape(), name="replay_req")
             offered = Signal(name="replay_offered")
             took = self.replay.valid & self.replay.ready
             later = ready & ~Mux(took, 1 << offer, 0)
-            m.d.sync += [offered.eq(later.any()),
-                         offer.eq(lowest_set(m, later, E, "replay_next"))]
+            pick = lowest_set(m, later, E, "replay_next")
+            # (An entry ready to offer is not written until it is offered.)
+            m.d.sync += [offered.eq(later.any()), offer.eq(pick),
+                         offer_req.eq(_pick(reqs, pick))]
             m.d.comb += [self.replay.valid.eq(offered & ready.bit_select(offer, 1)
                                               & ~busy.all()),
                          self.replay.payload.entry.eq(offer),
-                         self.replay.payload.req.eq(_pick(reqs, offer))]
+                         self.replay.payload.req.eq(offer_req)]
             with m.If(took):
                 m.d.sync += replaying.bit_select(offer, 1).eq(1)
 

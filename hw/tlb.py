@@ -8,16 +8,17 @@ keeps its shared bit, so the set index never depends on the context.
 
 Pipeline (one op per cycle, an op being a lookup, a fill or a sweep step):
 
-* S0 — the set of the op's page is read from the tag RAM (LUT RAM on ECP5), its valid
-  bits from flip-flops.
-* S1 — the ways' tags and every huge entry are compared with the key, its generation
+* S0 — the set of the op's page is read from the tag RAM (LUT RAM on ECP5).
+* S1 — the set's valid bits are read from flip-flops (no op ahead changes them); the
+  ways' tags and every huge entry are compared with the key, its generation
   and space given only now (``key_late``); match bits are registered, and the data RAM
-  is read for the set.
+  is read for the set. The way a 4 KiB fill takes if no way holds its page (an invalid
+  one, else the tree-PLRU victim) is registered too.
 * S2 — a lookup's answer: the one matching way (a 4 KiB entry wins over a huge page),
   its data, whether it allows the access. A fill writes here: the way (or huge entry)
-  already holding the same page, else an invalid one, else the tree-PLRU victim (round
-  robin for huge entries); a huge fill also drops every huge entry it overlaps, so no
-  address ever matches two. After a fill the TLB takes no op for two cycles, so every
+  already holding the same page, else the way chosen in S1 (round robin for huge
+  entries); a huge fill also drops every huge entry it overlaps, so no address ever
+  matches two. After a fill the TLB takes no op for two cycles, so every
   later lookup reads what it wrote.
 
 Invalidation (``inval``): ALL clears every valid bit in one cycle; VM and RANGE sweep
@@ -239,7 +240,6 @@ class TLB(wiring.Component):
         s1_valid, s2_valid = Signal(), Signal()
         s1_sweep, s2_sweep = Signal(), Signal()     # a sweep step of set ``s*_set``
         s1_set, s2_set = Signal(self.set_bits), Signal(self.set_bits)
-        s1_vbits = Signal(W)                         # the set's valid bits at S0
         s2_late = Signal(late_layout(self.gen_bits))
         gap = Signal(2)
         busy = self.busy
@@ -263,11 +263,14 @@ class TLB(wiring.Component):
         m.d.comb += tag_rd.addr.eq(s0_set)
         with m.If(adv):
             m.d.sync += [s1_valid.eq(take | sweep_go), s1_sweep.eq(sweep_go),
-                         s1.eq(self.op.payload), s1_set.eq(s0_set),
-                         s1_vbits.eq(Cat(v.bit_select(s0_set, 1) for v in valid))]
+                         s1.eq(self.op.payload), s1_set.eq(s0_set)]
 
         # -- S1: compare -------------------------------------------------------------------
         key, late = s1.key, self.key_late
+        # The set's valid bits, read by a registered index: no op in S2 changes them
+        # while another is in S0 (a fill leaves a gap, sweep steps differ in set).
+        s1_vbits = Signal(W)
+        m.d.comb += s1_vbits.eq(Cat(v.bit_select(s1_set, 1) for v in valid))
         way_tags = [data.View(self.tag_layout, tag_rd.data[w * tag_w:(w + 1) * tag_w])
                     for w in range(W)]
         vpn_hi = key.vpn[self.set_bits:] if S > 1 else key.vpn
@@ -300,6 +303,19 @@ class TLB(wiring.Component):
         r_match, r_hit = Signal(W), Signal(W)
         r_huge_hit, r_huge_same, r_huge_overlap = Signal(H), Signal(H), Signal(H)
         r_kill = Signal(W)
+        # The way a 4 KiB fill takes when no way holds its page (an invalid one, else the
+        # PLRU victim) is chosen here: no op ahead of a fill changes the set's valid
+        # bits, and its PLRU bits are taken as the op in S2 leaves them.
+        touch = Signal()
+        touch_way = Signal(range(max(2, W)))
+        masks = Array(Const(plru_touch(W, w)[0], plru_w) for w in range(W))
+        values = Array(Const(plru_touch(W, w)[1], plru_w) for w in range(W))
+        plru1 = Signal(plru_w, name="plru1")
+        m.d.comb += plru1.eq(Mux(touch & (s2_set == s1_set),
+                                 (plru[s1_set] & ~masks[touch_way]) | values[touch_way],
+                                 plru[s1_set]))
+        free1 = ~s1_vbits
+        r_spare = Signal(range(max(2, W)), name="r_spare")
         m.d.comb += data_rd.addr.eq(s1_set)
         with m.If(adv):
             m.d.sync += [
@@ -309,6 +325,8 @@ class TLB(wiring.Component):
                 r_huge_hit.eq(huge_match & huge_allowed), r_huge_same.eq(huge_same),
                 r_huge_overlap.eq(huge_overlap),
                 r_kill.eq(Mux(s1_sweep, kill_ways, 0)),
+                r_spare.eq(Mux(free1.any(), lowest_set(m, free1, W, "free_way"),
+                               self._victim(plru1))),
             ]
 
         # -- S2: answer, or write ----------------------------------------------------------
@@ -333,28 +351,16 @@ class TLB(wiring.Component):
             res.data.eq(Mux(hit4k, data4k, data_h)),
         ]
         hit_way = lowest_set(m, r_hit, W, "hit_way")
-        fires = s2_valid & adv
-        touch = Signal()
-        touch_way = Signal(range(max(2, W)))
-        m.d.comb += [touch.eq(fires & lookup & hit4k), touch_way.eq(hit_way)]
+        # A hit or a 4 KiB fill in S2 touches its way (when the pipeline advances).
+        m.d.comb += [touch.eq(s2_valid & lookup & hit4k), touch_way.eq(hit_way)]
 
         # fill
-        fill = fires & s2.fill & ~s2_sweep
+        fill = s2_valid & adv & s2.fill & ~s2_sweep
         fill4k = fill & (s2.level == 1)
         fill_huge = fill & (s2.level != 1)
         same_way = lowest_set(m, r_match, W, "same_way")
-        free = Cat(~v.bit_select(s2_set, 1) for v in valid)
-        free_way = lowest_set(m, free, W, "free_way")
-        victim = Signal(range(max(2, W)))
-        if W > 1:
-            way_bits = (W - 1).bit_length()
-            bits = plru[s2_set]
-            node = Const(0, way_bits + 1)
-            for _ in range(way_bits):
-                node = (node * 2 + 1 + bits.bit_select(node, 1))[:way_bits + 1]
-            m.d.comb += victim.eq(node - (W - 1))
         way = Signal(range(max(2, W)))
-        m.d.comb += way.eq(Mux(r_match.any(), same_way, Mux(free.any(), free_way, victim)))
+        m.d.comb += way.eq(Mux(r_match.any(), same_way, r_spare))
         tag = data.View(self.tag_layout, Signal(tag_w))
         m.d.comb += [
             tag.vm.eq(s2.key.vm), tag.gen.eq(s2_late.gen), tag.private.eq(s2_late.private),
@@ -364,7 +370,7 @@ class TLB(wiring.Component):
             data_wr.addr.eq(s2_set), data_wr.data.eq(s2.data.replicate(W)),
             data_wr.en.eq(Mux(fill4k, 1 << way, 0)),
         ]
-        with m.If(fill4k):
+        with m.If(s2_valid & s2.fill & ~s2_sweep & (s2.level == 1)):
             m.d.comb += [touch.eq(1), touch_way.eq(way)]
 
         huge_free = lowest_set(m, ~huge_valid, H, "huge_free")
@@ -437,12 +443,21 @@ class TLB(wiring.Component):
 
         # -- PLRU: hits and fills touch their way -------------------------------------
         if W > 1:
-            masks = Array(Const(plru_touch(W, w)[0], plru_w) for w in range(W))
-            values = Array(Const(plru_touch(W, w)[1], plru_w) for w in range(W))
-            with m.If(touch):
+            with m.If(touch & adv):
                 m.d.sync += plru[s2_set].eq((plru[s2_set] & ~masks[touch_way])
                                             | values[touch_way])
         return m
+
+    def _victim(self, bits):
+        """The way a tree-PLRU with state ``bits`` evicts next."""
+        W = self.ways
+        if W == 1:
+            return Const(0, 1)
+        way_bits = (W - 1).bit_length()
+        node = Const(0, way_bits + 1)
+        for _ in range(way_bits):
+            node = (node * 2 + 1 + bits.bit_select(node, 1))[:way_bits + 1]
+        return (node - (W - 1))[:way_bits]
 
     def _huge_mask(self, level):
         return page_mask(level, self.max_level)
