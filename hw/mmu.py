@@ -220,7 +220,7 @@ class MMU(wiring.Component):
         m.d.comb += [op.key.vm.eq(s0.vm), op.key.vpn.eq(vpn_of(s0.gpa)),
                      op.key.access.eq(s0.access)]
         with m.If(fill_now):
-            m.d.comb += self._fill_op(op, misses, pool, fill_i)
+            m.d.comb += self._fill_op(m, op, misses, pool, fill_i)
         # A request needs a miss-table entry reserved for it and each lookup ahead.
         ahead = Signal(2)
         room = misses.free > ahead
@@ -385,22 +385,27 @@ class MMU(wiring.Component):
             m.d.sync += field.eq(field + count[name])
         return m
 
-    def _fill_op(self, op, misses, pool, i):
-        """Statements making ``op`` the TLB fill of walk ``i``'s translation."""
-        result = _pick([r.payload for r in pool.result], i)
-        walk = _pick(list(pool.walk), i)
-        key = _pick(list(misses.key), i)
-        level = result.level
-        # A write is served from the entry only if it cannot owe a D update.
-        write_ok = (walk.access == ACCESS_IDS["write"]) | ~walk.params.dirty
-        return [
-            op.fill.eq(1), op.key.vm.eq(key.vm),
-            op.key.vpn.eq(vpn_of(walk.gpa) & ~page_mask(level)),
-            op.level.eq(level),
-            op.allow.eq(each_arch(walk.params.arch,
-                                  lambda a: a.tlb_allow(result.perms, write_ok), 3)),
-            op.data.eq(Cat(result.hpa[12:], result.perms, result.memtype)),
-        ]
+    def _fill_op(self, m, op, misses, pool, i):
+        """Make ``op`` the TLB fill of walk ``i``'s translation: each walk's op is formed
+        from its own registers and only then picked."""
+        ops = []
+        for n, (r, walk, key) in enumerate(zip(pool.result, pool.walk, misses.key)):
+            result, level = r.payload, r.payload.level
+            # A write is served from the entry only if it cannot owe a D update.
+            write_ok = (walk.access == ACCESS_IDS["write"]) | ~walk.params.dirty
+            one = Signal.like(op, name=f"fill_op{n}")
+            m.d.comb += [
+                one.fill.eq(1), one.key.vm.eq(key.vm),
+                one.key.vpn.eq(vpn_of(walk.gpa) & ~page_mask(level)),
+                one.level.eq(level),
+                one.allow.eq(each_arch(walk.params.arch,
+                                       lambda a: a.tlb_allow(result.perms, write_ok), 3)),
+                one.data.eq(Cat(result.hpa[12:], result.perms, result.memtype)),
+            ]
+            ops.append(one)
+        picked = _pick(ops, i)
+        return [op.fill.eq(1), op.key.vm.eq(picked.key.vm), op.key.vpn.eq(picked.key.vpn),
+                op.level.eq(picked.level), op.allow.eq(picked.allow), op.data.eq(picked.data)]
 
     def _start_walks(self, m, pool, start, s2, params, root, in_range, go, to, count):
         """Walk ``s2``'s request on engine ``to`` when ``go``, from the walk cache's start
