@@ -388,15 +388,16 @@ class MMU(wiring.Component):
     def _fill_op(self, m, op, misses, pool, i):
         """Make ``op`` the TLB fill of walk ``i``'s translation: each walk's op is formed
         from its own registers and only then picked."""
+        shape = data.StructLayout({"vm": len(op.key.vm), "vpn": VPN_BITS, "level": 3,
+                                   "allow": 3, "data": len(op.data)})
         ops = []
         for n, (r, walk, key) in enumerate(zip(pool.result, pool.walk, misses.key)):
             result, level = r.payload, r.payload.level
             # A write is served from the entry only if it cannot owe a D update.
             write_ok = (walk.access == ACCESS_IDS["write"]) | ~walk.params.dirty
-            one = Signal.like(op, name=f"fill_op{n}")
+            one = Signal(shape, name=f"fill_op{n}")
             m.d.comb += [
-                one.fill.eq(1), one.key.vm.eq(key.vm),
-                one.key.vpn.eq(vpn_of(walk.gpa) & ~page_mask(level)),
+                one.vm.eq(key.vm), one.vpn.eq(vpn_of(walk.gpa) & ~page_mask(level)),
                 one.level.eq(level),
                 one.allow.eq(each_arch(walk.params.arch,
                                        lambda a: a.tlb_allow(result.perms, write_ok), 3)),
@@ -404,7 +405,7 @@ class MMU(wiring.Component):
             ]
             ops.append(one)
         picked = _pick(ops, i)
-        return [op.fill.eq(1), op.key.vm.eq(picked.key.vm), op.key.vpn.eq(picked.key.vpn),
+        return [op.fill.eq(1), op.key.vm.eq(picked.vm), op.key.vpn.eq(picked.vpn),
                 op.level.eq(picked.level), op.allow.eq(picked.allow), op.data.eq(picked.data)]
 
     def _start_walks(self, m, pool, start, s2, params, root, in_range, go, to, count):
