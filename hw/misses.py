@@ -155,10 +155,11 @@ class MissTable(wiring.Component):
             offer_req = Signal(self.record_req.shape(), name="replay_req")
             offered = Signal(name="replay_offered")
             took = self.replay.valid & self.replay.ready
-            later = ready & ~Mux(took, 1 << offer, 0)
-            pick = lowest_set(m, later, E, "replay_next")
+            pick = lowest_set(m, ready, E, "replay_next")
+            # The pick ignores the handshake (off its path): after a replay is taken
+            # nothing is offered for a cycle, as the pick may be the entry just taken.
             # (An entry ready to offer is not written until it is offered.)
-            m.d.sync += [offered.eq(later.any()), offer.eq(pick),
+            m.d.sync += [offered.eq(ready.any() & ~took), offer.eq(pick),
                          offer_req.eq(_pick(reqs, pick))]
             m.d.comb += [self.replay.valid.eq(offered & ready.bit_select(offer, 1)
                                               & ~busy.all()),
@@ -171,19 +172,24 @@ class MissTable(wiring.Component):
         resp, r = self.resp, self.resp.payload
         # A walk's own answer leaves once its TLB entry is in the pipeline, so software
         # that sees the answer then invalidates (or asks again) finds the entry.
-        filling = Mux(self.filled, 1 << self.filled_walk, 0)
-        own = self.done & ~own_sent & (fill_taken | filling | ~self.ok | stale)
+        # A walk whose fill is taken this cycle comes after those that could answer
+        # before it, so that only the last choice waits for the fill's handshake.
+        answerable = self.done & ~own_sent & (fill_taken | ~self.ok | stale)
+        own = Signal(name="own_any")
+        m.d.comb += own.eq(answerable.any() | self.filled)
         ans = Cat(valid[j] & joined[j] & self.done.bit_select(walker[j], 1) for j in range(E)) \
             if E else Const(0, 1)
-        own_i = lowest_set(m, own, N, "own_walk")
+        answerable_i = lowest_set(m, answerable, N, "own_walk")
+        own_i = Mux(answerable.any(), answerable_i, self.filled_walk)
         ans_j = lowest_set(m, ans, E, "answer_entry") if E else Const(0)
-        src = Mux(own.any(), own_i, _pick(walker, ans_j) if E else own_i)
+        src = Mux(answerable.any(), answerable_i, _pick(walker, ans_j) if E else answerable_i)
+        src = Mux(~answerable.any() & self.filled, self.filled_walk, src)
         result, walk = _pick(list(self.results), src), _pick(list(self.walks), src)
         with m.If(resp.ready | ~resp.valid):
-            m.d.sync += [resp.valid.eq(own.any() | ans.any()), r.result.eq(result),
+            m.d.sync += [resp.valid.eq(own | ans.any()), r.result.eq(result),
                          r.access.eq(walk.access), r.arch.eq(walk.params.arch),
                          r.nxe.eq(walk.params.nxe)]
-            with m.If(own.any()):
+            with m.If(own):
                 m.d.sync += [r.tag.eq(_pick(list(self.tags), own_i)), r.gpa.eq(walk.gpa),
                              own_sent.bit_select(own_i, 1).eq(1)]
             if E:
