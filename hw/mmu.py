@@ -129,8 +129,7 @@ class MMU(wiring.Component):
         covers remains, and no walk that started before it can fill.
     axi : Out(AXI4Signature(addr_width=64, data_width=64, id_width=axi_id_width))
     counters : Out(counters_layout(counter_width))
-        Free-running, wrapping counters named by :data:`COUNTERS`; an event shows two
-        cycles after it happens.
+        Free-running, wrapping counters named by :data:`COUNTERS`.
 
     The parts are reachable as ``tlb``, ``pwc`` and ``walkers`` (for waveforms).
     """
@@ -382,9 +381,8 @@ class MMU(wiring.Component):
                                         for i in range(N))),
         ]
         for name in COUNTERS:
-            # The increment is registered first, off the path of the event it counts.
-            field, step = getattr(self.counters, name), Signal(8, name=f"step_{name}")
-            m.d.sync += [step.eq(count[name]), field.eq(field + step)]
+            field = getattr(self.counters, name)
+            m.d.sync += field.eq(field + count[name])
         return m
 
     def _fill_op(self, m, op, misses, pool, i):
