@@ -182,8 +182,9 @@ class MissTable(wiring.Component):
         answerable_i = lowest_set(m, answerable, N, "own_walk")
         own_i = Mux(answerable.any(), answerable_i, self.filled_walk)
         ans_j = lowest_set(m, ans, E, "answer_entry") if E else Const(0)
-        src = Mux(answerable.any(), answerable_i, _pick(walker, ans_j) if E else answerable_i)
-        src = Mux(~answerable.any() & self.filled, self.filled_walk, src)
+        joiner_walk = _pick(walker, ans_j) if E else answerable_i
+        src = Mux(~answerable.any() & self.filled, self.filled_walk,
+                  Mux(answerable.any(), answerable_i, joiner_walk))
         result, walk = _pick(list(self.results), src), _pick(list(self.walks), src)
         with m.If(resp.ready | ~resp.valid):
             m.d.sync += [resp.valid.eq(own | ans.any()), r.result.eq(result),

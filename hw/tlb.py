@@ -310,9 +310,10 @@ class TLB(wiring.Component):
         touch_way = Signal(range(max(2, W)))
         masks = Array(Const(plru_touch(W, w)[0], plru_w) for w in range(W))
         values = Array(Const(plru_touch(W, w)[1], plru_w) for w in range(W))
+        def touched(bits):
+            return (bits & ~masks[touch_way]) | values[touch_way]
         plru1 = Signal(plru_w, name="plru1")
-        m.d.comb += plru1.eq(Mux(touch & (s2_set == s1_set),
-                                 (plru[s1_set] & ~masks[touch_way]) | values[touch_way],
+        m.d.comb += plru1.eq(Mux(touch & (s2_set == s1_set), touched(plru[s1_set]),
                                  plru[s1_set]))
         free1 = ~s1_vbits
         r_spare = Signal(range(max(2, W)), name="r_spare")
@@ -355,9 +356,9 @@ class TLB(wiring.Component):
         m.d.comb += [touch.eq(s2_valid & lookup & hit4k), touch_way.eq(hit_way)]
 
         # fill
-        fill = s2_valid & adv & s2.fill & ~s2_sweep
-        fill4k = fill & (s2.level == 1)
-        fill_huge = fill & (s2.level != 1)
+        fill_here = s2_valid & s2.fill & ~s2_sweep      # taken when the pipeline advances
+        fill4k = fill_here & adv & (s2.level == 1)
+        fill_huge = fill_here & adv & (s2.level != 1)
         same_way = lowest_set(m, r_match, W, "same_way")
         way = Signal(range(max(2, W)))
         m.d.comb += way.eq(Mux(r_match.any(), same_way, r_spare))
@@ -370,7 +371,7 @@ class TLB(wiring.Component):
             data_wr.addr.eq(s2_set), data_wr.data.eq(s2.data.replicate(W)),
             data_wr.en.eq(Mux(fill4k, 1 << way, 0)),
         ]
-        with m.If(s2_valid & s2.fill & ~s2_sweep & (s2.level == 1)):
+        with m.If(fill_here & (s2.level == 1)):
             m.d.comb += [touch.eq(1), touch_way.eq(way)]
 
         huge_free = lowest_set(m, ~huge_valid, H, "huge_free")
@@ -444,8 +445,7 @@ class TLB(wiring.Component):
         # -- PLRU: hits and fills touch their way -------------------------------------
         if W > 1:
             with m.If(touch & adv):
-                m.d.sync += plru[s2_set].eq((plru[s2_set] & ~masks[touch_way])
-                                            | values[touch_way])
+                m.d.sync += plru[s2_set].eq(touched(plru[s2_set]))
         return m
 
     def _victim(self, bits):
