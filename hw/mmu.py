@@ -44,7 +44,7 @@ from .gens import GEN_BITS, Generations
 from .inval import Invalidator
 from .misses import MissTable, _pick
 from .pwc import PageWalkCache
-from .tlb import TLB, VPN_BITS, InvalKind, InvalSpace, page_mask
+from .tlb import TLB, VPN_BITS, InvalKind, InvalSpace, conflicts, page_mask
 from .walker import answer, check_parameters, request_layout, response_layout
 from .walkers import WalkerPool
 
@@ -201,9 +201,19 @@ class MMU(wiring.Component):
         # -- S0: a walk's TLB entry, else a replayed miss, else a request -------------------
         req, replay = self.req, misses.replay
         adv, block = Signal(name="adv"), Signal(name="block")
-        fill_i = lowest_set(m, misses.wants_fill, N, "fill_walk")
-        fill_now = misses.wants_fill.any()
-        replay_now = ~fill_now & replay.valid
+        # A walk's fill and a replay are checked against the TLB's fills ahead from
+        # registers (their own page), before the choice between them.
+        fills = Cat(misses.wants_fill[i] & ~conflicts(
+                        tlb.fills, tlb.set_of(vpn_of(pool.walk[i].gpa)), 1,
+                        pool.result[i].payload.level != 1)
+                    for i in range(N))
+        fill_i = lowest_set(m, fills, N, "fill_walk")
+        fill_now = fills.any()
+        replay_go = replay.valid & ~conflicts(
+            tlb.fills, tlb.set_of(vpn_of(replay.payload.req.gpa)), 0, 0)
+        # The port's ready does not look at its request: any 4 KiB fill in S2 holds it.
+        req_go = req.valid & ~tlb.fills.s2_small
+        replay_now = ~fill_now & replay_go
         s0 = Signal(data.StructLayout({"vm": self.vm_bits, "gpa": 64, "access": 2,
                                        "tag": self.tag_bits}))
         for name in ("vm", "gpa", "access", "tag"):
@@ -225,8 +235,8 @@ class MMU(wiring.Component):
         ahead = Signal(2)
         room = misses.free > ahead
         m.d.comb += [
-            tlb.op.valid.eq((fill_now | replay_now | (req.valid & room)) & ~block),
-            req.ready.eq(tlb.op.ready & ~fill_now & ~replay_now & room & ~block),
+            tlb.op.valid.eq((fill_now | replay_now | (req_go & room)) & ~block),
+            req.ready.eq(tlb.op.ready & ~tlb.fills.s2_small & ~fill_now & ~replay_now & room & ~block),
             replay.ready.eq(tlb.op.ready & replay_now & ~block),
         ]
         take_fill = fill_now & tlb.op.ready & ~block
@@ -235,8 +245,8 @@ class MMU(wiring.Component):
                      count["tlb_fills"].eq(take_fill),
                      count["requests"].eq(req.valid & req.ready)]
         # The walk cache looks up requests only: its key does not wait for ``fill_now``.
-        m.d.comb += [pwc.key.vm.eq(Mux(replay.valid, replay.payload.req.vm, req.payload.vm)),
-                     pwc.key.vpn.eq(vpn_of(Mux(replay.valid, replay.payload.req.gpa,
+        m.d.comb += [pwc.key.vm.eq(Mux(replay_go, replay.payload.req.vm, req.payload.vm)),
+                     pwc.key.vpn.eq(vpn_of(Mux(replay_go, replay.payload.req.gpa,
                                                req.payload.gpa))),
                      pwc.take.eq(take), pwc.adv.eq(adv)]
 

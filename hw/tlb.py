@@ -9,7 +9,8 @@ keeps its shared bit, so the set index never depends on the context.
 Pipeline (one op per cycle, an op being a lookup, a fill or a sweep step):
 
 * S0 — the set of the op's page is read from the tag RAM (LUT RAM on ECP5).
-* S1 — the set's valid bits are read from flip-flops (no op ahead changes them); the
+* S1 — the set's valid bits are read from flip-flops (as they were when S0 read the
+  tags: see below); the
   ways' tags and every huge entry are compared with the key, its generation
   and space given only now (``key_late``); match bits are registered, and the data RAM
   is read for the set. The way a 4 KiB fill takes if no way holds its page (an invalid
@@ -18,8 +19,15 @@ Pipeline (one op per cycle, an op being a lookup, a fill or a sweep step):
   its data, whether it allows the access. A fill writes here: the way (or huge entry)
   already holding the same page, else the way chosen in S1 (round robin for huge
   entries); a huge fill also drops every huge entry it overlaps, so no address ever
-  matches two. After a fill the TLB takes no op for two cycles, so every
-  later lookup reads what it wrote.
+  matches two.
+
+A 4 KiB fill writes the tag RAM in S2, after a later op may have read it in S0. So
+the producer of ops keeps to :func:`conflicts` (the fills ahead are ``fills``): no
+lookup of a set while a 4 KiB fill of that set is in S2 (it would read the old tags
+with the new valid bits), no 4 KiB fill of a set while one of the same set is in S1 or
+S2 (it would choose its way from stale bits), no huge fill while another is in S1 or
+S2. Lookups behind a fill in S1, and ops of other sets, go back to back: a lookup read
+in S0 before the fill's write leaves S1 as it writes, so it sees the set as it was.
 
 Invalidation (``inval``): ALL clears every valid bit in one cycle; VM and RANGE sweep
 the sets one per cycle through the same pipeline (every way compared at once) and the
@@ -38,8 +46,8 @@ from .arbiter import lowest_set
 from .context import GPA_BITS
 
 __all__ = ["TLB", "InvalKind", "InvalSpace", "VPN_BITS", "LEVEL_BITS", "key_layout",
-           "late_layout", "op_layout", "result_layout", "sweep_layout", "plru_touch",
-           "plru_victim", "space_match", "level_mask", "page_mask"]
+           "late_layout", "op_layout", "result_layout", "sweep_layout", "fills_layout",
+           "conflicts", "plru_touch", "plru_victim", "space_match", "level_mask", "page_mask"]
 
 #: GPA page-number width (the widest GPA: sv57x4's 59 bits).
 VPN_BITS = GPA_BITS - 12
@@ -94,6 +102,22 @@ def sweep_layout(vm_bits):
     inclusive page numbers ``first`` to ``last`` compared with ``ignore`` cleared."""
     return data.StructLayout({"kind": InvalKind, "vm": vm_bits, "space": InvalSpace,
                               "first": VPN_BITS, "last": VPN_BITS, "ignore": VPN_BITS})
+
+
+def fills_layout(set_bits):
+    """The fills in the TLB's S1 and S2 (``TLB.fills``): 4 KiB (``small``) and its
+    set, or ``huge``."""
+    return data.StructLayout({"s1_small": 1, "s1_huge": 1, "s1_set": set_bits,
+                              "s2_small": 1, "s2_huge": 1, "s2_set": set_bits})
+
+
+def conflicts(fills, set_index, fill, huge):
+    """1 when an op of ``set_index`` (a lookup, or a ``fill``, ``huge`` or 4 KiB) may not
+    be offered with the fills ``fills`` ahead of it (the module docstring says why)."""
+    small_s1 = fills.s1_small & (fills.s1_set == set_index)
+    small_s2 = fills.s2_small & (fills.s2_set == set_index)
+    return Mux(fill, Mux(huge, fills.s1_huge | fills.s2_huge, small_s1 | small_s2),
+               small_s2)
 
 
 def space_match(space, private):
@@ -172,7 +196,10 @@ class TLB(wiring.Component):
     -------
     op : In(stream.Signature(op_layout(...)))
         One op per cycle while ``op.ready``: not while an invalidation waits or runs,
-        not in the two cycles after a fill, not while ``result`` waits.
+        not while ``result`` waits. ``op.ready`` does not look at the op: one that
+        :func:`conflicts` with ``fills`` must not be offered.
+    fills : Out(fills_layout(set_bits))
+        The fills in S1 and S2, from registers.
     key_late : In(late_layout(gen_bits))
         The generation and space of the op in S1: the MMU reads a VM's generation only
         then, from registers.
@@ -214,9 +241,11 @@ class TLB(wiring.Component):
             "inval": In(stream.Signature(sweep_layout(vm_bits))),
             "inval_done": Out(1),
             "busy": Out(1),
+            "fills": Out(fills_layout(self.set_bits)),
         })
 
-    def _set(self, vpn):
+    def set_of(self, vpn):
+        """The set a 4 KiB page number falls in (``set_bits`` wide)."""
         return vpn[:self.set_bits] if self.sets > 1 else Const(0, 1)
 
     def elaborate(self, platform):
@@ -241,25 +270,27 @@ class TLB(wiring.Component):
         s1_sweep, s2_sweep = Signal(), Signal()     # a sweep step of set ``s*_set``
         s1_set, s2_set = Signal(self.set_bits), Signal(self.set_bits)
         s2_late = Signal(late_layout(self.gen_bits))
-        gap = Signal(2)
         busy = self.busy
         sweep_go = Signal()
         sweep_set = Signal(self.set_bits + 1)
 
         adv = ~s2_valid | s2_sweep | self.result.ready
         m.d.comb += [
-            self.op.ready.eq(adv & (gap == 0) & ~busy & ~self.inval.valid),
+            self.op.ready.eq(adv & ~busy & ~self.inval.valid),
             self.result.valid.eq(s2_valid & ~s2_sweep),
             tag_rd.en.eq(adv), data_rd.en.eq(adv),
         ]
         take = self.op.valid & self.op.ready
-        with m.If(gap != 0):
-            m.d.sync += gap.eq(gap - 1)
-        with m.If(take & self.op.payload.fill):
-            m.d.sync += gap.eq(2)
+        fills = self.fills
+        for n, (valid_n, sweep_n, op_n, set_n) in enumerate(
+                ((s1_valid, s1_sweep, s1, s1_set), (s2_valid, s2_sweep, s2, s2_set)), 1):
+            fill_n = valid_n & ~sweep_n & op_n.fill
+            m.d.comb += [getattr(fills, f"s{n}_small").eq(fill_n & (op_n.level == 1)),
+                         getattr(fills, f"s{n}_huge").eq(fill_n & (op_n.level != 1)),
+                         getattr(fills, f"s{n}_set").eq(set_n)]
 
         # -- S0 --------------------------------------------------------------------------
-        s0_set = Mux(sweep_go, sweep_set[:self.set_bits], self._set(self.op.payload.key.vpn))
+        s0_set = Mux(sweep_go, sweep_set[:self.set_bits], self.set_of(self.op.payload.key.vpn))
         m.d.comb += tag_rd.addr.eq(s0_set)
         with m.If(adv):
             m.d.sync += [s1_valid.eq(take | sweep_go), s1_sweep.eq(sweep_go),
@@ -267,8 +298,9 @@ class TLB(wiring.Component):
 
         # -- S1: compare -------------------------------------------------------------------
         key, late = s1.key, self.key_late
-        # The set's valid bits, read by a registered index: no op in S2 changes them
-        # while another is in S0 (a fill leaves a gap, sweep steps differ in set).
+        # The set's valid bits, read by a registered index: no 4 KiB fill of the set is
+        # in S2 while a lookup of it was in S0 (:func:`conflicts`), and sweep steps
+        # differ in set.
         s1_vbits = Signal(W)
         m.d.comb += s1_vbits.eq(Cat(v.bit_select(s1_set, 1) for v in valid))
         way_tags = [data.View(self.tag_layout, tag_rd.data[w * tag_w:(w + 1) * tag_w])
@@ -390,7 +422,7 @@ class TLB(wiring.Component):
         sweep_huge = Signal(range(H + 1))
         he, he_valid, he_index = Signal(self.huge_layout), Signal(), Signal(range(max(2, H)))
         kill_huge, kill_index = Signal(), Signal(range(max(2, H)))
-        m.d.comb += [self.inval.ready.eq(~busy & ~s1_valid & ~s2_valid & (gap == 0)),
+        m.d.comb += [self.inval.ready.eq(~busy & ~s1_valid & ~s2_valid),
                      sweep_go.eq(busy & (sweep_set < S))]
         m.d.sync += [self.inval_done.eq(0),
                      he.eq(Array(Value.cast(h) for h in huge)[sweep_huge[:max(1, (H - 1).bit_length())]]),

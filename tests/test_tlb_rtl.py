@@ -364,6 +364,80 @@ def test_one_lookup_per_cycle():
     run(dut, body)
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_stream_of_fills_and_lookups(seed):
+    """An op offered every cycle, as the MMU does: fills of other sets back to back, ops
+    that :func:`hw.tlb.conflicts` with a fill ahead held back (and, so that every answer
+    is the model's in order, lookups of a set with a fill of it ahead, or with a huge
+    fill ahead). Fills of distinct sets must enter on consecutive cycles."""
+    rng = random.Random(seed)
+    sets, ways, huge = 4, 2, 2
+    dut = TLB(sets=sets, ways=ways, huge=huge, vm_bits=1, gen_bits=1, data_width=16)
+    ref = RefTLB(sets, ways, huge)
+    pool = [(0, 0, b + rng.choice((0, 1, 2, 3, 512))) for b in (0, 1 << 18) for _ in range(4)]
+    answers, wanted, back_to_back = [], [], []
+
+    async def body(tb):
+        ctx = tb.ctx
+        late, last_fill_set = {"gen": 0, "private": 0}, None
+        for cycle in range(600):
+            f = {name: ctx.get(getattr(dut.fills, name)) for name in
+                 ("s1_small", "s1_huge", "s1_set", "s2_small", "s2_huge", "s2_set")}
+            ahead = {f[f"s{n}_set"] for n in (1, 2) if f[f"s{n}_small"]}
+            any_huge = f["s1_huge"] or f["s2_huge"]
+            vm, gen, vpn, level, private = random_op(rng, pool)
+            fill = rng.random() < 0.5
+            level = level if fill else 1
+            base = vpn & ~(span(level) - 1)
+            if fill:
+                blocked = any_huge if level > 1 else (base % sets) in ahead
+            else:
+                blocked = any_huge or (vpn % sets) in ahead
+            ctx.set(dut.key_late, late)
+            ctx.set(dut.op.valid, int(not blocked))
+            payload = rng.randrange(1 << 16)
+            if fill:
+                ctx.set(dut.op.payload, {"fill": 1, "key": {"vm": vm, "vpn": base},
+                                         "level": level, "allow": 0b111, "data": payload})
+            else:
+                ctx.set(dut.op.payload, {"fill": 0, "key": {"vm": vm, "vpn": vpn,
+                                                            "access": READ}})
+            taken = not blocked and ctx.get(dut.op.ready)
+            if ctx.get(dut.result.valid):
+                answers.append((ctx.get(dut.result.payload.hit),
+                                ctx.get(dut.result.payload.level),
+                                ctx.get(dut.result.payload.data)))
+            await ctx.tick()
+            late = {"gen": gen, "private": private}
+            if taken and fill:
+                ref.fill(vm, gen, base, level, 0b111, payload, private)
+                wanted.append(None)
+                if level == 1:
+                    if last_fill_set is not None and last_fill_set != base % sets:
+                        back_to_back.append(cycle)
+                    last_fill_set = base % sets
+                    continue
+            elif taken:
+                wanted.append(ref.lookup(vm, gen, vpn, READ, private))
+            last_fill_set = None
+        ctx.set(dut.op.valid, 0)
+        for _ in range(3):
+            if ctx.get(dut.result.valid):
+                answers.append((ctx.get(dut.result.payload.hit),
+                                ctx.get(dut.result.payload.level),
+                                ctx.get(dut.result.payload.data)))
+            await ctx.tick()
+
+    run(dut, body)
+    assert len(answers) == len(wanted)
+    got = [(level, data) if hit else None for hit, level, data in answers]
+    for n, (g, w) in enumerate(zip(got, wanted)):
+        if w is not None or g is not None:
+            assert g == w, f"seed {seed}, op {n}: RTL {g} model {w}"
+    assert any(w is not None for w in wanted) and back_to_back, \
+        "the stream never hit, or never had two fills of other sets on consecutive cycles"
+
+
 @pytest.mark.filterwarnings("ignore:.*created but never used")
 def test_parameters_are_checked():
     with pytest.raises(ValueError, match="ways"):
