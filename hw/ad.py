@@ -72,7 +72,7 @@ class AdUnit(wiring.Component):
         a_mask, d_mask = Signal(64), Signal(64)
         compare, swap = Signal(64), Signal(64)
         aw_done, w_beat, got_r, got_b, err = Signal(), Signal(2), Signal(), Signal(), Signal()
-        old = Signal(64)
+        same = Signal()             # the word the R beat returned is the word compared
         sel, sel_bit, bit = Signal(3), Signal(MAX_LEVELS), Signal(MAX_LEVELS)
         for l in range(1, MAX_LEVELS + 1):
             with m.If(need[l - 1]):
@@ -113,7 +113,7 @@ class AdUnit(wiring.Component):
                 with m.If(self.wvalid & self.wready):
                     m.d.sync += w_beat.eq(w_beat + 1)
                 with m.If(self.beat):
-                    m.d.sync += [got_r.eq(1), old.eq(self.data)]
+                    m.d.sync += [got_r.eq(1), same.eq(self.data == compare)]
                 with m.If(self.bvalid):
                     m.d.sync += got_b.eq(1)
                 m.d.sync += err.eq(err | (self.beat & self.err) | (self.bvalid & self.bresp[1]))
@@ -122,12 +122,12 @@ class AdUnit(wiring.Component):
             with m.State("CHECK"):
                 remaining = need & ~bit
                 m.d.sync += need.eq(remaining)
-                m.d.comb += self.table_set.eq(~err & (old == compare) & (self.level != leaf))
+                m.d.comb += self.table_set.eq(~err & same & (self.level != leaf))
                 with m.If(err):
                     m.d.comb += [self.status.eq(AdStatus.BUS_ERROR),
                                  self.done.eq(1 << owner)]
                     m.next = "IDLE"
-                with m.Elif(old != compare):
+                with m.Elif(~same):
                     m.d.comb += [self.status.eq(AdStatus.RESTART), self.done.eq(1 << owner)]
                     m.next = "IDLE"
                 with m.Elif(~remaining.any()):
