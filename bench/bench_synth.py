@@ -157,7 +157,8 @@ def wrapper_cells(netlist):
     """(LUT4, FF) of the :class:`PinWrapper` in ``netlist`` (Yosys's JSON after
     ``synth_ecp5``): the shift register from ``si``, the output registers and the XOR
     tree that folds them into ``so``. Counted rather than derived from the port widths:
-    an output that repeats an input or another output shares its register."""
+    an output that is constant 0 has no register, and one that repeats an input or another
+    output shares one."""
     module = netlist["modules"]["top"]
     cells = module["cells"]
     fed, driver = {}, {}

@@ -151,10 +151,11 @@ module sub(input clk, input d, output reg q);
   always @(posedge clk) q <= d;
 endmodule
 module peer(input clk, input rst, input [7:0] a, output reg [3:0] y, output z,
-            output [1:0] same);
+            output [1:0] same, output zero);
   always @(posedge clk) y <= rst ? 4'd0 : a[3:0] ^ a[7:4];
   sub s(.clk(clk), .d(a[0]), .q(z));
   assign same = a[7:6];
+  assign zero = 1'b0;
 endmodule
 """
 
@@ -163,7 +164,7 @@ def test_verilog_peer_wrapper(tmp_path):
     """Another MMU's Verilog module in the synthesis wrapper: its hierarchy kept, its clock
     on the wrapper's clock, every other port bit on the shift register or the fold; after
     ``synth_ecp5`` the wrapper's cells are counted exactly, also where an output repeats
-    an input (its register merged with a shift-register stage)."""
+    an input (its register merged with a shift-register stage) or is constant 0 (none)."""
     from amaranth.back import rtlil
     from bench.bench_synth import wrapper_cells, yosys
     from bench.peers import VerilogWrapper, elaborate
@@ -171,11 +172,12 @@ def test_verilog_peer_wrapper(tmp_path):
     # A relative path: YoWASP's /tmp is not the host's.
     ports = elaborate("read_verilog peer.v", "peer", tmp_path)
     assert ports == [("input", 1, "clk"), ("input", 1, "rst"), ("input", 8, "a"),
-                     ("output", 4, "y"), ("output", 1, "z"), ("output", 2, "same")]
+                     ("output", 4, "y"), ("output", 1, "z"), ("output", 2, "same"),
+                     ("output", 1, "zero")]
     design = (tmp_path / "peer.il").read_text()
     assert "module \\peer" in design and "module \\sub" in design
     wrapper = VerilogWrapper("peer", ports, "clk")
-    assert wrapper.bits() == (9, 7)
+    assert wrapper.bits() == (9, 8)
     text = rtlil.convert(wrapper, name="top")
     cell = text[text.index("cell \\peer "):]
     cell = cell[:cell.index("\n  end")]
@@ -190,7 +192,7 @@ def test_verilog_peer_wrapper(tmp_path):
     netlist = json.loads((tmp_path / "top.json").read_text())
     types = [c["type"] for c in netlist["modules"]["top"]["cells"].values()]
     # 9 shift-register stages; output registers: y 4, z 1, same 1 (same[0] is the stage
-    # after a[6]); the fold's
+    # after a[6]), zero none; the fold's
     luts, ffs = wrapper_cells(netlist)
     assert ffs == 9 + 4 + 1 + 1 + 1
     assert types.count("TRELLIS_FF") - ffs == 5         # y and the submodule's q
