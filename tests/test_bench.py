@@ -2,6 +2,7 @@
 results file with real tables; the table protocol, the access patterns and the parsers
 of the synthesis flow's logs."""
 
+import json
 import re
 
 import pytest
@@ -137,10 +138,88 @@ def test_synth_mode(monkeypatch):
 
 def test_synth_configurations_build():
     """Every configuration and block the synthesis bench runs elaborates in its wrapper."""
-    from bench.bench_synth import BLOCKS, DEFAULT, SMALL, WALKER, IoWrapper, wrapper_cells
+    from bench.bench_synth import BLOCKS, DEFAULT, SMALL, WALKER, IoWrapper
     for config in (DEFAULT, SMALL, WALKER, *BLOCKS.values()):
         ins, outs = IoWrapper(config).bits()
         assert ins > 0 and outs > 0, config
-    assert wrapper_cells(10, 7) == (2, 18)
     with pytest.raises(ValueError, match="block must be one of mmu, walker"):
         IoWrapper({"block": "cache"})
+
+
+PEER_V = """\
+module sub(input clk, input d, output reg q);
+  always @(posedge clk) q <= d;
+endmodule
+module peer(input clk, input rst, input [7:0] a, output reg [3:0] y, output z,
+            output [1:0] same, output zero);
+  always @(posedge clk) y <= rst ? 4'd0 : a[3:0] ^ a[7:4];
+  sub s(.clk(clk), .d(a[0]), .q(z));
+  assign same = a[7:6];
+  assign zero = 1'b0;
+endmodule
+"""
+
+
+def test_verilog_peer_wrapper(tmp_path):
+    """Another MMU's Verilog module in the synthesis wrapper: its hierarchy kept, its clock
+    on the wrapper's clock, every other port bit on the shift register or the fold; after
+    ``synth_ecp5`` the wrapper's cells are counted exactly, also where an output repeats
+    an input (its register merged with a shift-register stage) or is constant 0 (none)."""
+    from amaranth.back import rtlil
+    from bench.bench_synth import wrapper_cells, yosys
+    from bench.peers import VerilogWrapper, elaborate
+    (tmp_path / "peer.v").write_text(PEER_V)
+    # A relative path: YoWASP's /tmp is not the host's.
+    ports = elaborate("read_verilog peer.v", "peer", tmp_path)
+    assert ports == [("input", 1, "clk"), ("input", 1, "rst"), ("input", 8, "a"),
+                     ("output", 4, "y"), ("output", 1, "z"), ("output", 2, "same"),
+                     ("output", 1, "zero")]
+    design = (tmp_path / "peer.il").read_text()
+    assert "module \\peer" in design and "module \\sub" in design
+    wrapper = VerilogWrapper("peer", ports, "clk")
+    assert wrapper.bits() == (9, 8)
+    text = rtlil.convert(wrapper, name="top")
+    cell = text[text.index("cell \\peer "):]
+    cell = cell[:cell.index("\n  end")]
+    assert re.search(r"connect \\clk \\clk( \[0\])?$", cell, re.M)
+    assert re.search(r"connect \\rst \\chain \[0\]$", cell, re.M)
+    assert re.search(r"connect \\a \\chain \[8:1\]$", cell, re.M)
+    with pytest.raises(ValueError, match="no input port 'clock'"):
+        VerilogWrapper("peer", ports, "clock")
+    (tmp_path / "top.il").write_text(text)
+    yosys("read_rtlil peer.il; read_rtlil top.il; synth_ecp5 -top top -json top.json",
+          tmp_path, "yosys.log", "peer")
+    netlist = json.loads((tmp_path / "top.json").read_text())
+    types = [c["type"] for c in netlist["modules"]["top"]["cells"].values()]
+    # 9 shift-register stages; output registers: y 4, z 1, same 1 (same[0] is the stage
+    # after a[6]), zero none; the fold's
+    luts, ffs = wrapper_cells(netlist)
+    assert ffs == 9 + 4 + 1 + 1 + 1
+    assert types.count("TRELLIS_FF") - ffs == 5         # y and the submodule's q
+    assert types.count("LUT4") - luts == 4              # y's XOR
+
+
+@pytest.mark.parametrize("name", ["Rocket TLB", "Rocket PTW", "VexRiscv Linux core",
+                                  "CVA6 MMU"])
+def test_peers_resolve(name):
+    """Each peer's sources are found in its installed package and declare its module."""
+    from bench.peers import PEERS
+    peer = PEERS[name]
+    paths = peer.paths()
+    assert len(paths) == len(peer.files)
+    declared = re.compile(rf"^\s*module\s+{peer.top}\b", re.M)
+    assert any(declared.search(open(path).read()) for path in paths)
+    assert peer.version().startswith(peer.package)
+    assert len(peer.digest()) == 64
+
+
+def test_peer_errors():
+    from bench.bench_synth import design
+    from bench.peers import PEERS, Peer
+    assert set(PEERS) == {"Rocket TLB", "Rocket PTW", "VexRiscv Linux core", "CVA6 MMU"}
+    missing = Peer("x", "pythondata-cpu-none", ("x.v",), "x", "clk", "")
+    with pytest.raises(RuntimeError, match=r"pythondata-cpu-none is missing: install the "
+                                           r"\[bench\] extra"):
+        missing.paths()
+    with pytest.raises(ValueError, match="peer must be one of Rocket TLB"):
+        design({"peer": "BOOM"})
