@@ -43,8 +43,7 @@ from .decode import FORMAT_IDS, MAX_LEVELS, PA_WIDTH
 from .mmu import MMU
 from .pwc import PWC_DATA, PageWalkCache
 from . import pwc as pwc_module, tlb as tlb_module
-from .tlb import (LEVEL_BITS, TLB, InvalKind, InvalSpace, conflicts, key_layout,
-                  late_layout)
+from .tlb import LEVEL_BITS, TLB, InvalKind, InvalSpace, key_layout, late_layout
 from .context import CONTEXT_LAYOUT
 from .walker import Walker
 
@@ -217,9 +216,7 @@ class TLBHarness(_CacheHarness):
             m.d.sync += late.eq(self.op_late)
         m.d.comb += Assume(dut.key_late.as_value() == late.as_value())
         # The TLB's contract: no op that conflicts with a fill ahead of it is offered.
-        m.d.comb += Assume(~(op.valid & conflicts(
-            dut.fills, dut.set_of(op.payload.key.vpn), op.payload.fill,
-            op.payload.level != 1)))
+        m.d.comb += Assume(~(op.valid & dut.op_conflicts(op.payload)))
         fill = _Fields(self.key_view, level=op.payload.level, data=op.payload.data)
         fill_valid = op.valid & op.payload.fill
         res = dut.result
@@ -489,8 +486,8 @@ class MMUHarness(Elaboratable):
     "stale": a TLB or walk-cache fill only comes from a walk that started after the last
     invalidation was accepted (a fill from an older walk would undo the invalidation),
     and no TLB op is offered that conflicts with a fill ahead of it
-    (:func:`hw.tlb.conflicts`). "inval_done": ``inval_done`` pulses only after every TLB and walk-cache operation
-    the invalidation issued has finished.
+    (:func:`hw.tlb.conflicts`). "inval_done": ``inval_done`` pulses only after every TLB
+    and walk-cache operation the invalidation issued has finished.
     """
 
     def __init__(self, prop, *, pending=2, tag_bits=2, tlb_sets=1, tlb_ways=1):
@@ -530,8 +527,7 @@ class MMUHarness(Elaboratable):
                        "TLB fill from a walk older than an invalidation"),
                 Assert(~dut.pwc.fill.valid | fresh,
                        "walk-cache fill from a walk older than an invalidation"),
-                Assert(~(op.valid & conflicts(dut.tlb.fills, dut.tlb.set_of(op.payload.key.vpn),
-                                              op.payload.fill, op.payload.level != 1)),
+                Assert(~(op.valid & dut.tlb.op_conflicts(op.payload)),
                        "TLB offered an op that conflicts with a fill ahead of it"),
             ]
         else:

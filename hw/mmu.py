@@ -212,7 +212,7 @@ class MMU(wiring.Component):
         replay_go = replay.valid & ~conflicts(
             tlb.fills, tlb.set_of(vpn_of(replay.payload.req.gpa)), 0, 0)
         # The port's ready does not look at its request: any 4 KiB fill in S2 holds it.
-        req_go = req.valid & ~tlb.fills.s2_small
+        req_clear = ~tlb.fills.s2_small
         replay_now = ~fill_now & replay_go
         s0 = Signal(data.StructLayout({"vm": self.vm_bits, "gpa": 64, "access": 2,
                                        "tag": self.tag_bits}))
@@ -235,8 +235,8 @@ class MMU(wiring.Component):
         ahead = Signal(2)
         room = misses.free > ahead
         m.d.comb += [
-            tlb.op.valid.eq((fill_now | replay_now | (req_go & room)) & ~block),
-            req.ready.eq(tlb.op.ready & ~tlb.fills.s2_small & ~fill_now & ~replay_now & room & ~block),
+            tlb.op.valid.eq((fill_now | replay_now | (req.valid & req_clear & room)) & ~block),
+            req.ready.eq(tlb.op.ready & req_clear & ~fill_now & ~replay_now & room & ~block),
             replay.ready.eq(tlb.op.ready & replay_now & ~block),
         ]
         take_fill = fill_now & tlb.op.ready & ~block

@@ -10,10 +10,9 @@ Pipeline (one op per cycle, an op being a lookup, a fill or a sweep step):
 
 * S0 — the set of the op's page is read from the tag RAM (LUT RAM on ECP5).
 * S1 — the set's valid bits are read from flip-flops (as they were when S0 read the
-  tags: see below); the
-  ways' tags and every huge entry are compared with the key, its generation
-  and space given only now (``key_late``); match bits are registered, and the data RAM
-  is read for the set. The way a 4 KiB fill takes if no way holds its page (an invalid
+  tags: see below); the ways' tags and every huge entry are compared with the key, its
+  generation and space given only now (``key_late``); match bits are registered, and
+  the data RAM is read for the set. The way a 4 KiB fill takes if no way holds its page (an invalid
   one, else the tree-PLRU victim) is registered too.
 * S2 — a lookup's answer: the one matching way (a 4 KiB entry wins over a huge page),
   its data, whether it allows the access. A fill writes here: the way (or huge entry)
@@ -247,6 +246,10 @@ class TLB(wiring.Component):
     def set_of(self, vpn):
         """The set a 4 KiB page number falls in (``set_bits`` wide)."""
         return vpn[:self.set_bits] if self.sets > 1 else Const(0, 1)
+
+    def op_conflicts(self, op):
+        """1 when the op ``op`` (of :func:`op_layout`) :func:`conflicts` with ``fills``."""
+        return conflicts(self.fills, self.set_of(op.key.vpn), op.fill, op.level != 1)
 
     def elaborate(self, platform):
         m = Module()
