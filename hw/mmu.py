@@ -129,7 +129,8 @@ class MMU(wiring.Component):
         covers remains, and no walk that started before it can fill.
     axi : Out(AXI4Signature(addr_width=64, data_width=64, id_width=axi_id_width))
     counters : Out(counters_layout(counter_width))
-        Free-running, wrapping counters named by :data:`COUNTERS`.
+        Free-running, wrapping counters named by :data:`COUNTERS`, one cycle behind
+        the events they count.
 
     The parts are reachable as ``tlb``, ``pwc`` and ``walkers`` (for waveforms).
     """
@@ -390,9 +391,11 @@ class MMU(wiring.Component):
             count["stale_drops"].eq(sum(misses.release[i] & misses.ok[i] & misses.stale[i]
                                         for i in range(N))),
         ]
+        # Each increment is registered before it is added, so no counter's carry chain
+        # hangs off the events that decide it; a counter runs one cycle behind.
         for name in COUNTERS:
-            field = getattr(self.counters, name)
-            m.d.sync += field.eq(field + count[name])
+            field, step = getattr(self.counters, name), Signal(8, name=f"step_{name}")
+            m.d.sync += [step.eq(count[name]), field.eq(field + step)]
         return m
 
     def _fill_op(self, m, op, misses, pool, i):
