@@ -449,6 +449,16 @@ def _fmax(results):
     return text if routed else f"{text} (placed)"
 
 
+def _pnr_minutes(results):
+    """nextpnr's wall-clock time over seeds, in minutes: "min / median / max"."""
+    found = sorted(r["seconds"]["nextpnr"] / 60 for r in results
+                   if r and r.get("routed") and "nextpnr" in r.get("seconds", {}))
+    if not found:
+        return "-"
+    return (f"{found[0]:.1f}" if len(found) == 1 else
+            f"{found[0]:.1f} / {found[len(found) // 2]:.1f} / {found[-1]:.1f}")
+
+
 def _net(r):
     """(LUT4, FF) of a result with the wrapper's cells subtracted."""
     luts, ffs = r["wrapper"]
@@ -461,16 +471,18 @@ def _row(name, config, results):
              f"{config.get('tlb_sets', DEFAULT['tlb_sets'])}x"
              f"{config.get('tlb_ways', DEFAULT['tlb_ways'])}"]
     if first is None:
-        return shape + ["not synthesized"] + ["-"] * 6
+        return shape + ["not synthesized"] + ["-"] * 7
     cells = first["cells"]
     comb = first.get("util", {}).get("TRELLIS_COMB", (None, None))
     return shape + [*_net(first), cells["CCU2C"], cells["DP16KD"], cells["TRELLIS_DPR16X4"],
-                    f"{comb[0]}/{comb[1]}" if comb[0] is not None else "-", _fmax(results)]
+                    f"{comb[0]}/{comb[1]}" if comb[0] is not None else "-", _fmax(results),
+                    _pnr_minutes(results)]
 
 
 COLUMNS = ["configuration", "walkers", "TLB sets x ways", "LUT4", "FF", "CCU2C (carry)",
            "DP16KD", "DPR16X4 (LUT RAM)", "TRELLIS_COMB used (nextpnr)",
-           "Fmax (MHz, routed; seeds min / median / max)"]
+           "Fmax (MHz, routed; seeds min / median / max)",
+           "place and route (minutes; seeds min / median / max)"]
 BLOCK_COLUMNS = ["block", "LUT4", "FF", "DPR16X4 (LUT RAM)", "DP16KD", "CCU2C (carry)",
                  "own Fmax (MHz, routed)", "critical path (logic / routing ns)"]
 
@@ -561,6 +573,8 @@ def main(quick=False):
             f"3-pin wrapper (bench/bench_synth.py IoWrapper: every input bit from a shift "
             f"register, every output registered and XOR-folded). LUT4 and FF are the MMU's: "
             f"the wrapper's flip-flops and XOR tree, counted in the netlist, are subtracted. "
+            f"Place and route: nextpnr's wall-clock time, two tool runs sharing the machine "
+            f"(`make bench` runs two at a time). "
             f"Small: " + ", ".join(f"{k}={v}" for k, v in SMALL.items()) + ".")
     for name, rs in (("default", default), ("small", small)):
         r = rs[0]
