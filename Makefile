@@ -18,6 +18,8 @@ help:
 	@echo "make formal    bounded model checking of the RTL's properties"
 	@echo "make clean     remove build outputs; make distclean also removes .venv"
 	@echo "variables: SIM=icarus|verilator  JOBS=N (parallel test workers, default 2)"
+	@echo "           demo: FORMAT=ept4|ept5|npt4|npt5|sv39x4|sv48x4|sv57x4 (first VM)"
+	@echo "           SCENARIO=NAME[,NAME...]|all  SEED=N  WAVES=1 (FST + GTKWave save file)"
 	@echo "           regress: CLUSTER=tcp://HOST:PORT (a Dask scheduler; default: JOBS local"
 	@echo "           workers)  RESUME=1  REGRESS_COUNT=N  REGRESS_TIMEOUT=S (per task)"
 	@echo "           ONLY=EXPR (pytest -k selection)  (docs/regress.md)"

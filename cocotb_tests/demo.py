@@ -9,13 +9,13 @@ hit rate over time) and, with ``--waves``, an FST waveform and a GTKWave save fi
 Exit status 1 on any mismatch or failed check.
 """
 
-import argparse
 import json
 import os
 import pathlib
 import sys
 import time
 
+from sw_model.cli import OneLineParser
 from sw_model.formats import FORMAT_NAMES
 
 from .report import percentile
@@ -75,7 +75,7 @@ def plot(results, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m cocotb_tests.demo",
+    parser = OneLineParser(prog="python -m cocotb_tests.demo",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--sim", choices=SIMULATORS, default=os.environ.get("SIM") or "icarus")
     parser.add_argument("--format", choices=FORMAT_NAMES, default=os.environ.get("FORMAT") or None,
@@ -84,7 +84,10 @@ def main(argv=None):
     parser.add_argument("--scenario", default=os.environ.get("SCENARIO") or "mixed",
                         help=f"comma-separated, from {', '.join(SCENARIOS)}, or 'all' "
                              f"(default mixed: two VMs of different formats)")
-    parser.add_argument("--seed", type=int, default=int(os.environ.get("SEED") or 0))
+    # String defaults from the environment (``make demo SEED=...``) go through ``type``
+    # and are checked below like the options themselves.
+    parser.add_argument("--seed", type=int, default=os.environ.get("SEED") or "0",
+                        help="scenario seed, an integer (also SEED=)")
     parser.add_argument("--size", choices=SIZES, default="demo")
     parser.add_argument("--waves", action="store_true",
                         default=os.environ.get("WAVES") == "1",
@@ -92,6 +95,11 @@ def main(argv=None):
     parser.add_argument("-o", "--output", type=pathlib.Path, default=OUT,
                         help="directory for the report, plot and waveform")
     args = parser.parse_args(argv)
+    for option, value, allowed in (("--sim", args.sim, SIMULATORS),
+                                   ("--format", args.format, (None, *FORMAT_NAMES))):
+        if value not in allowed:
+            parser.error(f"{option}: invalid choice {value!r} (choose from "
+                         f"{', '.join(a for a in allowed if a)})")
     names = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
     bad = [n for n in names if n not in SCENARIOS]
     if bad:

@@ -642,3 +642,21 @@ def test_bad_run_walker_arguments(kwargs, match):
 def test_run_walker_with_no_accesses():
     from hw.sim import run_walker
     assert run_walker(HostMemory(1 << 16), [_context()], [], timeout=50) == []
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    (["--seed", "abc"], {}, ["--seed", "abc"]),
+    ([], {"SEED": "abc"}, ["--seed", "abc"]),
+    ([], {"SIM": "modelsim"}, ["--sim", "modelsim"]),
+    ([], {"FORMAT": "ept9"}, ["--format", "ept9"]),
+    (["--scenario", "nosuch"], {}, ["--scenario", "nosuch"]),
+])
+def test_demo_bad_options(monkeypatch, capsys, argv, env, words):
+    """``make demo`` passes SEED, SIM, FORMAT ... through the environment too: a bad one
+    ends in one line before anything is built."""
+    from cocotb_tests import demo
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    status, out, err = _cli(demo.main, argv, capsys)
+    _assert_one_line_error(status, err, *words)
+    assert out == ""
