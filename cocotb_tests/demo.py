@@ -115,9 +115,11 @@ def main(argv=None):
     if fmt:
         extra["TDPWALK_FORMAT"] = fmt
     start = time.monotonic()
-    results_path = args.output / "results.json"
+    results_path, png_path = args.output / "results.json", args.output / "report.png"
     args.output.mkdir(parents=True, exist_ok=True)
+    # Results and plot of an earlier run never stay beside this run's.
     results_path.unlink(missing_ok=True)
+    png_path.unlink(missing_ok=True)
     failure = None
     try:
         results = run_mmu(args.sim, names, seed=args.seed, size=args.size, waves=waves,
@@ -125,6 +127,10 @@ def main(argv=None):
     except ToolchainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        results_path.unlink(missing_ok=True)
+        print(f"interrupted: no results written to {args.output}", file=sys.stderr)
+        return 130
     except AssertionError as e:
         failure = e
         results = json.loads(results_path.read_text()) if results_path.exists() else []
@@ -158,7 +164,7 @@ def main(argv=None):
             print(f"{r['scenario']}: {heading}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     sim_cycles = sum(r["cycles"] for r in results)
     print(f"{sim_cycles} cycles simulated in {wall:.1f} s (including build and start-up)")
-    png = plot(results, args.output / "report.png") if results else None
+    png = plot(results, png_path) if results else None
     print(f"results: {results_path}")
     if png:
         print(f"plot:    {png}")

@@ -660,3 +660,19 @@ def test_demo_bad_options(monkeypatch, capsys, argv, env, words):
     status, out, err = _cli(demo.main, argv, capsys)
     _assert_one_line_error(status, err, *words)
     assert out == ""
+
+
+def test_demo_interrupted_leaves_no_results(monkeypatch, capsys, tmp_path):
+    """Ctrl-C during the run: one line, exit status 130, and neither a partial results
+    file nor an earlier run's plot left in the output directory."""
+    from cocotb_tests import demo
+    (tmp_path / "report.png").write_bytes(b"an earlier run's plot")
+
+    def interrupted(*args, results, **kwargs):
+        results.write_text('[{"partial": ')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo, "run_mmu", interrupted)
+    status, out, err = _cli(demo.main, ["-o", str(tmp_path)], capsys)
+    assert status == 130
+    assert err.splitlines() == [f"interrupted: no results written to {tmp_path}"]
+    assert list(tmp_path.iterdir()) == []
