@@ -56,13 +56,22 @@ async def run_scenario(dut, scenario):
     await tb.reset()
     wall = time.monotonic()
     dut._log.info("scenario %s seed %d formats %s", scenario, seed, formats)
-    extra = await SCENARIOS[scenario](tb, env)
-    await tb.quiesce()
-    await tb.drain_invals()
+    try:
+        extra = await SCENARIOS[scenario](tb, env)
+        await tb.quiesce()
+        await tb.drain_invals()
+    except Exception as e:
+        # What the command line needs to name the scenario and replay it.
+        record_result({"scenario": scenario, "seed": seed, "formats": formats,
+                       "failed": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
+        raise
     result = summarize(tb, scenario, seed, extra, time.monotonic() - wall)
     record_result(result)
     dut._log.info("%s: %s", scenario, {k: v for k, v in result.items()
                                         if not isinstance(v, (list, dict))})
+    if tb.scoreboard.mismatches:
+        record_result({"scenario": scenario, "seed": seed, "formats": formats,
+                       "failed": f"{len(tb.scoreboard.mismatches)} mismatches"})
     assert not tb.scoreboard.mismatches, (
         f"{scenario} (seed {seed}): {len(tb.scoreboard.mismatches)} mismatches; first: "
         f"{tb.scoreboard.mismatches[0]}")

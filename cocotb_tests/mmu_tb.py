@@ -278,8 +278,10 @@ def record_result(result):
     if out:
         data = json.loads(open(out).read()) if os.path.exists(out) else []
         data.append(result)
-        with open(out, "w") as f:
+        # Written whole or not at all: an interrupted run leaves the last complete list.
+        with open(f"{out}.tmp", "w") as f:
             json.dump(data, f)
+        os.replace(f"{out}.tmp", out)
 
 
 async def hypervisor_access(guest, gpa, access, *, on_memory_fault=None):

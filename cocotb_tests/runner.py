@@ -308,17 +308,40 @@ def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, re
         from cocotb_tools.runner import get_results
         tests, failed = get_results(results_xml) if results_xml.exists() else (0, 0)
         data = json.loads(out.read_text()) if out.exists() else []
+    failures = [r for r in data if "failed" in r]
+    data = [r for r in data if "failed" not in r]
+    if results and failures:
+        pathlib.Path(results).write_text(json.dumps(data))
     if waves:
         from .waves import write_gtkw
         write_gtkw(waves, sim)
         for item in data:
             item["waves"] = str(waves)
     if tests == 0 or failed:
-        raise AssertionError(f"{sim}: {failed} of {tests} MMU scenario runs failed "
-                             f"(seed {seed}, size {size}, scenarios {','.join(scenarios)}); "
-                             f"reproduce: python -m cocotb_tests.demo --sim {sim} "
-                             f"--scenario {','.join(scenarios)} --seed {seed} --size {size}")
+        raise AssertionError(f"{sim}: {failed} of {tests} MMU scenario runs failed"
+                             + _replays(sim, scenarios, seed, size, failures, extra, config))
     return data
+
+
+#: Bench settings a replay command sets itself (by its options, or as run_mmu does).
+_RUN_SETTINGS = {"TDPWALK_SCENARIOS", "TDPWALK_SEED", "TDPWALK_SIZE", "TDPWALK_RESULTS",
+                 "TDPWALK_CONFIG", "TDPWALK_PROGRESS", "TDPWALK_FORMAT"}
+
+
+def _replays(sim, scenarios, seed, size, failures, extra, config):
+    """Each failed scenario with its seed, why, and the command that runs it alone."""
+    settings = {**os.environ, **(extra or {})}
+    env = "".join(f"{k}={v} " for k, v in sorted(settings.items())
+                  if k.startswith("TDPWALK_") and k not in _RUN_SETTINGS)
+    note = f" (MMU configuration {json.dumps(config)})" if config else ""
+    if not failures:     # nothing recorded: the simulator itself stopped
+        return (f" (seed {seed}, size {size}, scenarios {','.join(scenarios)}); reproduce: "
+                f"{env}python -m cocotb_tests.demo --sim {sim} --scenario "
+                f"{','.join(scenarios)} --seed {seed} --size {size}{note}")
+    return ": " + "; ".join(
+        f"{r['scenario']} (seed {r['seed']}, {r['failed']}), reproduce: {env}python -m "
+        f"cocotb_tests.demo --sim {sim} --scenario {r['scenario']} --seed {r['seed']} "
+        f"--size {size} --format {r['formats'][0]}{note}" for r in failures)
 
 
 def replay(vectors_path, sim, *, latency=1, stall=0.0, seed=0, waves=None, config=None,

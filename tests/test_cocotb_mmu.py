@@ -38,9 +38,15 @@ def test_scenarios_short(sim):
 def test_scoreboard_catches_a_hypervisor_that_drops_flushes(capfd):
     """With every invalidation dropped, zapped translations and lost dirty pages must
     be detected, each by its own check (not by a crash)."""
-    with pytest.raises(AssertionError, match="2 of 2 MMU scenario runs failed"):
+    with pytest.raises(AssertionError, match="2 of 2 MMU scenario runs failed") as failed:
         run_mmu("verilator", ["memslot_delete", "harvest"], seed=0, size="short",
                 extra={"TDPWALK_MUTATE": "drop_flushes"})
+    # The failure names each scenario, its seed and the command that replays it alone.
+    message = str(failed.value)
+    for name, seed in (("memslot_delete", 0), ("harvest", 1)):
+        assert (f"{name} (seed {seed}, " in message and "reproduce: TDPWALK_MUTATE="
+                f"drop_flushes python -m cocotb_tests.demo --sim verilator --scenario "
+                f"{name} --seed {seed} --size short --format " in message), message
     out = capfd.readouterr()
     text = out.out + out.err
     assert "deleted slot still translates" in text, text[-3000:]
