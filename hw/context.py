@@ -41,11 +41,18 @@ WALK_PARAMS = data.StructLayout({
 })
 
 
+#: The most VMs a context table holds: each takes its context and two generation
+#: counters in flip-flops (about 130).
+MAX_VMS = 256
+
+
 def check_vm_count(num_vms):
     """Raise ValueError unless ``num_vms`` is a valid context-table size."""
     if not isinstance(num_vms, int) or isinstance(num_vms, bool) or num_vms < 1 \
-            or num_vms & (num_vms - 1):
-        raise ValueError(f"num_vms must be a power of two >= 1, got {num_vms!r}")
+            or num_vms > MAX_VMS or num_vms & (num_vms - 1):
+        raise ValueError(f"num_vms must be a power of two in [1, {MAX_VMS}] (each VM's "
+                         f"context and generations take about 130 flip-flops), "
+                         f"got {num_vms!r}")
 
 
 class ContextWriteSignature(wiring.Signature):

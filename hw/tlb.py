@@ -170,6 +170,10 @@ def plru_victim(ways, bits):
     return lo
 
 
+#: The most 4 KiB entries (sets x ways): their valid bits are flip-flops.
+MAX_ENTRIES = 4096
+
+
 def _check_pow2(name, value, maximum):
     if not isinstance(value, int) or value < 1 or value > maximum or value & (value - 1):
         raise ValueError(f"{name} must be a power of two in [1, {maximum}], got {value!r}")
@@ -217,6 +221,9 @@ class TLB(wiring.Component):
                  max_level=4):
         _check_pow2("sets", sets, 1 << 12)
         _check_pow2("ways", ways, 64)
+        if sets * ways > MAX_ENTRIES:
+            raise ValueError(f"sets x ways must be at most {MAX_ENTRIES} (a valid bit per "
+                             f"entry in flip-flops), got {sets} x {ways} = {sets * ways}")
         if not isinstance(huge, int) or not 1 <= huge <= 64:
             raise ValueError(f"huge must be an integer in [1, 64], got {huge!r}")
         for name, value in (("vm_bits", vm_bits), ("gen_bits", gen_bits),

@@ -598,6 +598,7 @@ def _refused_elaboratable(build, match):
     (dict(tag_bits=8.0), "tag_bits"), (dict(axi_id_width=0), "id_width"),
     (dict(axi_id_width=17), "id_width"),
     (dict(num_vms=True), "num_vms"),
+    (dict(num_vms=1 << 30), r"num_vms must be a power of two in \[1, 256\]"),
     (dict(axi_id_width=-1), "axi_id_width"),
 ])
 def test_bad_walker_parameters(kwargs, match):
@@ -613,6 +614,8 @@ def test_bad_walker_parameters(kwargs, match):
     (dict(tlb_sets=3), "tlb_sets"),
     (dict(tlb_ways=0), "tlb_ways"),
     (dict(pwc_entries=0), "pwc_entries"),
+    (dict(num_vms=65536), "num_vms.*flip-flops"),
+    (dict(tlb_sets=4096, tlb_ways=64), r"tlb_sets x ways must be at most 4096"),
 ])
 def test_bad_mmu_parameters(kwargs, match):
     from hw.mmu import MMU
