@@ -215,13 +215,17 @@ def _wave_args(sim, waves):
     return [], ["--trace-file", str(waves)], waves
 
 
+def mmu_sources():
+    """Every file the MMU's Verilog is generated from (its packages' subpackages too)."""
+    return sorted([*(REPO / "hw").rglob("*.py"), *(REPO / "sw_model" / "formats").rglob("*.py"),
+                   REPO / "cocotb_tests" / "batch_shell.py"])
+
+
 def _sources_digest():
-    """A digest of everything the MMU's Verilog is generated from."""
+    """A digest of :func:`mmu_sources`."""
     digest = hashlib.sha256()
-    sources = [*(REPO / "hw").glob("*.py"), *(REPO / "sw_model" / "formats").glob("*.py"),
-               REPO / "cocotb_tests" / "batch_shell.py"]
-    for path in sorted(sources):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in mmu_sources():
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

@@ -7,7 +7,7 @@ each, reused). `make regress` (-m slow) runs long versions over many seeds."""
 
 import pytest
 
-from cocotb_tests.runner import SIMULATORS, run_mmu
+from cocotb_tests.runner import REPO, SIMULATORS, mmu_sources, run_mmu
 from cocotb_tests.scenarios import SCENARIOS
 
 ALL = list(SCENARIOS)
@@ -27,6 +27,14 @@ def _check(results, seed):
         assert by_name[name]["dirty_pages_harvested"] > 0, name
         assert by_name[name]["dirty_writes"] > 0, name
     assert len(by_name["mixed"]["guests"]) == 2
+
+
+def test_simulator_builds_depend_on_every_rtl_source():
+    """A cached MMU build is reused only while no file it is generated from changed:
+    the architecture rules under hw/arch/ included."""
+    sources = {p.relative_to(REPO).as_posix() for p in mmu_sources()}
+    assert {"hw/mmu.py", "hw/arch/ept.py", "hw/arch/gstage.py",
+            "sw_model/formats/npt.py"} <= sources
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
