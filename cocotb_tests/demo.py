@@ -19,10 +19,9 @@ from sw_model.cli import OneLineParser
 from sw_model.formats import FORMAT_NAMES
 
 from .report import percentile
-from .runner import REPO, SIMULATORS, ToolchainError, run_mmu
+from .runner import SIMULATORS, ToolchainError, build_root, run_mmu
 from .scenarios import SCENARIOS, SIZES
 
-OUT = REPO / "build" / "demo"
 
 
 def _table(results):
@@ -92,9 +91,11 @@ def main(argv=None):
     parser.add_argument("--waves", action="store_true",
                         default=os.environ.get("WAVES") == "1",
                         help="write an FST waveform and a GTKWave save file (also WAVES=1)")
-    parser.add_argument("-o", "--output", type=pathlib.Path, default=OUT,
-                        help="directory for the report, plot and waveform")
+    parser.add_argument("-o", "--output", type=pathlib.Path, default=None,
+                        help="directory for the report, plot and waveform (default: "
+                             "demo/ under $TDPWALK_BUILD, else ./build)")
     args = parser.parse_args(argv)
+    args.output = args.output or build_root() / "demo"
     for option, value, allowed in (("--sim", args.sim, SIMULATORS),
                                    ("--format", args.format, (None, *FORMAT_NAMES))):
         if value not in allowed:
@@ -108,8 +109,8 @@ def main(argv=None):
     waves = args.output / "tdpwalk_mmu.fst" if args.waves else None
     print(f"tdpwalk demo: {','.join(names)} on {args.sim}, seed {args.seed}, size {args.size}"
           f"{', first VM ' + fmt if fmt else ''}", flush=True)
-    print("building (once per configuration; cached in build/cocotb/) and running ...",
-          flush=True)
+    print(f"building (once per configuration; cached in {build_root() / 'cocotb'}) "
+          "and running ...", flush=True)
     extra = {"TDPWALK_PROGRESS": "500", "COCOTB_LOG_LEVEL": "WARNING",
              "GPI_LOG_LEVEL": "WARNING", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     if fmt:

@@ -2,9 +2,9 @@
 
 Two tops: the walker (``tdpwalk_walker``, :func:`build`, :func:`replay`) and the MMU
 (``tdpwalk_mmu``, :func:`build_mmu`, :func:`run_mmu`). One build directory per
-(simulator, generated Verilog, waves) under ``build/cocotb/``, reused while the Verilog
-is unchanged; a file lock keeps parallel pytest workers from building the same directory
-at once. The MMU's Verilog takes seconds to generate, so its build directory is keyed by
+(simulator, generated Verilog, waves) under ``cocotb/`` of :func:`build_root`
+(``$TDPWALK_BUILD``, else ``./build``), reused while the Verilog is unchanged; a file
+lock keeps parallel pytest workers from building the same directory at once. The MMU's Verilog takes seconds to generate, so its build directory is keyed by
 the configuration and the RTL's sources (hw/, sw_model/formats/) and generated only
 when missing.
 """
@@ -29,7 +29,13 @@ __all__ = ["SIMULATORS", "build", "replay", "build_mmu", "run_mmu", "MMU_TOP",
 
 SIMULATORS = ("icarus", "verilator")
 REPO = pathlib.Path(__file__).resolve().parent.parent
-BUILD = REPO / "build" / "cocotb"
+
+
+def build_root():
+    """Where builds, logs and waves go: ``$TDPWALK_BUILD``, else ``./build`` of the
+    current directory (never the installed package's directory)."""
+    return pathlib.Path(os.environ.get("TDPWALK_BUILD") or "build").resolve()
+
 MIN_VERILATOR = (5, 36)
 MMU_TOP = "tdpwalk_mmu"
 #: The MMU in the co-simulation benches' batch shell (cocotb_tests/batch_shell.py).
@@ -117,9 +123,9 @@ def build(sim, config=None, *, waves=False):
     fst = "-fst" if _fst(waves) else ""
     key = hashlib.sha256(f"{sim}\n{VERILATOR_VISIBILITY}\n{waves}{fst}\n{text}"
                          .encode()).hexdigest()[:16]
-    build_dir = BUILD / f"{sim}-{key}"
+    build_dir = build_root() / "cocotb" / f"{sim}-{key}"
     runner = _get_runner(sim)
-    with _Lock(BUILD / f"{sim}-{key}.lock"):
+    with _Lock(build_dir.with_suffix(".lock")):
         rtl = build_dir / f"{TOP}.v"
         if not rtl.exists() or rtl.read_text() != text:
             build_dir.mkdir(parents=True, exist_ok=True)
@@ -256,9 +262,9 @@ def build_mmu(sim, config=None, *, waves=False, shell=False):
     key = hashlib.sha256(f"{sim}\n{VERILATOR_VISIBILITY}\n{waves}\n{_fst(waves)}\n{top}\n"
                          f"{json.dumps(config, sort_keys=True)}\n"
                          f"{_sources_digest()}".encode()).hexdigest()[:16]
-    build_dir = BUILD / f"mmu-{sim}-{key}"
+    build_dir = build_root() / "cocotb" / f"mmu-{sim}-{key}"
     runner = _get_runner(sim)
-    with _Lock(BUILD / f"mmu-{sim}-{key}.lock"):
+    with _Lock(build_dir.with_suffix(".lock")):
         rtl = build_dir / f"{top}.v"
         if not rtl.exists():
             from amaranth.back import verilog

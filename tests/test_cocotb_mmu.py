@@ -106,3 +106,14 @@ def test_batches_are_checked_response_by_response():
     hit, miss = results
     assert hit["hit_rate"] > 0.9 and miss["hit_rate"] < 0.5
     assert hit["cycles"] < 1.2 * count < miss["cycles"]
+
+
+def test_builds_go_under_the_chosen_directory(monkeypatch, tmp_path):
+    """Builds, results and waves go under $TDPWALK_BUILD, else ./build of the current
+    directory: never next to the installed package."""
+    from cocotb_tests.runner import build_root
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TDPWALK_BUILD", raising=False)
+    assert build_root() == tmp_path / "build"
+    monkeypatch.setenv("TDPWALK_BUILD", "elsewhere")
+    assert build_root() == tmp_path / "elsewhere"
