@@ -73,8 +73,8 @@ def plot(results, path):
     return path
 
 
-def main(argv=None):
-    parser = OneLineParser(prog="python -m cocotb_tests.demo",
+def main(argv=None, prog="python -m cocotb_tests.demo"):
+    parser = OneLineParser(prog=prog,
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--sim", choices=SIMULATORS, default=os.environ.get("SIM") or "icarus")
     parser.add_argument("--format", choices=FORMAT_NAMES, default=os.environ.get("FORMAT") or None,

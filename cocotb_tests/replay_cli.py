@@ -12,13 +12,13 @@ from sw_model.cli import OneLineParser, positive_int, probability, run_command
 from sw_model.formats import FormatError
 from sw_model.vectors import VectorFileError, load_vectors
 
-from .runner import SIMULATORS, ToolchainError, replay
+from .runner import SIMULATORS, ToolchainError, build_root, replay
 
 
 def _cmd_replay(args):
     load_vectors(args.vectors)                      # report a bad file before building
-    log = pathlib.Path("build") / f"replay-{args.sim}.log"
-    log.parent.mkdir(exist_ok=True)
+    log = build_root() / f"replay-{args.sim}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     print(f"simulator log: {log}", file=sys.stderr)
     try:
         lines = replay(args.vectors, args.sim, latency=args.latency, stall=args.stall,
@@ -34,8 +34,8 @@ def _cmd_replay(args):
     return 0
 
 
-def main(argv=None):
-    parser = OneLineParser(prog="python -m cocotb_tests.replay_cli",
+def main(argv=None, prog="python -m cocotb_tests.replay_cli"):
+    parser = OneLineParser(prog=prog,
                            description="replay a vector file on the walker's Verilog")
     parser.add_argument("vectors", help="vector file (JSON)")
     parser.add_argument("--sim", choices=SIMULATORS, default="icarus")

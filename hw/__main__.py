@@ -145,10 +145,10 @@ def _cmd_run(args):
     return 0
 
 
-def main(argv=None):
+def main(argv=None, prog="python -m hw"):
     """Run the command line; returns the exit status: 0, or 2 with a one-line
     ``error: ...`` for bad input."""
-    parser = OneLineParser(prog="python -m hw",
+    parser = OneLineParser(prog=prog,
                            description="tdpwalk's RTL: generate, simulate, lint")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
