@@ -20,7 +20,7 @@ import tempfile
 
 from cocotb_tools.runner import Verilator, get_runner
 
-from hw.__main__ import DEFAULT_CONFIG, TOP, WAIVERS, generate
+from hw.__main__ import DEFAULT_CONFIG, TOP, TOPS, WAIVERS, generate
 
 from .waves import WALKER_GROUPS
 
@@ -40,10 +40,8 @@ MIN_VERILATOR = (5, 36)
 MMU_TOP = "tdpwalk_mmu"
 #: The MMU in the co-simulation benches' batch shell (cocotb_tests/batch_shell.py).
 SHELL_TOP = "tdpwalk_mmu_batch"
-#: ``hw.mmu.MMU`` parameters of the co-simulated MMU (its defaults, spelled out).
-MMU_DEFAULT_CONFIG = {"num_walkers": 4, "num_vms": 4, "tag_bits": 8, "tlb_sets": 16,
-                      "tlb_ways": 4, "tlb_huge": 8, "pwc_entries": 4, "pending": 8,
-                      "axi_id_width": 4}
+#: ``hw.mmu.MMU`` parameters of the co-simulated MMU: its defaults.
+MMU_DEFAULT_CONFIG = TOPS["mmu"][2]
 #: Part of every build directory's key: what the Verilator model exposes to VPI.
 VERILATOR_VISIBILITY = "public_flat_rw: top module only"
 
@@ -299,7 +297,6 @@ def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, re
         out = pathlib.Path(results or pathlib.Path(tmp) / "results.json").resolve()
         env = {"TDPWALK_SCENARIOS": ",".join(scenarios), "TDPWALK_SEED": str(seed),
                "TDPWALK_SIZE": size, "TDPWALK_RESULTS": str(out),
-               "TDPWALK_CONFIG": json.dumps(dict(MMU_DEFAULT_CONFIG, **(config or {}))),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                **(extra or {})}
         plusargs, test_args = [], []
@@ -335,7 +332,7 @@ def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, re
 
 #: Bench settings a replay command sets itself (by its options, or as run_mmu does).
 _RUN_SETTINGS = {"TDPWALK_SCENARIOS", "TDPWALK_SEED", "TDPWALK_SIZE", "TDPWALK_RESULTS",
-                 "TDPWALK_CONFIG", "TDPWALK_PROGRESS", "TDPWALK_FORMAT"}
+                 "TDPWALK_PROGRESS", "TDPWALK_FORMAT"}
 
 
 def _replays(sim, scenarios, seed, size, failures, extra, config):

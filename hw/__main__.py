@@ -7,6 +7,7 @@ the Verilog with Verilator (``-Wall`` with the waivers in hw/lint.vlt) and elabo
 with Icarus Verilog.
 """
 
+import inspect
 import json
 import os
 import pathlib
@@ -26,14 +27,20 @@ from .walker import Walker, check_parameters
 
 TOP = "tdpwalk_walker"
 WAIVERS = pathlib.Path(__file__).with_name("lint.vlt")
-DEFAULT_CONFIG = {"num_vms": 4, "tag_bits": 8, "axi_id_width": 4}
+
+
+def defaults(component):
+    """A component's parameters and their defaults, read from its constructor: the one
+    place a default configuration is written."""
+    return {name: p.default for name, p in inspect.signature(component).parameters.items()
+            if p.default is not p.empty}
+
+
+DEFAULT_CONFIG = defaults(Walker)
 #: The tops ``generate`` and ``lint`` know: (component class, module name, defaults).
 TOPS = {
     "walker": (Walker, TOP, DEFAULT_CONFIG),
-    "mmu": (MMU, "tdpwalk_mmu", {"num_walkers": 4, "num_vms": 4, "tag_bits": 8,
-                                 "tlb_sets": 16, "tlb_ways": 4, "tlb_huge": 8,
-                                 "pwc_entries": 4, "pending": 8, "axi_id_width": 4,
-                                 "counter_width": 32}),
+    "mmu": (MMU, "tdpwalk_mmu", defaults(MMU)),
 }
 
 
