@@ -1,8 +1,10 @@
 """``python -m cocotb_tests.replay_cli VECTORS --sim icarus|verilator``: replay a vector
-file on the walker's generated Verilog under cocotb and print one JSON result per line,
-the shape of ``python -m sw_model run`` (and of ``python -m hw run`` in Amaranth's
-simulator). The bench compares every access with the reference walker; a mismatch exits
-1, bad input or a missing simulator 2 with a one-line error."""
+file on the walker's generated Verilog under cocotb and print the walker's answers, one
+JSON result per line, the shape of ``python -m sw_model run`` (and of ``python -m hw
+run`` in Amaranth's simulator), so the same file replays on every runner and the outputs
+compare with ``diff``. ``--check`` also compares every access with the reference walker:
+the answers are printed all the same, then a difference exits 1. Bad input or a missing
+simulator exits 2 with a one-line error."""
 
 import json
 import pathlib
@@ -12,7 +14,7 @@ from sw_model.cli import OneLineParser, positive_int, probability, run_command
 from sw_model.formats import FormatError
 from sw_model.vectors import VectorFileError, load_vectors
 
-from .runner import SIMULATORS, ToolchainError, build_root, replay
+from .runner import SIMULATORS, ReplayMismatch, ToolchainError, build_root, replay
 
 
 def _cmd_replay(args):
@@ -20,18 +22,21 @@ def _cmd_replay(args):
     log = build_root() / f"replay-{args.sim}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"simulator log: {log}", file=sys.stderr)
+    status, error = 0, None
     try:
         lines = replay(args.vectors, args.sim, latency=args.latency, stall=args.stall,
-                       seed=args.seed, waves=args.waves, log_file=log.resolve())
-    except AssertionError as e:                     # a mismatch with the model
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+                       seed=args.seed, waves=args.waves, log_file=log.resolve(),
+                       check=args.check)
+    except ReplayMismatch as e:                     # the answers differ from the model's
+        lines, status, error = e.lines, 1, f"the reference walker answers differently: {e}"
     text = "".join(json.dumps(line) + "\n" for line in lines)
     if args.output:
         pathlib.Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
-    return 0
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+    return status
 
 
 def main(argv=None, prog="python -m cocotb_tests.replay_cli"):
@@ -46,6 +51,9 @@ def main(argv=None, prog="python -m cocotb_tests.replay_cli"):
                         help="probability of back-pressure on each AXI channel per cycle")
     parser.add_argument("--seed", type=int, default=0, help="seeds the back-pressure")
     parser.add_argument("-o", "--output", help="write results here instead of stdout")
+    parser.add_argument("--check", action="store_true",
+                        help="also compare every answer with the reference walker on the "
+                             "same memory; exit 1 on a difference")
     args = parser.parse_args(argv)
     return run_command(_cmd_replay, args, (VectorFileError, FormatError, ToolchainError))
 

@@ -1,6 +1,7 @@
 """``python -m hw run`` replays a vector file and prints exactly what
 ``python -m sw_model run`` prints; ``--waves`` writes a waveform."""
 
+import json
 import subprocess
 import sys
 
@@ -51,3 +52,29 @@ def test_cocotb_replay_cli_rejects_bad_input_in_one_line(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_cocotb_replay_cli_prints_the_rtls_answers(tmp_path, monkeypatch, capsys):
+    """The walker's own answers are printed whatever the model says: by default they are
+    not compared; with --check a difference is reported after them and exits 1."""
+    from cocotb_tests import replay_cli
+    from cocotb_tests.runner import ReplayMismatch
+    path = tmp_path / "v.json"
+    save_vectors(random_vectors("ept4", 1, 2), path)
+    answers = [{"index": 0, "ok": True}, {"index": 1, "ok": False}]
+    checks = []
+
+    def replay(vectors, sim, *, check, **kwargs):
+        checks.append(check)
+        if check:
+            raise ReplayMismatch("1 mismatches, first at access 1", answers)
+        return answers
+    monkeypatch.setattr(replay_cli, "replay", replay)
+    monkeypatch.setenv("TDPWALK_BUILD", str(tmp_path / "build"))
+    for argv, status in (([], 0), (["--check"], 1)):
+        assert replay_cli.main([str(path), *argv]) == status
+        out = capsys.readouterr()
+        assert [json.loads(line) for line in out.out.splitlines()] == answers
+        errors = [line for line in out.err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == status and all("first at access 1" in e for e in errors)
+    assert checks == [False, True]
