@@ -21,6 +21,7 @@ from sw_model.cli import OneLineParser, positive_int, probability, run_command
 from sw_model.formats import FormatError
 from sw_model.vectors import VectorFileError, load_vectors, write_results
 
+from . import sv
 from .sim import ProtocolError, VmContext, run_walker
 from .mmu import MMU
 from .walker import Walker, check_parameters
@@ -94,6 +95,9 @@ def generate(config, outdir, top="walker"):
     path = outdir / f"{name}.v"
     path.write_text(verilog.convert(design, name=name, emit_src=False))
     (outdir / f"{name}.json").write_text(json.dumps(config, indent=1) + "\n")
+    if top == "mmu":
+        (outdir / f"{sv.PACKAGE}.sv").write_text(sv.package(design))
+        (outdir / f"{sv.WRAPPER}.sv").write_text(sv.wrapper(design, name))
     return path
 
 
@@ -131,6 +135,14 @@ def _cmd_lint(args):
             [verilator, "--lint-only", "-Wall", "--top-module", name, str(WAIVERS), str(path)],
             ["iverilog", "-g2005", "-s", name, "-o", str(path.with_suffix(".vvp")), str(path)],
         ]
+        if top == "mmu":        # the SystemVerilog package and wrapper around it
+            typed = [str(path.with_name(f"{n}.sv")) for n in (sv.PACKAGE, sv.WRAPPER)]
+            commands += [
+                [verilator, "--lint-only", "-Wall", "--top-module", sv.WRAPPER, str(WAIVERS),
+                 *typed, str(path)],
+                ["iverilog", "-g2012", "-s", sv.WRAPPER, "-o",
+                 str(path.with_name(f"{sv.WRAPPER}.vvp")), *typed, str(path)],
+            ]
         for command in commands:
             print("+ " + " ".join(command), file=sys.stderr)
             if shutil.which(command[0]) is None and not os.path.exists(command[0]):
