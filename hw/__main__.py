@@ -98,6 +98,8 @@ def generate(config, outdir, top="walker"):
     if top == "mmu":
         (outdir / f"{sv.PACKAGE}.sv").write_text(sv.package(design))
         (outdir / f"{sv.WRAPPER}.sv").write_text(sv.wrapper(design, name))
+        shutil.copyfile(WAIVERS, outdir / WAIVERS.name)
+        (outdir / f"{name}.core").write_text(sv.core(name, WAIVERS.name))
     return path
 
 

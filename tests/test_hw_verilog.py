@@ -2,7 +2,9 @@
 elaborates with Icarus Verilog, for the default and a non-default configuration."""
 
 import importlib.util
+import pathlib
 import shutil
+import sys
 
 import pytest
 
@@ -80,3 +82,26 @@ def test_systemverilog_package_and_wrapper(tmp_path):
                                          "report": {"code": 7}, "tag": 9, "kind": 5})
     assert [int(x, 16) for x in shown[:2]] == [request.as_value().value,
                                                 response.as_value().value]
+
+
+def test_fusesoc_core_lints(tmp_path):
+    """The generated FuseSoC core lints the typed wrapper with Verilator through
+    ``fusesoc run --target lint``; a lint error in it fails the run."""
+    import subprocess
+    fusesoc = pathlib.Path(sys.executable).with_name("fusesoc")
+    require_tool(fusesoc.exists(), "FuseSoC (the PyPI package)")
+    gen = tmp_path / "gen"
+    assert main(["generate", "--top", "mmu", "-o", str(gen)]) == 0
+
+    def lint():
+        return subprocess.run([str(fusesoc), "--cores-root", str(gen), "run", "--build-root",
+                               str(tmp_path / "fusesoc"), "--target", "lint",
+                               "tdpwalk:tdpwalk:tdpwalk_mmu"], cwd=tmp_path,
+                              capture_output=True, text=True)
+    done = lint()
+    assert done.returncode == 0, done.stdout + done.stderr
+    wrapper = gen / "tdpwalk_mmu_sv.sv"
+    wrapper.write_text(wrapper.read_text().replace(
+        "endmodule", "  logic [3:0] narrow = 8'hff;\nendmodule"))
+    done = lint()
+    assert done.returncode != 0 and "WIDTHTRUNC" in done.stdout + done.stderr
