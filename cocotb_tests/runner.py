@@ -27,6 +27,7 @@ from sw_model.vectors import load_vectors
 from .waves import WALKER_GROUPS
 
 __all__ = ["SIMULATORS", "build", "replay", "ReplayMismatch", "build_mmu", "run_mmu",
+           "run_mmu_test",
            "MMU_TOP", "MMU_DEFAULT_CONFIG", "check_toolchain", "ToolchainError", "build_root"]
 
 SIMULATORS = ("icarus", "verilator")
@@ -338,6 +339,43 @@ def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, re
 #: Bench settings a replay command sets itself (by its options, or as run_mmu does).
 _RUN_SETTINGS = {"TDPWALK_SCENARIOS", "TDPWALK_SEED", "TDPWALK_SIZE", "TDPWALK_RESULTS",
                  "TDPWALK_PROGRESS", "TDPWALK_FORMAT"}
+
+
+def run_mmu_test(sim, test_module, *, test_dir=".", config=None, waves=None, testcase=None):
+    """Run a user's cocotb test module against the MMU's generated Verilog.
+
+    ``test_module`` (a module name, importable from ``test_dir``) drives ``tdpwalk_mmu``,
+    typically through :class:`cocotb_tests.mmu_tb.MmuTB`. The MMU is generated for
+    ``config`` (``hw.mmu.MMU`` parameters over the defaults) and built for ``sim`` once
+    under :func:`build_root`, with what each simulator needs and a user should not have
+    to know: the timescale, Icarus's Verilog-2005 mode, Verilator's waivers and its
+    precompiled-header fix. ``waves``: an FST path (a GTKWave save file goes next to it).
+    Raises AssertionError naming the failed tests' count when any fails."""
+    runner, build_dir = build_mmu(sim, config, waves=bool(waves))
+    test_dir = pathlib.Path(test_dir).resolve()
+    plusargs, test_args = [], []
+    if waves:
+        plusargs, test_args, waves = _wave_args(sim, waves)
+    with tempfile.TemporaryDirectory() as tmp:
+        results_xml = pathlib.Path(tmp) / "results.xml"
+        try:
+            with _NoWavesEnv():
+                runner.test(hdl_toplevel=MMU_TOP, test_module=test_module,
+                            build_dir=build_dir, test_dir=test_dir, waves=bool(waves),
+                            results_xml=str(results_xml), plusargs=plusargs,
+                            test_args=test_args, testcase=testcase,
+                            extra_env={"PYTHONPATH": os.pathsep.join(
+                                [str(test_dir), str(REPO), os.environ.get("PYTHONPATH", "")])})
+        except SystemExit:      # under pytest the runner exits on a failed cocotb test
+            pass
+        from cocotb_tools.runner import get_results
+        tests, failed = get_results(results_xml) if results_xml.exists() else (0, 0)
+    if waves:
+        from .waves import write_gtkw
+        write_gtkw(waves, MMU_TOP)
+    if tests == 0 or failed:
+        raise AssertionError(f"{sim}: {failed} of {tests} cocotb tests of {test_module} "
+                             f"failed (see the log above)")
 
 
 def _replays(sim, scenarios, seed, size, failures, extra, config):
