@@ -18,6 +18,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import time
 
 from cocotb_tools.runner import Verilator, get_runner
 
@@ -151,11 +152,20 @@ def _build(runner, sim, sources, top, build_dir, build_args, waves):
     saved = os.environ.get("MAKEFLAGS")
     if sim == "verilator":
         os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved, "CFG_CXXFLAGS_PCH_I=-include"]))
+    first = not (build_dir / "build.log").exists()
+    if first:       # a first Verilator build of the MMU takes minutes: say so
+        print(f"tdpwalk: building {top} for {sim} in {build_dir} (once per configuration"
+              f"{'; Verilator takes a few minutes' if sim == 'verilator' else ''}) ...",
+              file=sys.stderr, flush=True)
+    start = time.monotonic()
     try:
         with _NoWavesEnv():
             runner.build(sources=sources, hdl_toplevel=top, build_dir=build_dir, always=False,
                          waves=waves and sim == "verilator", timescale=("1ns", "1ps"),
                          build_args=build_args, log_file=build_dir / "build.log")
+        if first:
+            print(f"tdpwalk: built {top} in {time.monotonic() - start:.0f} s", file=sys.stderr,
+                  flush=True)
     finally:
         if saved is None:
             os.environ.pop("MAKEFLAGS", None)
