@@ -5,6 +5,12 @@ RUN := tools/with-env
 PYTEST := $(RUN) python -m pytest
 JOBS ?= 2
 SIM ?= icarus
+ifneq ($(shell echo '$(JOBS)' | grep -Ex '[1-9][0-9]{0,2}'),$(JOBS))
+$(error JOBS must be a positive integer (parallel workers), got '$(JOBS)')
+endif
+ifeq ($(filter $(SIM),icarus verilator),)
+$(error SIM must be icarus or verilator, got '$(SIM)')
+endif
 export SIM BENCH BENCH_SYNTH
 
 .PHONY: help demo test regress lint bench formal clean distclean env

@@ -10,7 +10,6 @@ saved sections of the others, as long as every benchmark has one; ``--report`` o
 rewrites it. ``--output FILE`` writes the report of this run's benchmarks alone.
 """
 
-import argparse
 import dataclasses
 import importlib
 import json
@@ -20,6 +19,9 @@ import sys
 import time
 import traceback
 
+from sw_model.cli import OneLineParser
+
+from .bench_synth import synth_mode
 from .report import SECTIONS, Table, machine, write_results
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -86,7 +88,7 @@ def run(names, quick, info):
 
 def main(argv=None):
     names = available()
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run (default: all of {', '.join(names)})")
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH") == "quick",
@@ -96,6 +98,14 @@ def main(argv=None):
     parser.add_argument("--report", action="store_true",
                         help="run nothing; rewrite docs/results.md from the saved sections")
     args = parser.parse_args(argv)
+    # The Makefile's variables, checked before anything runs.
+    if (os.environ.get("BENCH") or "quick") != "quick":
+        parser.error(f"BENCH={os.environ['BENCH']!r}: use BENCH=quick, or nothing for the "
+                     f"full runs")
+    try:
+        synth_mode()
+    except ValueError as e:
+        parser.error(str(e))
     unknown = set(args.names) - set(names)
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; "

@@ -224,8 +224,9 @@ def tool_versions():
     return out
 
 
-#: hw/ files that are not RTL (simulation harnesses, command line, formal harness).
-NOT_RTL = {"__main__.py", "sim.py", "formal.py"}
+#: hw/ files that are not RTL (simulation harnesses, command line, formal harness,
+#: SystemVerilog surface).
+NOT_RTL = {"__main__.py", "sim.py", "formal.py", "sv.py"}
 
 
 def _sources_digest():
@@ -416,7 +417,7 @@ def _run_yosys(target, work):
 SYNTH_MODES = ("run", "full", "nopnr", "cached")
 
 
-def _mode():
+def synth_mode():
     mode = os.environ.get("BENCH_SYNTH") or "run"     # the Makefile exports it, maybe empty
     if mode not in SYNTH_MODES:
         raise ValueError(f"BENCH_SYNTH must be one of {', '.join(SYNTH_MODES)}, got {mode!r}")
@@ -427,7 +428,7 @@ def _get(config, pnr, seed=1):
     """A result by ``BENCH_SYNTH`` (:data:`SYNTH_MODES`); ``pnr`` (as for
     :func:`synthesize`) is what the caller wants where the mode allows nextpnr. None when
     ``cached`` finds nothing."""
-    mode = _mode()
+    mode = synth_mode()
     if mode != "cached":
         return synthesize(config, pnr=pnr if mode in ("run", "full") else None, seed=seed)
     for stage in ("route", "place", None):
@@ -542,7 +543,7 @@ def main(quick=False):
     of :data:`BLOCKS` and the other MMUs of bench/peers.py, then the growth tables through
     Yosys only (``BENCH_SYNTH`` says which tools run; quick: Yosys only unless cached); two
     tool runs at a time."""
-    full = _mode() == "full"
+    full = synth_mode() == "full"
     tlb_sizes = [(4, 2), (16, 4)] if quick else GROWTH_TLB_FULL if full else GROWTH_TLB
     walker_counts = [1, 4] if quick else GROWTH_WALKERS_FULL if full else GROWTH_WALKERS
     pnr = None if quick else "route"

@@ -679,3 +679,15 @@ def test_demo_interrupted_leaves_no_results(monkeypatch, capsys, tmp_path):
     assert status == 130
     assert err.splitlines() == [f"interrupted: no results written to {tmp_path}"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("variable, words", [("JOBS=abc", "JOBS"), ("JOBS=0", "JOBS"),
+                                             ("SIM=modelsim", "SIM")])
+def test_make_variables_are_checked(variable, words):
+    """A bad make variable stops make with one line before any target runs."""
+    import pathlib
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run(["make", "-n", "test", variable], cwd=repo, capture_output=True,
+                          text=True)
+    assert done.returncode != 0 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and words in done.stderr, done.stderr

@@ -128,12 +128,12 @@ def test_synth_mode(monkeypatch):
     from bench import bench_synth
     for value, mode in [("", "run"), ("full", "full"), ("cached", "cached")]:
         monkeypatch.setenv("BENCH_SYNTH", value)
-        assert bench_synth._mode() == mode
+        assert bench_synth.synth_mode() == mode
     monkeypatch.delenv("BENCH_SYNTH")
-    assert bench_synth._mode() == "run"
+    assert bench_synth.synth_mode() == "run"
     monkeypatch.setenv("BENCH_SYNTH", "fast")
     with pytest.raises(ValueError, match="BENCH_SYNTH must be one of run, full"):
-        bench_synth._mode()
+        bench_synth.synth_mode()
 
 
 def test_synth_configurations_build():
@@ -223,3 +223,15 @@ def test_peer_errors():
         missing.paths()
     with pytest.raises(ValueError, match="peer must be one of Rocket TLB"):
         design({"peer": "BOOM"})
+
+
+@pytest.mark.parametrize("name, value", [("BENCH", "full"), ("BENCH_SYNTH", "fast")])
+def test_bad_make_variables_stop_before_anything_runs(monkeypatch, capsys, name, value):
+    """``make bench BENCH=full`` (a typo for BENCH_SYNTH=full) or a bad BENCH_SYNTH ends
+    in one line, before any benchmark starts."""
+    from bench.__main__ import main
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(err.splitlines()) == 1 and value in err, err
