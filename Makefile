@@ -40,7 +40,7 @@ demo:
 		$(if $(filter 1,$(WAVES)),--waves)
 
 test:
-	TDPWALK_REQUIRE_TOOLS=1 $(PYTEST) -q -n $(JOBS) -m "not slow"
+	TESTS_REQUIRE_TOOLS=1 $(PYTEST) -q -n $(JOBS) -m "not slow"
 
 # Every slow test, as tasks on a Dask cluster (docs/regress.md): the scheduler at CLUSTER,
 # or a local cluster of JOBS worker processes. Results go to build/regress/results.jsonl

@@ -264,11 +264,11 @@ def sequence_settings(examples):
 
 def require_tool(found, what):
     """Skip a test whose tool is missing, except under ``make test``
-    (``TDPWALK_REQUIRE_TOOLS=1``), which installs every tool: there a missing one fails
+    (``TESTS_REQUIRE_TOOLS=1``), which installs every tool: there a missing one fails
     the run instead of turning into a skip."""
     if found:
         return
-    if os.environ.get("TDPWALK_REQUIRE_TOOLS") == "1":
+    if os.environ.get("TESTS_REQUIRE_TOOLS") == "1":
         pytest.fail(f"{what} is missing (make test installs it through tools/with-env)",
                     pytrace=False)
     pytest.skip(f"{what} is not installed")

@@ -687,7 +687,9 @@ def test_make_variables_are_checked(variable, words):
     """A bad make variable stops make with one line before any target runs."""
     import pathlib
     repo = pathlib.Path(__file__).resolve().parent.parent
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     done = subprocess.run(["make", "-n", "test", variable], cwd=repo, capture_output=True,
-                          text=True)
+                          text=True, env=env)
     assert done.returncode != 0 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and words in done.stderr, done.stderr

@@ -37,10 +37,10 @@ def test_config_errors_name_the_field(tmp_path):
 
 def test_a_missing_tool_fails_under_make_test(monkeypatch):
     """Under ``make test`` a missing simulator or solver fails; elsewhere it skips."""
-    monkeypatch.setenv("TDPWALK_REQUIRE_TOOLS", "1")
+    monkeypatch.setenv("TESTS_REQUIRE_TOOLS", "1")
     with pytest.raises(pytest.fail.Exception, match="some tool is missing"):
         require_tool(False, "some tool")
-    monkeypatch.delenv("TDPWALK_REQUIRE_TOOLS")
+    monkeypatch.delenv("TESTS_REQUIRE_TOOLS")
     with pytest.raises(pytest.skip.Exception, match="some tool is not installed"):
         require_tool(False, "some tool")
     require_tool(True, "some tool")
