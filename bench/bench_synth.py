@@ -577,6 +577,9 @@ def main(quick=False):
             f"Place and route: nextpnr's wall-clock time, two tool runs sharing the machine "
             f"(`make bench` runs two at a time). "
             f"Small: " + ", ".join(f"{k}={v}" for k, v in SMALL.items()) + ".")
+    if synth_mode() in ("nopnr", "cached"):
+        note += (f" This run: BENCH_SYNTH={synth_mode()}, nextpnr not run; a '-' is a figure "
+                 f"no earlier run left in the cache.")
     for name, rs in (("default", default), ("small", small)):
         r = rs[0]
         if r and r.get("path"):
