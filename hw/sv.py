@@ -16,18 +16,23 @@ import re
 from amaranth import Value
 from amaranth.lib import data
 
+from .context import CONTEXT_LAYOUT
 from .decode import ACCESS_IDS, AD_IDS, EXIT_IDS, FORMAT_IDS, KIND_IDS
+from .walker import REPORT_LAYOUT, request_layout, response_layout
 
 __all__ = ["PACKAGE", "WRAPPER", "package", "wrapper", "core"]
 
 PACKAGE = "tdpwalk_pkg"
 WRAPPER = "tdpwalk_mmu_sv"
 
-#: Enums of plain numeric fields: (type name, {name: value}, width).
+#: Enums of plain numeric fields: (type name, {name: value}, width of the field they
+#: type, read from its layout).
 ENUMS = {
-    "format_e": (FORMAT_IDS, 3), "ad_mode_e": (AD_IDS, 2), "access_e": (ACCESS_IDS, 2),
-    "fault_kind_e": (KIND_IDS, 3),
-    **{f"{arch}_exit_e": (ids, 2) for arch, ids in EXIT_IDS.items()},
+    "format_e": (FORMAT_IDS, CONTEXT_LAYOUT["format"].width),
+    "ad_mode_e": (AD_IDS, CONTEXT_LAYOUT["ad"].width),
+    "access_e": (ACCESS_IDS, request_layout(1, 1)["access"].width),
+    "fault_kind_e": (KIND_IDS, response_layout(1)["kind"].width),
+    **{f"{arch}_exit_e": (ids, REPORT_LAYOUT["exit"].width) for arch, ids in EXIT_IDS.items()},
 }
 #: Ports whose payload is a struct: Amaranth port (path) -> (type name, wrapper port).
 PAYLOADS = {("req", "payload"): ("request_t", "req"), ("resp", "payload"): ("response_t", "resp"),

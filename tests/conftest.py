@@ -272,3 +272,13 @@ def require_tool(found, what):
         pytest.fail(f"{what} is missing (make test installs it through tools/with-env)",
                     pytrace=False)
     pytest.skip(f"{what} is not installed")
+
+
+def run_cli(main, argv, capsys):
+    """``(status, stdout, stderr)`` of an in-process command line run."""
+    try:
+        status = main(argv)
+    except SystemExit as e:
+        status = e.code
+    out = capsys.readouterr()
+    return status, out.out, out.err

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from amaranth.hdl import UnusedElaboratable
 
+from conftest import run_cli
 from sw_model import __main__ as sw_cli
 from sw_model.formats import FormatError, get_format
 from sw_model.memory import HostMemory
@@ -267,16 +268,6 @@ def test_save_load_is_exact(tmp_path, name):
 # -- command lines -----------------------------------------------------------------------
 
 
-def _cli(main, argv, capsys):
-    """``(status, stdout, stderr)`` of an in-process command line run."""
-    try:
-        status = main(argv)
-    except SystemExit as e:
-        status = e.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
 def _assert_one_line_error(status, err, *words):
     assert status == 2, err
     lines = err.splitlines()
@@ -316,7 +307,7 @@ def test_sw_model_cli_errors(tmp_path, bad_file, capsys):
         (["demo", "--count", "-5"], ["--count"]),
     ]
     for argv, words in cases:
-        status, out, err = _cli(sw_cli.main, argv, capsys)
+        status, out, err = run_cli(sw_cli.main, argv, capsys)
         _assert_one_line_error(status, err, *words)
         assert out == "", argv
     assert not (tmp_path / "x").exists()
@@ -332,12 +323,12 @@ def test_sw_model_cli_in_a_process(bad_file):
 
 def test_hw_cli_bad_vector_file(bad_file, capsys):
     from hw import __main__ as hw_cli
-    status, out, err = _cli(hw_cli.main, ["run", str(bad_file)], capsys)
+    status, out, err = run_cli(hw_cli.main, ["run", str(bad_file)], capsys)
     _assert_one_line_error(status, err, "memory.words[0x2004]")
-    status, out, err = _cli(hw_cli.main, ["generate", "--config", "num_vms=3", "-o",
+    status, out, err = run_cli(hw_cli.main, ["generate", "--config", "num_vms=3", "-o",
                                           "/nonexistent"], capsys)
     _assert_one_line_error(status, err, "num_vms")
-    status, out, err = _cli(hw_cli.main, ["generate", "--config", "colour=1"], capsys)
+    status, out, err = run_cli(hw_cli.main, ["generate", "--config", "colour=1"], capsys)
     _assert_one_line_error(status, err, "colour")
 
 
@@ -351,7 +342,7 @@ def test_hw_cli_bad_options(tmp_path, capsys, args, words):
     from hw import __main__ as hw_cli
     good = tmp_path / "good.json"
     save_vectors(random_vectors("ept4", 1, 3), good)
-    status, out, err = _cli(hw_cli.main, ["run", str(good), *args], capsys)
+    status, out, err = run_cli(hw_cli.main, ["run", str(good), *args], capsys)
     _assert_one_line_error(status, err, *words)
 
 
@@ -660,7 +651,7 @@ def test_demo_bad_options(monkeypatch, capsys, argv, env, words):
     from cocotb_tests import demo
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    status, out, err = _cli(demo.main, argv, capsys)
+    status, out, err = run_cli(demo.main, argv, capsys)
     _assert_one_line_error(status, err, *words)
     assert out == ""
 
@@ -675,7 +666,7 @@ def test_demo_interrupted_leaves_no_results(monkeypatch, capsys, tmp_path):
         results.write_text('[{"partial": ')
         raise KeyboardInterrupt
     monkeypatch.setattr(demo, "run_mmu", interrupted)
-    status, out, err = _cli(demo.main, ["-o", str(tmp_path)], capsys)
+    status, out, err = run_cli(demo.main, ["-o", str(tmp_path)], capsys)
     assert status == 130
     assert err.splitlines() == [f"interrupted: no results written to {tmp_path}"]
     assert list(tmp_path.iterdir()) == []

@@ -4,18 +4,14 @@ import json
 import subprocess
 import sys
 
+from conftest import run_cli
 from sw_model.vectors import random_vectors, save_vectors
 
 from tdpwalk.cli import COMMANDS, main
 
 
 def _run(argv, capsys):
-    try:
-        status = main(argv)
-    except SystemExit as e:
-        status = e.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
+    return run_cli(main, argv, capsys)
 
 
 def test_help_lists_every_command(capsys):
