@@ -67,12 +67,12 @@ class AdUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         owner = self.owner
-        need = Signal(MAX_LEVELS)
-        leaf, write = Signal(3), Signal()
-        a_mask, d_mask = Signal(64), Signal(64)
-        compare, swap = Signal(64), Signal(64)
+        # The FSM's state is reset; what it loads before it reads is not.
+        need = Signal(MAX_LEVELS, reset_less=True)
+        leaf, write = Signal(3, reset_less=True), Signal(reset_less=True)
+        a_mask, d_mask, compare, swap = (Signal(64, reset_less=True) for _ in range(4))
         aw_done, w_beat, got_r, got_b, err = Signal(), Signal(2), Signal(), Signal(), Signal()
-        same = Signal()             # the word the R beat returned is the word compared
+        same = Signal(reset_less=True)  # the word the R beat returned is the word compared
         sel, sel_bit, bit = Signal(3), Signal(MAX_LEVELS), Signal(MAX_LEVELS)
         for l in range(1, MAX_LEVELS + 1):
             with m.If(need[l - 1]):

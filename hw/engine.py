@@ -118,23 +118,29 @@ class WalkEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         start, step = self.start.payload, self.step
-        res = Signal(END_LAYOUT, name="end")
-        level = Signal(3)
-        addr = Signal(ADDR_BITS)
-        pte = Signal(ADDR_BITS)             # the entry read last: a fault names it
+        # Only the FSM's state is reset: a walk's registers are loaded when it starts.
+        res = Signal(END_LAYOUT, name="end", reset_less=True)
+        level = Signal(3, reset_less=True)
+        addr = Signal(ADDR_BITS, reset_less=True)
+        pte = Signal(ADDR_BITS, reset_less=True)    # the entry read last: a fault names it
+        gpa, access = Signal(64, reset_less=True), Signal(2, reset_less=True)
+        tag, top = Signal(self.tag_bits, reset_less=True), Signal(3, reset_less=True)
+        params, ad_leaf = Signal(WALK_PARAMS, reset_less=True), Signal(3, reset_less=True)
+        m.d.comb += [self.gpa.eq(gpa), self.access.eq(access), self.tag.eq(tag),
+                     self.top.eq(top), self.params.eq(params), self.ad_leaf.eq(ad_leaf)]
         out = self.result.payload
         m.d.comb += [out.ok.eq(res.ok), out.kind.eq(res.kind), out.hpa.eq(res.hpa),
                      out.perms.eq(res.perms), out.memtype.eq(res.memtype),
                      out.level.eq(level), out.pte.eq(pte)]
-        acc = Signal(4)
-        need = Signal(MAX_LEVELS)
-        root_addr = Signal(ADDR_BITS)
+        acc = Signal(4, reset_less=True)
+        need = Signal(MAX_LEVELS, reset_less=True)
+        root_addr = Signal(ADDR_BITS, reset_less=True)
         m.d.comb += [
-            self.ar_addr.eq(addr), self.ar_level.eq(level), self.ar_params.eq(self.params),
-            self.view.level.eq(level), self.view.params.eq(self.params),
-            self.view.access.eq(self.access), self.view.acc.eq(acc),
-            self.view.gpa.eq(self.gpa),
-            self.ad_need.eq(need), self.ad_write.eq(self.access == ACCESS_IDS["write"]),
+            self.ar_addr.eq(addr), self.ar_level.eq(level), self.ar_params.eq(params),
+            self.view.level.eq(level), self.view.params.eq(params),
+            self.view.access.eq(access), self.view.acc.eq(acc),
+            self.view.gpa.eq(gpa),
+            self.ad_need.eq(need), self.ad_write.eq(access == ACCESS_IDS["write"]),
         ]
         level_bit = Signal(MAX_LEVELS)
         for l in range(1, MAX_LEVELS + 1):
@@ -142,8 +148,8 @@ class WalkEngine(wiring.Component):
                 m.d.comb += level_bit.eq(1 << (l - 1))
 
         def walk_from_root():
-            return [level.eq(self.params.levels), addr.eq(root_addr), acc.eq(ALL_PERMS),
-                    need.eq(0), self.top.eq(self.params.levels)]
+            return [level.eq(params.levels), addr.eq(root_addr), acc.eq(ALL_PERMS),
+                    need.eq(0), top.eq(params.levels)]
 
         with m.FSM(name="walk"):
             with m.State("IDLE"):
@@ -151,11 +157,11 @@ class WalkEngine(wiring.Component):
                 # An idle engine takes the start's fields every cycle (nobody reads them
                 # before it starts), so only its state waits for ``start.valid``.
                 m.d.sync += [
-                    self.gpa.eq(start.gpa), self.access.eq(start.access),
-                    self.tag.eq(start.tag), self.params.eq(start.params),
+                    gpa.eq(start.gpa), access.eq(start.access),
+                    tag.eq(start.tag), params.eq(start.params),
                     level.eq(start.level), addr.eq(start.addr), pte.eq(start.addr),
                     acc.eq(start.acc), need.eq(0), root_addr.eq(start.root_addr),
-                    self.top.eq(start.level),
+                    top.eq(start.level),
                 ]
                 with m.If(self.start.valid):
                     with m.If(~start.in_range):
@@ -179,7 +185,7 @@ class WalkEngine(wiring.Component):
                     # and the level wait for the decode.
                     owed = need | Mux(step.need, level_bit, 0)
                     m.d.sync += [addr.eq(step.next_addr), acc.eq(step.acc), need.eq(owed),
-                                 res.eq(step.end), self.ad_leaf.eq(level)]
+                                 res.eq(step.end), ad_leaf.eq(level)]
                     with m.If(step.descend):
                         m.d.sync += level.eq(level - 1)
                         m.next = "READ"

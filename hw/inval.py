@@ -66,7 +66,7 @@ class Invalidator(wiring.Component):
         wraps = Signal(2 * V)           # generations that wrapped and are not swept yet
         tlb_wait, pwc_wait = Signal(), Signal()
         answer = Signal()               # the port's invalidation is not done yet
-        sweep = Signal(sweep_layout(self.vm_bits))
+        sweep = Signal(sweep_layout(self.vm_bits), reset_less=True)
         m.d.comb += self.vm.eq(p.vm)
 
         # Retirements: a context write, and a VM invalidation when it is accepted.

@@ -129,8 +129,10 @@ class MissTable(wiring.Component):
         valid = Signal(max(1, E), name="entry_valid")
         joined = Signal(max(1, E), name="entry_joined")     # else waiting
         replaying = Signal(max(1, E), name="entry_replaying")
-        walker = [Signal(range(max(2, N)), name=f"e{j}_walker") for j in range(E)]
-        reqs = [Signal(self.record_req.shape(), name=f"e{j}_req") for j in range(E)]
+        walker = [Signal(range(max(2, N)), name=f"e{j}_walker", reset_less=True)
+                  for j in range(E)]
+        reqs = [Signal(self.record_req.shape(), name=f"e{j}_req", reset_less=True)
+                for j in range(E)]
         if E:
             free_j = lowest_set(m, ~valid, E, "free_entry")
             slot = Mux(self.record_replay, self.record_entry, free_j)
@@ -151,8 +153,8 @@ class MissTable(wiring.Component):
             # The entry offered is chosen a cycle ahead and its request copied with it,
             # so the lookup pipeline's S0 reads the request from registers.
             ready = valid & ~joined & ~replaying
-            offer = Signal(len(self.record_entry), name="replay_entry")
-            offer_req = Signal(self.record_req.shape(), name="replay_req")
+            offer = Signal(len(self.record_entry), name="replay_entry", reset_less=True)
+            offer_req = Signal(self.record_req.shape(), name="replay_req", reset_less=True)
             offered = Signal(name="replay_offered")
             took = self.replay.valid & self.replay.ready
             pick = lowest_set(m, ready, E, "replay_next")
@@ -169,7 +171,9 @@ class MissTable(wiring.Component):
                 m.d.sync += replaying.bit_select(offer, 1).eq(1)
 
         # -- responses: a walk's own request, then the requests that joined it ----------
-        resp, r = self.resp, self.resp.payload
+        resp = self.resp
+        r = Signal(resp.payload.shape(), name="resp_payload", reset_less=True)
+        m.d.comb += resp.payload.eq(r)
         # A walk's own answer leaves once its TLB entry is in the pipeline, so software
         # that sees the answer then invalidates (or asks again) finds the entry.
         # A walk whose fill is taken this cycle comes after those that could answer

@@ -255,7 +255,7 @@ class MMU(wiring.Component):
                                    "entry": len(replay.payload.entry), "walk": len(fill_i),
                                    "req": s0.shape(), "private": 1,
                                    "gens": data.ArrayLayout(GEN_BITS, 2)})
-        s1, s2 = Signal(stage, name="s1"), Signal(stage, name="s2")
+        s1, s2 = _stage_register(stage, "s1"), _stage_register(stage, "s2")
         with m.If(adv):
             m.d.sync += [s1.lookup.eq(take), s1.fill.eq(take_fill),
                          s1.replay.eq(replay.valid & replay.ready),
@@ -282,11 +282,14 @@ class MMU(wiring.Component):
             misses.busy[i] & ~misses.stale[i] & (~misses.done[i] | misses.ok[i])
             & same_page(misses.key[i], pool.walk[i].gpa, pool.walk[i].access, key1, s1)
             for i in range(N))
-        s2_params = Signal.like(params1, name="s2_params")
-        s2_root, s2_in_range = Signal(len(root1), name="s2_root"), Signal(name="s2_in_range")
-        s2_join, s2_follow = Signal(N, name="s2_join"), Signal(name="s2_follow")
-        s2_low = Signal(name="s2_low")      # the GPA is below any format's top
-        s2_gen = Signal(GEN_BITS, name="s2_gen")
+        # What S2 computes from is qualified by ``s2.lookup`` (or ``s2.fill``): no reset.
+        s2_params = Signal.like(params1, name="s2_params", reset_less=True)
+        s2_root = Signal(len(root1), name="s2_root", reset_less=True)
+        s2_in_range = Signal(name="s2_in_range", reset_less=True)
+        s2_join = Signal(N, name="s2_join", reset_less=True)
+        s2_follow = Signal(name="s2_follow", reset_less=True)
+        s2_low = Signal(name="s2_low", reset_less=True)     # below any format's top
+        s2_gen = Signal(GEN_BITS, name="s2_gen", reset_less=True)
         with m.If(adv):
             m.d.sync += [
                 s2.eq(s1), s2_gen.eq(gen1), s2_params.eq(params1), s2_root.eq(root1),
@@ -302,7 +305,8 @@ class MMU(wiring.Component):
         # A GPA above any format's space never hits (the TLB compares 59 bits).
         hit = s2.lookup & res.hit & s2_low
         miss = s2.lookup & ~hit
-        last_walk, last_valid = Signal(len(fill_i), name="last_walk"), Signal(name="last_valid")
+        last_walk = Signal(len(fill_i), name="last_walk", reset_less=True)
+        last_valid = Signal(name="last_valid")
         follow = s2_follow & last_valid
         joins = s2_join & misses.busy
         can_join = joins.any() | follow
@@ -317,7 +321,7 @@ class MMU(wiring.Component):
         # does), so whether it advances never depends on this cycle's hit or
         # ``resp.ready``.
         resp, walk_resp = self.resp, misses.resp
-        held = Signal(self._hit_layout, name="held")
+        held = Signal(self._hit_layout, name="held", reset_less=True)
         held_valid = Signal(name="held_valid")
         live = Signal(self._hit_layout, name="live_hit")
         m.d.comb += [live.level.eq(res.level), live.data.eq(res.data), live.tag.eq(s2.req.tag),
@@ -463,3 +467,12 @@ def vpn_of(gpa):
     """The page number the TLB and walk cache are keyed by."""
     return gpa[12:12 + VPN_BITS]
 
+
+
+def _stage_register(stage, name):
+    """A pipeline stage of layout ``stage``, whose first three fields say what it holds
+    (``lookup``, ``fill``, ``replay``): only they are reset, the rest is read only when
+    one of them is set."""
+    flags = Signal(3, name=f"{name}_holds")
+    body = Signal(stage.size - 3, name=name, reset_less=True)
+    return data.View(stage, Cat(flags, body))

@@ -103,21 +103,24 @@ class PtePipe(wiring.Component):
         ad_beat = self.ad_expect & (self.r_id == self.ad_owner)
         view = data.View(ENGINE_VIEW, Array(v.as_value() for v in self.views)[self.r_id])
         p = view.params
-        valid, word, err = Signal(), Signal(64), Signal()
-        rid = Signal.like(self.r_id)
+        # Only ``valid`` is reset: the rest of R0 and R1's registers is read when it is set.
+        valid = Signal()
+        word, err = Signal(64, reset_less=True), Signal(reset_less=True)
+        rid = Signal.like(self.r_id, reset_less=True)
         m.d.sync += [valid.eq(self.r_valid & ~ad_beat), word.eq(self.r_data),
                      err.eq(self.r_err), rid.eq(self.r_id),
                      self.ad_beat.eq(self.r_valid & ad_beat)]
         m.d.comb += [self.ad_data.eq(word), self.ad_err.eq(err)]
 
-        level = Signal(3)
-        level1, leaf_ok = Signal(), Signal()
-        arch = Signal(len(ARCHS))               # one-hot
-        exec_only, nxe, svade, ad_on = Signal(), Signal(), Signal(), Signal()
-        write, want, acc = Signal(), Signal(3), Signal(4)
-        offset = Signal(OFFSET_BITS)            # GPA bits a leaf's HPA keeps
-        page_mask = Signal(OFFSET_BITS)
-        next_index = Signal(9)
+        level = Signal(3, reset_less=True)
+        level1, leaf_ok = Signal(reset_less=True), Signal(reset_less=True)
+        arch = Signal(len(ARCHS), reset_less=True)                  # one-hot
+        exec_only, nxe, svade, ad_on = (Signal(reset_less=True) for _ in range(4))
+        write, want = Signal(reset_less=True), Signal(3, reset_less=True)
+        acc = Signal(4, reset_less=True)
+        offset = Signal(OFFSET_BITS, reset_less=True)   # GPA bits a leaf's HPA keeps
+        page_mask = Signal(OFFSET_BITS, reset_less=True)
+        next_index = Signal(9, reset_less=True)
         access = view.access
         m.d.sync += [
             level.eq(view.level), level1.eq(view.level == 1),

@@ -110,7 +110,8 @@ class PageWalkCache(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         N = self.entries
-        ent = {l: [Signal(self._entry_layout(l), name=f"l{l}_e{i}") for i in range(N)]
+        ent = {l: [Signal(self._entry_layout(l), name=f"l{l}_e{i}", reset_less=True)
+                    for i in range(N)]
                for l in self.levels}
         valid = {l: Signal(N, name=f"l{l}_valid") for l in self.levels}
         rr = {l: Signal(range(max(2, N)), name=f"l{l}_next") for l in self.levels}
@@ -121,8 +122,8 @@ class PageWalkCache(wiring.Component):
 
         # -- lookup ------------------------------------------------------------------
         k0, k1 = self.key, self.key_late
-        pm = {l: Signal(N, name=f"l{l}_pm") for l in self.levels}
-        s1_vpn, s1_valid = Signal(VPN_BITS), Signal()
+        pm = {l: Signal(N, name=f"l{l}_pm", reset_less=True) for l in self.levels}
+        s1_vpn, s1_valid = Signal(VPN_BITS, reset_less=True), Signal()
         with m.If(self.adv):
             m.d.sync += [s1_vpn.eq(k0.vpn), s1_valid.eq(self.take)]
             for l in self.levels:
@@ -153,9 +154,9 @@ class PageWalkCache(wiring.Component):
 
         # -- fill: register, compare with the level's entries, write ----------------------
         busy = Signal()
-        f1, f1_valid = Signal(pwc_fill_layout(self.vm_bits, self.gen_bits)), Signal()
-        f2, f2_valid = Signal.like(f1), Signal()
-        f2_slot = Signal(range(max(2, N)))
+        f1 = Signal(pwc_fill_layout(self.vm_bits, self.gen_bits), reset_less=True)
+        f2, f1_valid, f2_valid = Signal.like(f1), Signal(), Signal()
+        f2_slot = Signal(range(max(2, N)), reset_less=True)
         inval = self.inval.payload
         take_inval = self.inval.valid & self.inval.ready
         m.d.comb += self.fill.ready.eq(1)
@@ -195,7 +196,7 @@ class PageWalkCache(wiring.Component):
                 m.d.sync += rr[l].eq(Mux(rr[l] == N - 1, 0, rr[l] + 1))
 
         # -- invalidation -------------------------------------------------------------
-        sw = Signal(sweep_layout(self.vm_bits))
+        sw = Signal(sweep_layout(self.vm_bits), reset_less=True)
         step = Signal(range(N + 1))
         kill = {l: Signal(name=f"l{l}_kill") for l in self.levels}
         kill_i = Signal(range(max(2, N)))

@@ -269,17 +269,18 @@ class TLB(wiring.Component):
         data_wr = datas.write_port(granularity=self.data_width)
         valid = [Signal(S, name=f"valid_w{w}") for w in range(W)]
         plru_w = max(1, W - 1)
-        plru = Array(Signal(plru_w, name=f"plru{s}") for s in range(S))
-        huge = [Signal(self.huge_layout, name=f"huge{i}") for i in range(H)]
+        plru = Array(Signal(plru_w, name=f"plru{s}", reset_less=True) for s in range(S))
+        huge = [Signal(self.huge_layout, name=f"huge{i}", reset_less=True) for i in range(H)]
         huge_valid = Signal(H)
         huge_next = Signal(range(max(2, H)))       # round-robin victim
 
         op_shape = op_layout(self.vm_bits, self.gen_bits, self.data_width)
-        s1, s2 = Signal(op_shape), Signal(op_shape)
+        s1, s2 = Signal(op_shape, reset_less=True), Signal(op_shape, reset_less=True)
         s1_valid, s2_valid = Signal(), Signal()
         s1_sweep, s2_sweep = Signal(), Signal()     # a sweep step of set ``s*_set``
-        s1_set, s2_set = Signal(self.set_bits), Signal(self.set_bits)
-        s2_late = Signal(late_layout(self.gen_bits))
+        s1_set = Signal(self.set_bits, reset_less=True)
+        s2_set = Signal(self.set_bits, reset_less=True)
+        s2_late = Signal(late_layout(self.gen_bits), reset_less=True)
         busy = self.busy
         sweep_go = Signal()
         sweep_set = Signal(self.set_bits + 1)
@@ -338,13 +339,13 @@ class TLB(wiring.Component):
         huge_same = Cat(huge_match[i] & (e.level == s1.level) for i, e in enumerate(huge))
 
         # sweep compares: which ways of the set go
-        sw = Signal(sweep_layout(self.vm_bits))
+        sw = Signal(sweep_layout(self.vm_bits), reset_less=True)
         kill_ways = Cat(s1_vbits[w] & self._covers(sw, t, Const(1, 3))
                         for w, t in enumerate(way_tags))
 
-        r_match, r_hit = Signal(W), Signal(W)
-        r_huge_hit, r_huge_same, r_huge_overlap = Signal(H), Signal(H), Signal(H)
-        r_kill = Signal(W)
+        r_match, r_hit, r_kill = (Signal(W, reset_less=True) for _ in range(3))
+        r_huge_hit, r_huge_same, r_huge_overlap = (Signal(H, reset_less=True)
+                                                   for _ in range(3))
         # The way a 4 KiB fill takes when no way holds its page (an invalid one, else the
         # PLRU victim) is chosen here: no op ahead of a fill changes the set's valid
         # bits, and its PLRU bits are taken as the op in S2 leaves them.
@@ -358,7 +359,7 @@ class TLB(wiring.Component):
         m.d.comb += plru1.eq(Mux(touch & (s2_set == s1_set), touched(plru[s1_set]),
                                  plru[s1_set]))
         free1 = ~s1_vbits
-        r_spare = Signal(range(max(2, W)), name="r_spare")
+        r_spare = Signal(range(max(2, W)), name="r_spare", reset_less=True)
         m.d.comb += data_rd.addr.eq(s1_set)
         with m.If(adv):
             m.d.sync += [
@@ -430,8 +431,9 @@ class TLB(wiring.Component):
         take_inval = self.inval.valid & self.inval.ready
         clear_all = take_inval & (inval.kind == InvalKind.ALL) & (inval.space == InvalSpace.BOTH)
         sweep_huge = Signal(range(H + 1))
-        he, he_valid, he_index = Signal(self.huge_layout), Signal(), Signal(range(max(2, H)))
-        kill_huge, kill_index = Signal(), Signal(range(max(2, H)))
+        he, he_valid = Signal(self.huge_layout, reset_less=True), Signal()
+        he_index = Signal(range(max(2, H)), reset_less=True)
+        kill_huge, kill_index = Signal(), Signal(range(max(2, H)), reset_less=True)
         m.d.comb += [self.inval.ready.eq(~busy & ~s1_valid & ~s2_valid),
                      sweep_go.eq(busy & (sweep_set < S))]
         m.d.sync += [self.inval_done.eq(0),

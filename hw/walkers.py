@@ -100,8 +100,9 @@ class WalkerPool(wiring.Component):
         # address in the next cycle, off the path of the AR handshake.
         m.d.comb += [arb.start_valid.eq(start.valid & start.payload.in_range),
                      arb.start_id.eq(self.start_to), arb.start_addr.eq(start.payload.addr)]
-        taken, ar_id = Signal(), Signal(self.id_bits)
-        ar_level, ar_params, ar_addr = Signal(3), Signal(WALK_PARAMS), Signal(ADDR_BITS)
+        taken, ar_id = Signal(), Signal(self.id_bits, reset_less=True)
+        ar_level, ar_addr = Signal(3, reset_less=True), Signal(ADDR_BITS, reset_less=True)
+        ar_params = Signal(WALK_PARAMS, reset_less=True)
         m.d.sync += [taken.eq(axi.arvalid & axi.arready), ar_id.eq(arb.grant),
                      ar_addr.eq(arb.araddr),
                      ar_level.eq(start.payload.level), ar_params.eq(start.payload.params)]
