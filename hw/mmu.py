@@ -44,7 +44,7 @@ from .gens import GEN_BITS, Generations
 from .inval import Invalidator
 from .misses import MissTable, _pick
 from .pwc import PageWalkCache
-from .tlb import TLB, VPN_BITS, InvalKind, InvalSpace, conflicts, page_mask
+from .tlb import TLB, VPN_BITS, InvalKind, InvalSpace, page_mask
 from .walker import answer, check_parameters, request_layout, response_layout
 from .walkers import WalkerPool
 
@@ -202,18 +202,20 @@ class MMU(wiring.Component):
         # -- S0: a walk's TLB entry, else a replayed miss, else a request -------------------
         req, replay = self.req, misses.replay
         adv, block = Signal(name="adv"), Signal(name="block")
-        # A walk's fill and a replay are checked against the TLB's fills ahead from
-        # registers (their own page), before the choice between them.
-        fills = Cat(misses.wants_fill[i] & ~conflicts(
-                        tlb.fills, tlb.set_of(vpn_of(pool.walk[i].gpa)), 1,
-                        pool.result[i].payload.level != 1)
+        # Walks' fills, replays and requests keep to the TLB's rule (:func:`conflicts`)
+        # more strictly than it asks, by the kind of the fills ahead and not their sets,
+        # so the choice between them is a few LUT levels from registers: a 4 KiB fill
+        # waits while another is in S1 or S2, a huge one while another huge one is, and
+        # a lookup while a 4 KiB fill is in S2.
+        fills_ahead = tlb.fills
+        fills = Cat(misses.wants_fill[i] & ~Mux(pool.result[i].payload.level != 1,
+                                                fills_ahead.s1_huge | fills_ahead.s2_huge,
+                                                fills_ahead.s1_small | fills_ahead.s2_small)
                     for i in range(N))
         fill_i = lowest_set(m, fills, N, "fill_walk")
         fill_now = fills.any()
-        replay_go = replay.valid & ~conflicts(
-            tlb.fills, tlb.set_of(vpn_of(replay.payload.req.gpa)), 0, 0)
-        # The port's ready does not look at its request: any 4 KiB fill in S2 holds it.
-        req_clear = ~tlb.fills.s2_small
+        req_clear = ~fills_ahead.s2_small
+        replay_go = replay.valid & req_clear
         replay_now = ~fill_now & replay_go
         s0 = Signal(data.StructLayout({"vm": self.vm_bits, "gpa": 64, "access": 2,
                                        "tag": self.tag_bits}))

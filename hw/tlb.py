@@ -292,13 +292,16 @@ class TLB(wiring.Component):
             tag_rd.en.eq(adv), data_rd.en.eq(adv),
         ]
         take = self.op.valid & self.op.ready
-        fills = self.fills
-        for n, (valid_n, sweep_n, op_n, set_n) in enumerate(
-                ((s1_valid, s1_sweep, s1, s1_set), (s2_valid, s2_sweep, s2, s2_set)), 1):
-            fill_n = valid_n & ~sweep_n & op_n.fill
-            m.d.comb += [getattr(fills, f"s{n}_small").eq(fill_n & (op_n.level == 1)),
-                         getattr(fills, f"s{n}_huge").eq(fill_n & (op_n.level != 1)),
-                         getattr(fills, f"s{n}_set").eq(set_n)]
+        # The fills in S1 and S2, registered as they enter: what a producer checks its
+        # next op against is one register away.
+        fills, op0 = self.fills, self.op.payload
+        s1_fills, s2_fills = Signal(2), Signal(2)       # (4 KiB, huge)
+        with m.If(adv):
+            m.d.sync += [s1_fills.eq(Mux(take & op0.fill, Cat(op0.level == 1, op0.level != 1),
+                                         0)),
+                         s2_fills.eq(s1_fills)]
+        m.d.comb += [Cat(fills.s1_small, fills.s1_huge).eq(s1_fills), fills.s1_set.eq(s1_set),
+                     Cat(fills.s2_small, fills.s2_huge).eq(s2_fills), fills.s2_set.eq(s2_set)]
 
         # -- S0 --------------------------------------------------------------------------
         s0_set = Mux(sweep_go, sweep_set[:self.set_bits], self.set_of(self.op.payload.key.vpn))
