@@ -28,6 +28,7 @@ from cocotb.utils import get_sim_time
 from hw.decode import ACCESS_IDS, EXIT_IDS
 from hw.sim import INVAL_SPACES, VmContext, unpack_response
 from hw.mmu import inval_layout
+from hw.sv import WRAPPER, port_name
 from hw.tlb import InvalKind, InvalSpace
 from hw.walker import response_layout
 from sw_model.formats import FAULT_KINDS
@@ -333,13 +334,32 @@ async def run_vcpus(access, rng, pattern, count, *, vcpus=4, stop=None):
         await task
 
 
+class MmuPorts:
+    """The MMU's ports by their Amaranth names (``req__payload``, ``inval_done``), on the
+    generated ``tdpwalk_mmu`` or on the typed SystemVerilog wrapper (:mod:`hw.sv`), whose
+    ports are named otherwise (``req``, ``m_axi_arvalid``): a test reads the same names
+    on both. ``axi_prefix`` is the AXI ports' prefix for cocotbext-axi's ``from_prefix``."""
+
+    def __init__(self, dut):
+        self.dut = dut
+        self.typed = dut._name == WRAPPER
+        self.axi_prefix = "m_axi" if self.typed else "axi_"
+
+    def __getattr__(self, name):
+        if self.typed and name not in ("clk", "rst"):
+            name = port_name(tuple(name.split("__")))
+        return getattr(self.dut, name)
+
+
 class MmuTB:
     """The MMU under test with its environment.
 
     Parameters
     ----------
     dut
-        The cocotb handle of ``tdpwalk_mmu``.
+        The cocotb handle of ``tdpwalk_mmu``, of its typed SystemVerilog wrapper
+        ``tdpwalk_mmu_sv`` (its ports are read through :class:`MmuPorts`) or of the
+        batch shell.
     memory : HostMemory
         Shared by every guest's model and the AXI memory.
     latency, stall, seed
@@ -351,6 +371,7 @@ class MmuTB:
 
     Members
     -------
+    ports : MmuPorts
     guests : dict
         ``vm_index -> guest`` (anything with ``.vm``, a :class:`sw_model.tdp.Vm`).
     axi : HostMemoryAxi
@@ -363,14 +384,16 @@ class MmuTB:
 
     def __init__(self, dut, memory, *, latency=1, stall=0.0, seed=0, keep=True, check=True):
         self.dut, self.memory, self.keep, self.check = dut, memory, keep, check
+        self.ports = ports = MmuPorts(dut)
         self.log = logging.getLogger("cocotb.tdpwalk")
         for channel in ("axi_", "req", "resp", "inval"):
             logging.getLogger(f"cocotb.{dut._name}.{channel}").setLevel(logging.WARNING)
         cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
-        self.axi = HostMemoryAxi(dut, "axi_", dut.clk, dut.rst, memory, period_ns=PERIOD_NS,
+        self.axi = HostMemoryAxi(dut, ports.axi_prefix, dut.clk, dut.rst, memory,
+                                 period_ns=PERIOD_NS,
                                  latency=latency, stall=stall, seed=seed)
-        self.vm_bits = len(dut.ctx__index)
-        self.tag_bits = len(dut.req__payload) - 66 - self.vm_bits
+        self.vm_bits = len(ports.ctx__index)
+        self.tag_bits = len(ports.req__payload) - 66 - self.vm_bits
         self.resp_layout = response_layout(self.tag_bits)
         self._ok_fields = {name: field.offset for name, field in self.resp_layout}
         self._hpa_mask = (1 << self.resp_layout["hpa"].width) - 1
@@ -409,8 +432,8 @@ class MmuTB:
         for name in ("ctx__valid", "ctx__index", "ctx__data", "req__payload", "req__valid",
                      "inval__valid", "inval__payload", "axi__rdata", "axi__rresp", "axi__rid",
                      "axi__rlast", "axi__bresp", "axi__bid"):
-            getattr(self.dut, name).value = 0
-        self.dut.resp__ready.value = 1
+            getattr(self.ports, name).value = 0
+        self.ports.resp__ready.value = 1
         self.dut.rst.value = 1
         for _ in range(3):
             await RisingEdge(self.dut.clk)
@@ -493,8 +516,8 @@ class MmuTB:
 
     def counters(self):
         from hw.mmu import COUNTERS
-        value = self.dut.counters.value.to_unsigned()
-        width = len(self.dut.counters) // len(COUNTERS)
+        value = self.ports.counters.value.to_unsigned()
+        width = len(self.ports.counters) // len(COUNTERS)
         return {name: (value >> (i * width)) & ((1 << width) - 1)
                 for i, name in enumerate(COUNTERS)}
 
@@ -605,7 +628,7 @@ class MmuTB:
                      report=report, pte_addrs=())
 
     async def _pump(self):
-        dut = self.dut
+        dut = self.ports
         clk = dut.clk
         req_valid, req_ready, req_payload = dut.req__valid, dut.req__ready, dut.req__payload
         resp_valid, resp_payload = dut.resp__valid, dut.resp__payload

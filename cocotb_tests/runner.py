@@ -22,6 +22,7 @@ import time
 
 from cocotb_tools.runner import Verilator, get_runner
 
+from hw import sv as sv_wrapper
 from hw.__main__ import DEFAULT_CONFIG, TOP, TOPS, WAIVERS, generate
 from sw_model.vectors import load_vectors
 
@@ -258,37 +259,54 @@ class _NoWavesEnv:
             os.environ["WAVES"] = self.saved
 
 
-def build_mmu(sim, config=None, *, waves=False, shell=False):
+def build_mmu(sim, config=None, *, waves=False, shell=False, sv=False):
     """Generate the MMU's Verilog for ``config`` (``hw.mmu.MMU`` parameters) and build it
     for ``sim``; ``(runner, build_dir)``. Reuses the build directory when the
     configuration and hw/ and sw_model/formats/ are unchanged. ``shell``: the MMU inside
-    :class:`~cocotb_tests.batch_shell.BatchShell` (top ``tdpwalk_mmu_batch``)."""
+    :class:`~cocotb_tests.batch_shell.BatchShell` (top ``tdpwalk_mmu_batch``). ``sv``:
+    the MMU inside its typed SystemVerilog wrapper (:mod:`hw.sv`, top ``tdpwalk_mmu_sv``),
+    on Verilator only: Icarus runs the generated Verilog in its Verilog-2005 mode (see
+    :func:`build`), which does not read the package."""
+    if sv and sim != "verilator":
+        raise ValueError(f"sv: the typed SystemVerilog wrapper runs on Verilator, not {sim} "
+                         f"(Icarus needs -g2005 for the generated Verilog, -g2012 for the "
+                         f"package)")
+    if sv and shell:
+        raise ValueError("sv: the typed wrapper and the batch shell are two different tops")
     check_toolchain(sim)
     unknown = set(config or {}) - set(MMU_DEFAULT_CONFIG)
     if unknown:
         raise ValueError(f"config: unknown MMU parameter(s) {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(MMU_DEFAULT_CONFIG)})")
     config = dict(MMU_DEFAULT_CONFIG, **(config or {}))
-    top = SHELL_TOP if shell else MMU_TOP
+    top = SHELL_TOP if shell else sv_wrapper.WRAPPER if sv else MMU_TOP
     key = hashlib.sha256(f"{sim}\n{VERILATOR_VISIBILITY}\n{waves}\n{_fst(waves)}\n{top}\n"
                          f"{json.dumps(config, sort_keys=True)}\n"
                          f"{_sources_digest()}".encode()).hexdigest()[:16]
     build_dir = build_root() / "cocotb" / f"mmu-{sim}-{key}"
     runner = _get_runner(sim)
     with _Lock(build_dir.with_suffix(".lock")):
-        rtl = build_dir / f"{top}.v"
+        rtl = build_dir / f"{SHELL_TOP if shell else MMU_TOP}.v"
+        typed = [build_dir / f"{sv_wrapper.PACKAGE}.sv", build_dir / f"{sv_wrapper.WRAPPER}.sv"]
         if not rtl.exists():
             from amaranth.back import verilog
             from hw.mmu import MMU
             from .batch_shell import BatchShell
             build_dir.mkdir(parents=True, exist_ok=True)
-            design = BatchShell(MMU(**config)) if shell else MMU(**config)
-            text = verilog.convert(design, name=top, emit_src=False)
+            mmu = MMU(**config)
+            design = BatchShell(mmu) if shell else mmu
+            text = verilog.convert(design, name=SHELL_TOP if shell else MMU_TOP,
+                                   emit_src=False)
             (build_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+            if sv:
+                typed[0].write_text(sv_wrapper.package(mmu))
+                typed[1].write_text(sv_wrapper.wrapper(mmu, MMU_TOP))
             tmp = rtl.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(rtl)
         sources, build_args = _sim_args(sim, build_dir, rtl, top, waves, WAIVERS)
+        if sv:
+            sources = [typed[0], *sources, typed[1]]
         _build(runner, sim, sources, top, build_dir, build_args, waves)
     return runner, build_dir
 
@@ -351,7 +369,8 @@ _RUN_SETTINGS = {"TDPWALK_SCENARIOS", "TDPWALK_SEED", "TDPWALK_SIZE", "TDPWALK_R
                  "TDPWALK_PROGRESS", "TDPWALK_FORMAT"}
 
 
-def run_mmu_test(sim, test_module, *, test_dir=".", config=None, waves=None, testcase=None):
+def run_mmu_test(sim, test_module, *, test_dir=".", config=None, waves=None, testcase=None,
+                 sv=False):
     """Run a user's cocotb test module against the MMU's generated Verilog.
 
     ``test_module`` (a module name, importable from ``test_dir``) drives ``tdpwalk_mmu``,
@@ -360,8 +379,11 @@ def run_mmu_test(sim, test_module, *, test_dir=".", config=None, waves=None, tes
     under :func:`build_root`, with what each simulator needs and a user should not have
     to know: the timescale, Icarus's Verilog-2005 mode, Verilator's waivers and its
     precompiled-header fix. ``waves``: an FST path (a GTKWave save file goes next to it).
+    ``sv``: the test drives the typed SystemVerilog wrapper ``tdpwalk_mmu_sv`` instead
+    (Verilator; :class:`~cocotb_tests.mmu_tb.MmuTB` reads its ports by the same names).
     Raises AssertionError naming the failed tests' count when any fails."""
-    runner, build_dir = build_mmu(sim, config, waves=bool(waves))
+    runner, build_dir = build_mmu(sim, config, waves=bool(waves), sv=sv)
+    top = sv_wrapper.WRAPPER if sv else MMU_TOP
     test_dir = pathlib.Path(test_dir).resolve()
     plusargs, test_args = [], []
     if waves:
@@ -370,7 +392,7 @@ def run_mmu_test(sim, test_module, *, test_dir=".", config=None, waves=None, tes
         results_xml = pathlib.Path(tmp) / "results.xml"
         try:
             with _NoWavesEnv():
-                runner.test(hdl_toplevel=MMU_TOP, test_module=test_module,
+                runner.test(hdl_toplevel=top, test_module=test_module,
                             build_dir=build_dir, test_dir=test_dir, waves=bool(waves),
                             results_xml=str(results_xml), plusargs=plusargs,
                             test_args=test_args, testcase=testcase,
@@ -382,7 +404,7 @@ def run_mmu_test(sim, test_module, *, test_dir=".", config=None, waves=None, tes
         tests, failed = get_results(results_xml) if results_xml.exists() else (0, 0)
     if waves:
         from .waves import write_gtkw
-        write_gtkw(waves, MMU_TOP)
+        write_gtkw(waves, "u_mmu" if sv else MMU_TOP)     # the wrapper's instance
     if tests == 0 or failed:
         raise AssertionError(f"{sim}: {failed} of {tests} cocotb tests of {test_module} "
                              f"failed (see the log above)")
