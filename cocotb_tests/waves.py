@@ -3,13 +3,17 @@ and invalidation ports, the AXI channels, walker states and TLB / walk-cache sig
 each group a collapsible section. ``gtkwave FILE.fst FILE.gtkw`` opens both.
 
 The file is written from the dump itself (read with pywellen): the design's scope as
-the simulator named it, each payload as its fields, and only signals the dump holds."""
+the simulator named it, each payload as its fields, and only signals the dump holds.
+Enumerated signals (the walk state, a response's fault kind, an invalidation's kind
+and space) show their names through GTKWave translate filter files written beside it."""
 
 import pathlib
 
 __all__ = ["write_gtkw", "traces", "dump_signals", "saved_signals", "GROUPS", "WALKER_GROUPS"]
 
 HEX, BIN, DEC = "22", "28", "24"
+#: Decimal, through a translate filter (GTKWave's ``TR_FTRANSLATED`` flag).
+NAMED = "2024"
 
 #: (group, [(signal, format)]): names relative to the top (``tdpwalk_mmu``).
 GROUPS = [
@@ -90,18 +94,41 @@ def traces(names, top, groups):
     return found, missing
 
 
+def enums():
+    """``{name suffix: {value: name}}`` of the enumerated signals a save file names."""
+    from hw.decode import KIND_IDS
+    from hw.engine import walk_states
+    from hw.tlb import InvalKind, InvalSpace
+    return {".walk_state": walk_states(),
+            "resp__payload.kind": {v: k for k, v in KIND_IDS.items()},
+            "inval__payload.kind": {m.value: m.name for m in InvalKind},
+            "inval__payload.space": {m.value: m.name for m in InvalSpace}}
+
+
 def write_gtkw(waves, top="tdpwalk_mmu", groups=None):
     """Write a GTKWave save file next to the waveform ``waves`` (same name, ``.gtkw``)
-    naming the signals as the dump does; ``(path, signals not in the dump)``."""
+    naming the signals as the dump does, and a translate filter file per enumerated
+    signal (``NAME.SUFFIX.txt``); ``(path, signals not in the dump)``."""
     waves = pathlib.Path(waves)
     groups, missing = traces(dump_signals(waves), top, groups or GROUPS)
     lines = [f'[dumpfile] "{waves}"', f'[savefile] "{waves.with_suffix(".gtkw")}"',
              "[timestart] 0", "[size] 1600 900", "[signals_width] 300",
              "[sst_width] 250", "[sst_expanded] 1"]
+    named, filters = enums(), []
     for group, rows in groups:
         lines += ["@800200", f"-{group}"]
         for name, fmt in rows:
-            lines += [f"@{fmt}", name]
+            suffix = next((s for s in named if name.replace("\\", "").rstrip().endswith(s)),
+                          None)
+            if suffix is None:
+                lines += [f"@{fmt}", name]
+                continue
+            path = waves.with_name(f"{waves.stem}.{suffix.lstrip('.').replace('__', '_')}.txt")
+            if path not in filters:
+                filters.append(path)
+                path.write_text("".join(f"{value} {text.upper()}\n"
+                                        for value, text in sorted(named[suffix].items())))
+            lines += [f"^{filters.index(path) + 1} {path}", f"@{NAMED}", name]
         lines += ["@1000200", f"-{group}"]
     path = waves.with_suffix(".gtkw")
     path.write_text("\n".join(lines) + "\n")

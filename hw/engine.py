@@ -21,7 +21,7 @@ from .context import ADDR_BITS, GPA_BITS, WALK_PARAMS
 from .decode import ACCESS_IDS, KIND_IDS, MAX_LEVELS, PA_WIDTH
 
 __all__ = ["WalkEngine", "PERMS_LAYOUT", "start_layout", "RESULT_LAYOUT", "STEP_LAYOUT",
-           "ENGINE_VIEW", "AdStatus", "ALL_PERMS", "names_pte"]
+           "ENGINE_VIEW", "AdStatus", "ALL_PERMS", "names_pte", "walk_states"]
 
 PERMS_LAYOUT = data.StructLayout({"r": 1, "w": 1, "x": 1, "u": 1})
 ALL_PERMS = 0b1111
@@ -54,6 +54,14 @@ RESULT_LAYOUT = data.StructLayout({
 #: A/D update if the walk succeeds.
 STEP_LAYOUT = data.StructLayout({
     "descend": 1, "next_addr": ADDR_BITS, "acc": 4, "need": 1, "end": END_LAYOUT})
+
+
+def walk_states():
+    """``{value: name}`` of the walk FSM's state register (``walk_state`` in the
+    Verilog): Amaranth numbers the states in the order the elaboration meets them."""
+    engine = WalkEngine(1)
+    engine.elaborate(None)
+    return engine.state_names
 
 
 def names_pte(result):
@@ -97,6 +105,8 @@ class WalkEngine(wiring.Component):
     gpa, access, tag, params, top
         The walk in progress (``top``: the highest level this walk read, so the levels
         below it and above the leaf are the ones it can give to a walk cache).
+
+    Once elaborated, ``state_names`` is ``{value: name}`` of the FSM's states.
     """
 
     def __init__(self, tag_bits):
@@ -151,7 +161,7 @@ class WalkEngine(wiring.Component):
             return [level.eq(params.levels), addr.eq(root_addr), acc.eq(ALL_PERMS),
                     need.eq(0), top.eq(params.levels)]
 
-        with m.FSM(name="walk"):
+        with m.FSM(name="walk") as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.start.ready.eq(1)
                 # An idle engine takes the start's fields every cycle (nobody reads them
@@ -216,4 +226,5 @@ class WalkEngine(wiring.Component):
                 m.d.comb += self.result.valid.eq(1)
                 with m.If(self.result.ready):
                     m.next = "IDLE"
+        self.state_names = {value: name for name, value in fsm.encoding.items()}
         return m

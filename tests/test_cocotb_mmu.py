@@ -5,6 +5,8 @@ VMs of different formats) with a scoreboard checking every response against the
 reference walker. One simulator process per simulator runs all scenarios (one build
 each, reused). `make regress` (-m slow) runs long versions over many seeds."""
 
+import pathlib
+
 import pytest
 
 from cocotb_tests.runner import REPO, SIMULATORS, mmu_sources, run_mmu
@@ -84,7 +86,7 @@ def test_waves_open_in_gtkwave(sim, tmp_path):
     path = tmp_path / "vectors.json"
     save_vectors(random_vectors("npt4", 3, 12, ad="hardware"), path)
     assert len(replay(path, sim, waves=tmp_path / "w.fst")) == 12
-    waves = next(tmp_path.glob("w.*[dt]"))      # FST, or VCD without lz4.h
+    [waves] = [p for p in tmp_path.glob("w.*") if p.suffix in (".fst", ".vcd")]  # no lz4.h: VCD
     gtkw = waves.with_suffix(".gtkw")
     assert f'[dumpfile] "{waves.resolve()}"' in gtkw.read_text()
     saved = saved_signals(gtkw)
@@ -98,6 +100,14 @@ def test_waves_open_in_gtkwave(sim, tmp_path):
     assert not unsaved, unsaved
     assert any(s.endswith("resp__payload.hpa") for s in saved) and "-AXI read" in gtkw.read_text()
     assert not any(s.endswith("resp__payload") for s in saved)      # fields instead
+    # Enumerated signals show names: a translate filter file precedes each.
+    lines = gtkw.read_text().splitlines()
+    for suffix, names in (("walk_state", ("0 IDLE", "DONE", "READ", "WAIT", "AD")),
+                          ("resp__payload.kind", ("0 NOT_PRESENT", "6 BUS_ERROR"))):
+        at = next(i for i, line in enumerate(lines) if line.rstrip().endswith(suffix))
+        assert lines[at - 1] == "@2024" and lines[at - 2].startswith("^"), lines[at - 2:at]
+        table = pathlib.Path(lines[at - 2].split(" ", 1)[1]).read_text()
+        assert all(name in table for name in names), table
     values = collections.defaultdict(set)
     dump.stream_changes(lambda t, sid, v: values[str(sid)].add(str(v)),
                         [by_name[s] for s in saved])
