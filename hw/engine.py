@@ -13,7 +13,7 @@ level, first entry address and permissions accumulated above it, so a cached lev
 costs no cycle. The first read is requested in the cycle the walk is accepted.
 """
 
-from amaranth import Module, Mux, Signal
+from amaranth import Fragment, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -60,7 +60,7 @@ def walk_states():
     """``{value: name}`` of the walk FSM's state register (``walk_state`` in the
     Verilog): Amaranth numbers the states in the order the elaboration meets them."""
     engine = WalkEngine(1)
-    engine.elaborate(None)
+    Fragment.get(engine, None)
     return engine.state_names
 
 

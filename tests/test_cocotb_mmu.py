@@ -71,49 +71,79 @@ def test_scenarios_long(sim, seed):
     _check(run_mmu(sim, ALL, seed=seed * 1000, size="long"), seed * 1000)
 
 
-@pytest.mark.parametrize("sim", SIMULATORS)
-def test_waves_open_in_gtkwave(sim, tmp_path):
-    """WAVES: a replay writes a waveform and a GTKWave save file built from it: every
-    signal it names is in the dump under the scope the simulator gave the design,
-    each payload split into its fields, and every valid signal toggles."""
+def _check_save_file(stem, groups, named):
+    """The waveform ``stem``.fst (or .vcd) and its GTKWave save file: every signal the
+    file names is in the dump under the scope the simulator gave the design, every
+    signal of ``groups`` is saved (as itself or, for a payload, as its fields), each
+    signal ending in a key of ``named`` goes through a translate filter naming its
+    values, and every valid signal toggles."""
     import collections
 
     import pywellen
 
-    from cocotb_tests.runner import replay
     from cocotb_tests.waves import saved_signals
-    from sw_model.vectors import random_vectors, save_vectors
-    path = tmp_path / "vectors.json"
-    save_vectors(random_vectors("npt4", 3, 12, ad="hardware"), path)
-    assert len(replay(path, sim, waves=tmp_path / "w.fst")) == 12
-    [waves] = [p for p in tmp_path.glob("w.*") if p.suffix in (".fst", ".vcd")]  # no lz4.h: VCD
+    [waves] = [p for p in stem.parent.glob(f"{stem.name}.*")
+               if p.suffix in (".fst", ".vcd")]           # VCD without lz4.h
     gtkw = waves.with_suffix(".gtkw")
-    assert f'[dumpfile] "{waves.resolve()}"' in gtkw.read_text()
+    text = gtkw.read_text()
+    assert f'[dumpfile] "{waves.resolve()}"' in text and "-AXI read" in text
     saved = saved_signals(gtkw)
     dump = pywellen.Waveform(str(waves), stream_only=True)
     by_name = {v.full_name: v for v in dump.all_vars()}
     assert saved and not [s for s in saved if s not in by_name], saved
-    # Every signal the groups list is saved, as itself or as its fields.
-    from cocotb_tests.waves import WALKER_GROUPS
-    unsaved = [name for _, signals in WALKER_GROUPS for name, _ in signals
-               if not any(s.endswith(f".{name}") or f"{name}." in s for s in saved)]
+    plain = [s.replace("\\", "") for s in saved]       # Icarus escapes field names
+    unsaved = [name for _, signals in groups for name, _ in signals
+               if not any(s.endswith(f".{name}") or f".{name}." in s for s in plain)]
     assert not unsaved, unsaved
-    assert any(s.endswith("resp__payload.hpa") for s in saved) and "-AXI read" in gtkw.read_text()
+    assert any(s.endswith("resp__payload.hpa") for s in saved)
     assert not any(s.endswith("resp__payload") for s in saved)      # fields instead
-    # Enumerated signals show names: a translate filter file precedes each.
-    lines = gtkw.read_text().splitlines()
-    for suffix, names in (("walk_state", ("0 IDLE", "DONE", "READ", "WAIT", "AD")),
-                          ("resp__payload.kind", ("0 NOT_PRESENT", "6 BUS_ERROR"))):
-        at = next(i for i, line in enumerate(lines) if line.rstrip().endswith(suffix))
-        assert lines[at - 1] == "@2024" and lines[at - 2].startswith("^"), lines[at - 2:at]
-        table = pathlib.Path(lines[at - 2].split(" ", 1)[1]).read_text()
-        assert all(name in table for name in names), table
+    lines = text.splitlines()
+    for suffix, names in named.items():
+        at = [i for i, line in enumerate(lines) if line.rstrip().endswith(suffix)]
+        assert at, suffix
+        for i in at:
+            assert lines[i - 1] == "@2024" and lines[i - 2].startswith("^"), lines[i - 2:i]
+            table = pathlib.Path(lines[i - 2].split(" ", 1)[1]).read_text()
+            assert all(name in table for name in names), table
     values = collections.defaultdict(set)
     dump.stream_changes(lambda t, sid, v: values[str(sid)].add(str(v)),
                         [by_name[s] for s in saved])
     idle = [s for s in saved if s.endswith(("valid", ".clk"))
             and len(values[str(by_name[s].signal_id)]) < 2]
     assert not idle, f"never toggle: {idle}"
+
+
+STATES = ("0 IDLE", "DONE", "READ", "WAIT", "AD")
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_waves_open_in_gtkwave(sim, tmp_path):
+    """WAVES: a replay of the walker writes a waveform and a save file built from it
+    (:func:`_check_save_file`)."""
+    from cocotb_tests.runner import replay
+    from cocotb_tests.waves import WALKER_GROUPS
+    from sw_model.vectors import random_vectors, save_vectors
+    path = tmp_path / "vectors.json"
+    save_vectors(random_vectors("npt4", 3, 12, ad="hardware"), path)
+    assert len(replay(path, sim, waves=tmp_path / "w.fst")) == 12
+    _check_save_file(tmp_path / "w", WALKER_GROUPS,
+                     {"walk_state": STATES,
+                      "resp__payload.kind": ("0 NOT_PRESENT", "6 BUS_ERROR")})
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_mmu_waves_open_in_gtkwave(sim, tmp_path):
+    """WAVES=1 of the MMU (``make demo``): scenarios with invalidations, A/D updates
+    and misses waiting for a walk write a waveform and a save file built from it
+    (:func:`_check_save_file`), every engine's walk state and the invalidation's kind
+    and space named."""
+    from cocotb_tests.waves import GROUPS
+    results = run_mmu(sim, ["memslot_delete", "dirty_log"], seed=0, size="short",
+                      waves=tmp_path / "m.fst")
+    assert results[0]["flushes"] > 0
+    _check_save_file(tmp_path / "m", GROUPS,
+                     {"walk_state": STATES, "inval__payload.kind": ("0 ALL", "2 RANGE"),
+                      "inval__payload.space": ("0 BOTH", "2 PRIVATE")})
 
 
 def test_dirty_logging_after_aging_without_ad_loses_no_write():
