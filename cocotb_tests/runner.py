@@ -16,11 +16,12 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
-from cocotb_tools.runner import Verilator, get_runner
+from cocotb_tools.runner import Icarus, Verilator
 
 from hw import sv as sv_wrapper
 from hw.__main__ import DEFAULT_CONFIG, TOP, TOPS, WAIVERS, generate
@@ -51,8 +52,35 @@ MMU_DEFAULT_CONFIG = TOPS["mmu"][2]
 VERILATOR_VISIBILITY = "public_flat_rw: top module only"
 
 
-class _TopPortsVerilator(Verilator):
-    """cocotb's Verilator runner, without ``--public-flat-rw``.
+class _QuietInterrupt:
+    """Runs each tool with Ctrl-C ignored, so that only this process sees it: it stops
+    the simulator itself (no traceback from the simulator's embedded Python) and the
+    command ends with its own one line. The tool stays in this process group, so
+    killing the group (a timed-out regression task) still ends it."""
+
+    def _execute_cmds(self, cmds, cwd, stdout=None):
+        for cmd in cmds:
+            self.log.info("Running command %s in directory %s", " ".join(map(str, cmd)), cwd)
+            # ``trap '' INT`` before exec: an ignored signal stays ignored in the tool.
+            proc = subprocess.Popen(["/bin/sh", "-c", "trap '' INT; exec \"$@\"", "sh",
+                                     *map(str, cmd)], cwd=cwd, env=self.env, stdout=stdout,
+                                    stderr=None if stdout is None else subprocess.STDOUT)
+            try:
+                code = proc.wait()
+            except BaseException:
+                proc.terminate()
+                proc.wait()
+                raise
+            if code:
+                raise RuntimeError(f"Command failed with return code: {code}")
+
+
+class _Icarus(_QuietInterrupt, Icarus):
+    """cocotb's Icarus runner (:class:`_QuietInterrupt`)."""
+
+
+class _TopPortsVerilator(_QuietInterrupt, Verilator):
+    """cocotb's Verilator runner (:class:`_QuietInterrupt`), without ``--public-flat-rw``.
 
     That flag makes every signal of the design visible and writable through VPI, which
     keeps Verilator from optimizing any of them away: the MMU then evaluates at about
@@ -70,7 +98,7 @@ class _TopPortsVerilator(Verilator):
 
 
 def _get_runner(sim):
-    return _TopPortsVerilator() if sim == "verilator" else get_runner(sim)
+    return _TopPortsVerilator() if sim == "verilator" else _Icarus()
 
 
 class ToolchainError(RuntimeError):

@@ -672,6 +672,31 @@ def test_demo_interrupted_leaves_no_results(monkeypatch, capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+def test_ctrl_c_in_a_simulation_is_one_line(sim, tmp_path):
+    """Ctrl-C at the terminal (SIGINT to the whole process group) while the simulator
+    runs: the demo ends with its one line and status 130; the simulator, started with
+    Ctrl-C ignored, is stopped by the demo and prints no traceback of its own."""
+    import os
+    import signal
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "cocotb_tests.demo", "--sim", sim,
+                             "--scenario", "steady", "--size", "long", "-o", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines = []
+    for line in proc.stdout:        # the simulation is running once it reports progress
+        lines.append(line)
+        if "translations" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    output = "".join(lines) + rest
+    assert proc.returncode == 130, output[-2000:]
+    assert f"interrupted: no results written to {tmp_path}" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-2000:]
+
+
 @pytest.mark.parametrize("variable, words", [("JOBS=abc", "JOBS"), ("JOBS=0", "JOBS"),
                                              ("SIM=modelsim", "SIM")])
 def test_make_variables_are_checked(variable, words):
