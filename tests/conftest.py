@@ -14,6 +14,8 @@ arithmetic: every table index is taken from the GPA bits the manuals name.
 """
 
 import os
+import pathlib
+import re
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -282,3 +284,9 @@ def run_cli(main, argv, capsys):
         status = e.code
     out = capsys.readouterr()
     return status, out.out, out.err
+
+
+def documented_user_test():
+    """The cocotb test of docs/integration.md ("A cocotb test of your own"), as its text."""
+    page = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "integration.md").read_text()
+    return re.search(r"```python\n# user_mmu_test.py\n(.*?)```", page, re.S).group(1)

@@ -10,7 +10,7 @@ import pytest
 
 from hw.__main__ import ConfigError, generate, load_config, main
 
-from conftest import require_tool
+from conftest import documented_user_test, require_tool
 
 
 @pytest.mark.parametrize("spec", ["default", "num_vms=16,tag_bits=4,axi_id_width=1"])
@@ -88,12 +88,8 @@ def test_the_documented_user_test_through_the_typed_wrapper(tmp_path):
     """docs/integration.md's cocotb test, unchanged, drives the MMU through its typed
     SystemVerilog wrapper on Verilator (``sv=True``: struct ports, ``m_axi_*``);
     ``MmuTB`` reads the wrapper's ports by the generated module's names."""
-    import re
-
-    from cocotb_tests.runner import REPO, build_mmu, run_mmu_test
-    page = (REPO / "docs" / "integration.md").read_text()
-    code = re.search(r"```python\n# user_mmu_test.py\n(.*?)```", page, re.S).group(1)
-    (tmp_path / "user_mmu_test.py").write_text(code)
+    from cocotb_tests.runner import build_mmu, run_mmu_test
+    (tmp_path / "user_mmu_test.py").write_text(documented_user_test())
     run_mmu_test("verilator", "user_mmu_test", test_dir=tmp_path, sv=True)
     with pytest.raises(ValueError, match="typed SystemVerilog wrapper runs on Verilator"):
         build_mmu("icarus", sv=True)

@@ -9,7 +9,6 @@ wheel."""
 import json
 import os
 import pathlib
-import re
 import shutil
 import site
 import subprocess
@@ -18,6 +17,7 @@ import sysconfig
 
 import pytest
 
+from conftest import documented_user_test
 from sw_model.vectors import random_vectors, save_vectors
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -113,9 +113,7 @@ def test_the_documented_user_test(installed, sim):
     simulator build is shared with the rest of the suite through TDPWALK_BUILD: the
     generated Verilog is the same.)"""
     bin_dir, work = installed
-    page = (REPO / "docs" / "integration.md").read_text()
-    code = re.search(r"```python\n# user_mmu_test.py\n(.*?)```", page, re.S).group(1)
-    (work / "user_mmu_test.py").write_text(code)
+    (work / "user_mmu_test.py").write_text(documented_user_test())
     env = dict(_env(bin_dir), TDPWALK_BUILD=str(REPO / "build"))
     done = subprocess.run([str(bin_dir / "python"), "-c",
                            "from cocotb_tests.runner import run_mmu_test; "
