@@ -430,9 +430,12 @@ class _TableBuilder:
         mem.write64(addr, word)
 
 
-def random_vectors(format_name, seed, count, *, ad=None, pa_bits=None, memory_size=None):
+def random_vectors(format_name, seed, count, *, ad=None, pa_bits=None, memory_size=None,
+                   memory_base=0):
     """A random vector file: tables with huge pages, holes and damaged entries of every
-    fault kind, and ``count`` accesses that mostly hit mapped or damaged regions."""
+    fault kind, and ``count`` accesses that mostly hit mapped or damaged regions. The
+    tables live in ``memory_size`` bytes from host-physical ``memory_base`` (the root
+    table is the first page)."""
     if not isinstance(count, int) or count < 0:
         raise ValueError(f"count must be a non-negative integer, got {count!r}")
     fmt = get_format(format_name)
@@ -442,7 +445,7 @@ def random_vectors(format_name, seed, count, *, ad=None, pa_bits=None, memory_si
         pa_bits = rng.choice(sorted({lo, fmt.default_pa_bits, hi}))
     vm = fmt.vm_options(ad=ad, pa_bits=pa_bits, exec_only=rng.random() < 0.8,
                         nxe=rng.random() < 0.8)
-    memory = HostMemory(memory_size or _DEFAULT_MEMORY)
+    memory = HostMemory(memory_size or _DEFAULT_MEMORY, base=memory_base)
     builder = _TableBuilder(fmt, vm, memory, rng)
 
     # GPAs cluster in a few windows so that walks share upper levels, as real VMs do.
