@@ -5,7 +5,9 @@ Driven by :func:`cocotb_tests.runner.run_mmu` through environment variables:
 ``TDPWALK_SCENARIOS`` (comma-separated names from ``cocotb_tests.scenarios.SCENARIOS``),
 ``TDPWALK_SEED``, ``TDPWALK_SIZE`` (short / demo / long), ``TDPWALK_FORMAT`` (first
 guest's format; default from the seed), ``TDPWALK_AD``, ``TDPWALK_LATENCY``,
-``TDPWALK_STALL``, ``TDPWALK_PROGRESS`` (print progress every N responses), and
+``TDPWALK_STALL`` (AXI back-pressure), ``TDPWALK_RESP_STALL`` (response back-pressure:
+the probability that ``resp.ready`` is low in a cycle, default 0),
+``TDPWALK_PROGRESS`` (print progress every N responses), and
 ``TDPWALK_MUTATE=drop_flushes`` (the flush sink drops every invalidation: a broken
 hypervisor the scoreboard must catch; used by the tests to show it has teeth).
 """
@@ -39,7 +41,8 @@ async def run_scenario(dut, scenario):
               ad=os.environ.get("TDPWALK_AD") or None)
     memory = HostMemory(16 << 20)
     tb = MmuTB(dut, memory, latency=int(os.environ.get("TDPWALK_LATENCY", "2")),
-               stall=float(os.environ.get("TDPWALK_STALL", "0.1")), seed=seed)
+               stall=float(os.environ.get("TDPWALK_STALL", "0.1")), seed=seed,
+               resp_stall=float(os.environ.get("TDPWALK_RESP_STALL", "0")))
     every = int(os.environ.get("TDPWALK_PROGRESS", "0"))
     if every:
         start = time.monotonic()

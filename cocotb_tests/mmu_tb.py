@@ -364,6 +364,10 @@ class MmuTB:
         Shared by every guest's model and the AXI memory.
     latency, stall, seed
         AXI memory latency (cycles), back-pressure probability and its seed.
+    resp_stall : float
+        Probability that ``resp.ready`` is low in a cycle: back-pressure on responses
+        (seeded by ``seed``). A TLB hit held up by it answers later than
+        :data:`HIT_CYCLES`, so :attr:`Response.hit` no longer tells hits apart.
     keep : bool
         Keep every response in :attr:`responses` (for the report).
     check : bool
@@ -382,8 +386,13 @@ class MmuTB:
         Invalidations completed.
     """
 
-    def __init__(self, dut, memory, *, latency=1, stall=0.0, seed=0, keep=True, check=True):
+    def __init__(self, dut, memory, *, latency=1, stall=0.0, seed=0, keep=True, check=True,
+                 resp_stall=0.0):
+        if not 0 <= resp_stall < 1:
+            raise ValueError(f"resp_stall must be a probability in [0, 1), got {resp_stall!r}")
         self.dut, self.memory, self.keep, self.check = dut, memory, keep, check
+        self.resp_stall = resp_stall
+        self._resp_rng = random.Random(seed)
         self.ports = ports = MmuPorts(dut)
         self.log = logging.getLogger("cocotb.tdpwalk")
         for channel in ("axi_", "req", "resp", "inval"):
@@ -637,6 +646,9 @@ class MmuTB:
         ctx_valid, ctx_index, ctx_data = dut.ctx__valid, dut.ctx__index, dut.ctx__data
         tag_shift = self.resp_layout.size - self.tag_bits
         tag_mask = (1 << self.tag_bits) - 1
+        resp_ready = dut.resp__ready
+        ready = True            # resp.ready as driven for the coming edge
+        resp_ready.value = 1
         ctx_on = False
         edge = RisingEdge(clk)
         while True:
@@ -651,11 +663,16 @@ class MmuTB:
             if ctx_on:
                 ctx_valid.value = 0
                 ctx_on = False
-            if int(resp_valid.value):
+            if ready and int(resp_valid.value):
                 raw = resp_payload.value.to_unsigned()
                 req = self._outstanding.pop((raw >> tag_shift) & tag_mask)
                 self._free_tags.append(req.tag)
                 self._answered(req, raw, cycle)
+            if self.resp_stall:
+                now = self._resp_rng.random() >= self.resp_stall
+                if now != ready:
+                    ready = now
+                    resp_ready.value = int(ready)
             if self._driving is not None and int(req_ready.value):
                 req = self._driving
                 req.accepted = cycle
