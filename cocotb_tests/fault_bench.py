@@ -5,6 +5,10 @@ Run by :func:`cocotb_tests.runner.run_mmu` with ``test_module="cocotb_tests.faul
 (tests/test_cocotb_faults.py). Environment: ``TDPWALK_SCENARIOS`` (names from
 :data:`FAULTS`), ``TDPWALK_SEED``, ``TDPWALK_SIZE`` (``short`` for ``make test``, ``long``
 for ``make regress``), ``TDPWALK_FORMAT`` (one format instead of a seeded choice).
+``TDPWALK_FAULTS``, when set, names the fault tests instead of ``TDPWALK_SCENARIOS``: the
+fault bench then runs after :mod:`cocotb_tests.mmu_bench` in one simulator process
+(``test_module="cocotb_tests.mmu_bench,cocotb_tests.fault_bench"``), which takes its
+scenarios from ``TDPWALK_SCENARIOS``, so that one waveform holds both.
 
 Faults (docs/verification.md says what each one catches):
 
@@ -500,10 +504,11 @@ async def ad_race(tb, env, chk, formats):
 FAULTS = {f.__name__: f for f in (bus_error, chaos, reset_walk, reset_inval, inval_offset,
                                   ad_race)}
 
-NAMES = [n for n in os.environ.get("TDPWALK_SCENARIOS", "bus_error").split(",") if n]
+_VARIABLE = "TDPWALK_FAULTS" if os.environ.get("TDPWALK_FAULTS") else "TDPWALK_SCENARIOS"
+NAMES = [n for n in os.environ.get(_VARIABLE, "bus_error").split(",") if n]
 _unknown = [n for n in NAMES if n not in FAULTS]
 if _unknown:
-    raise ValueError(f"TDPWALK_SCENARIOS: unknown fault test(s) {', '.join(_unknown)} "
+    raise ValueError(f"{_VARIABLE}: unknown fault test(s) {', '.join(_unknown)} "
                      f"(known: {', '.join(FAULTS)})")
 
 
