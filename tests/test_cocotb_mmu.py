@@ -3,7 +3,10 @@ MMU model on the hypervisor loop: every scenario (boot, steady traffic, memslot
 deletion, dirty logging with eager splitting, harvesting, aging, huge-page recovery, two
 VMs of different formats) with a scoreboard checking every response against the
 reference walker. One simulator process per simulator runs all scenarios (one build
-each, reused). `make regress` (-m slow) runs long versions over many seeds."""
+each, reused). `make regress` (-m slow) runs long versions over many seeds. The
+waveform tests check the MMU's and the walker's GTKWave save files against their
+dumps: every saved signal present and toggling, but those constant by design
+(:data:`CONSTANT`, :data:`REPLAY_CONSTANT`)."""
 
 import pathlib
 
@@ -71,12 +74,40 @@ def test_scenarios_long(sim, seed):
     _check(run_mmu(sim, ALL, seed=seed * 1000, size="long"), seed * 1000)
 
 
-def _check_save_file(stem, groups, named):
+#: Saved signals of both tops that never change, by design, and why. The toggle check of
+#: :func:`_check_save_file` exempts them and checks instead that each does stay at one
+#: value, so that the list cannot hide a signal that stopped toggling.
+CONSTANT = {
+    "axi__rready": "tied to 1 (hw/walkers.py): the shared PTE decoder takes an R beat "
+                   "every cycle",
+    "axi__bready": "tied to 1 (hw/walkers.py): the A/D unit takes every B response at once",
+    "axi__awatop": "tied to AtomicCompare (hw/walkers.py): an A/D update is the only write",
+}
+
+#: The same for a vector file replayed on the walker alone (``tdpwalk_walker``).
+REPLAY_CONSTANT = {
+    **CONSTANT,
+    **dict.fromkeys(("axi__arid", "axi__rid", "axi__awid", "axi__bid"),
+                    "0: the walker has one walk engine, and an AXI ID is the engine's "
+                    "index"),
+    "axi__bresp": "OKAY: a vector file's bus errors are words that fail every access, and "
+                  "a walk reads a word before its A/D AtomicCompare, so no compare fails",
+    **dict.fromkeys(("ctx__index", "req__payload.vm"),
+                    "0: a vector file describes one VM, replayed in context 0"),
+    **dict.fromkeys(("ctx__data.td", "ctx__data.shared_bit", "ctx__data.ext_root"),
+                    "0: a vector file's VM is not a trust domain (the format has no TD "
+                    "fields)"),
+}
+
+
+def _check_save_file(stem, groups, named, constant):
     """The waveform ``stem``.fst (or .vcd) and its GTKWave save file: every signal the
     file names is in the dump under the scope the simulator gave the design, every
     signal of ``groups`` is saved (as itself or, for a payload, as its fields), each
     signal ending in a key of ``named`` goes through a translate filter naming its
-    values, and every valid signal toggles."""
+    values, and every saved signal toggles (takes two known values; X and Z do not
+    count) except those of ``constant`` (names relative to the top, payload fields as
+    ``payload.field``), each of which must keep one value."""
     import collections
 
     import pywellen
@@ -91,7 +122,7 @@ def _check_save_file(stem, groups, named):
     dump = pywellen.Waveform(str(waves), stream_only=True)
     by_name = {v.full_name: v for v in dump.all_vars()}
     assert saved and not [s for s in saved if s not in by_name], saved
-    plain = [s.replace("\\", "") for s in saved]       # Icarus escapes field names
+    plain = [s.replace("\\", "").rstrip() for s in saved]     # Icarus escapes field names
     unsaved = [name for _, signals in groups for name, _ in signals
                if not any(s.endswith(f".{name}") or f".{name}." in s for s in plain)]
     assert not unsaved, unsaved
@@ -106,11 +137,22 @@ def _check_save_file(stem, groups, named):
             table = pathlib.Path(lines[i - 2].split(" ", 1)[1]).read_text()
             assert all(name in table for name in names), table
     values = collections.defaultdict(set)
-    dump.stream_changes(lambda t, sid, v: values[str(sid)].add(str(v)),
+    # pywellen gives a value with X or Z bits as a string, a known one as an integer.
+    dump.stream_changes(lambda t, sid, v: isinstance(v, int) and values[str(sid)].add(v),
                         [by_name[s] for s in saved])
-    idle = [s for s in saved if s.endswith(("valid", ".clk"))
-            and len(values[str(by_name[s].signal_id)]) < 2]
+    exempt = {}
+    for full, name in zip(saved, plain):
+        key = next((k for k in constant if name.endswith(f".{k}")), None)
+        if key is not None:
+            exempt[full] = key
+    assert sorted(set(exempt.values())) == sorted(constant), \
+        f"exempt but not saved: {sorted(set(constant) - set(exempt.values()))}"
+    idle = [name for full, name in zip(saved, plain) if full not in exempt
+            and len(values[str(by_name[full].signal_id)]) < 2]
     assert not idle, f"never toggle: {idle}"
+    moving = [name for full, name in zip(saved, plain) if full in exempt
+              and len(values[str(by_name[full].signal_id)]) > 1]
+    assert not moving, f"listed as constant, but toggle: {moving}"
 
 
 STATES = ("0 IDLE", "DONE", "READ", "WAIT", "AD")
@@ -119,31 +161,45 @@ STATES = ("0 IDLE", "DONE", "READ", "WAIT", "AD")
 @pytest.mark.parametrize("sim", SIMULATORS)
 def test_waves_open_in_gtkwave(sim, tmp_path):
     """WAVES: a replay of the walker writes a waveform and a save file built from it
-    (:func:`_check_save_file`)."""
+    (:func:`_check_save_file`). The vector file's tables start above 1 MiB (so the
+    root is not 0) and its accesses meet bus errors (SLVERR and DECERR) as well as
+    translations with A/D updates, so every saved signal toggles but those of
+    :data:`REPLAY_CONSTANT`."""
     from cocotb_tests.runner import replay
     from cocotb_tests.waves import WALKER_GROUPS
     from sw_model.vectors import random_vectors, save_vectors
     path = tmp_path / "vectors.json"
-    save_vectors(random_vectors("npt4", 3, 12, ad="hardware"), path)
-    assert len(replay(path, sim, waves=tmp_path / "w.fst")) == 12
+    save_vectors(random_vectors("npt4", 15, 16, ad="hardware", memory_base=1 << 20), path)
+    lines = replay(path, sim, waves=tmp_path / "w.fst")
+    assert len(lines) == 16 and any(line.get("kind") == "bus_error" for line in lines), lines
     _check_save_file(tmp_path / "w", WALKER_GROUPS,
                      {"walk_state": STATES,
-                      "resp__payload.kind": ("0 NOT_PRESENT", "6 BUS_ERROR")})
+                      "resp__payload.kind": ("0 NOT_PRESENT", "6 BUS_ERROR")},
+                     REPLAY_CONSTANT)
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
 def test_mmu_waves_open_in_gtkwave(sim, tmp_path):
-    """WAVES=1 of the MMU (``make demo``): scenarios with invalidations, A/D updates
-    and misses waiting for a walk write a waveform and a save file built from it
-    (:func:`_check_save_file`), every engine's walk state and the invalidation's kind
-    and space named."""
+    """WAVES=1 of the MMU (``make demo``) writes a waveform and a save file built from
+    it (:func:`_check_save_file`), every engine's walk state and the invalidation's
+    kind and space named. One simulator process runs scenarios with invalidations,
+    A/D updates and misses waiting for a walk (``memslot_delete``, ``dirty_log``), a
+    trust domain (``tdx``: its context's TD fields, invalidations of one space), then
+    the fault bench's ``bus_error`` (two VMs of different formats, so VM 1's context,
+    requests and invalidations; SLVERR on reads and AtomicCompares), all under
+    back-pressure on the response port: every saved signal toggles but those of
+    :data:`CONSTANT`."""
     from cocotb_tests.waves import GROUPS
-    results = run_mmu(sim, ["memslot_delete", "dirty_log"], seed=0, size="short",
-                      waves=tmp_path / "m.fst")
+    scenarios = ["memslot_delete", "dirty_log", "tdx"]
+    results = run_mmu(sim, scenarios, seed=0, size="short", waves=tmp_path / "m.fst",
+                      test_module="cocotb_tests.mmu_bench,cocotb_tests.fault_bench",
+                      extra={"TDPWALK_FAULTS": "bus_error", "TDPWALK_RESP_STALL": "0.2"})
+    assert [r["scenario"] for r in results] == scenarios + ["bus_error"]
     assert results[0]["flushes"] > 0
     _check_save_file(tmp_path / "m", GROUPS,
                      {"walk_state": STATES, "inval__payload.kind": ("0 ALL", "2 RANGE"),
-                      "inval__payload.space": ("0 BOTH", "2 PRIVATE")})
+                      "inval__payload.space": ("0 BOTH", "2 PRIVATE")},
+                     CONSTANT)
 
 
 def test_dirty_logging_after_aging_without_ad_loses_no_write():
