@@ -206,7 +206,7 @@ class MMU(wiring.Component):
         # more strictly than it asks, by the kind of the fills ahead and not their sets,
         # so the choice between them is a few LUT levels from registers: a 4 KiB fill
         # waits while another is in S1 or S2, a huge one while another huge one is, and
-        # a lookup while a 4 KiB fill is in S2.
+        # a lookup while a 4 KiB fill is in S2 or a huge one in S1.
         fills_ahead = tlb.fills
         fills = Cat(misses.wants_fill[i] & ~Mux(pool.result[i].payload.level != 1,
                                                 fills_ahead.s1_huge | fills_ahead.s2_huge,
@@ -214,7 +214,7 @@ class MMU(wiring.Component):
                     for i in range(N))
         fill_i = lowest_set(m, fills, N, "fill_walk")
         fill_now = fills.any()
-        req_clear = ~fills_ahead.s2_small
+        req_clear = ~fills_ahead.s2_small & ~fills_ahead.s1_huge
         replay_go = replay.valid & req_clear
         replay_now = ~fill_now & replay_go
         s0 = Signal(data.StructLayout({"vm": self.vm_bits, "gpa": 64, "access": 2,

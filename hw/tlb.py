@@ -23,10 +23,13 @@ Pipeline (one op per cycle, an op being a lookup, a fill or a sweep step):
 A 4 KiB fill writes the tag RAM in S2, after a later op may have read it in S0. So
 the producer of ops keeps to :func:`conflicts` (the fills ahead are ``fills``): no
 lookup of a set while a 4 KiB fill of that set is in S2 (it would read the old tags
-with the new valid bits), no 4 KiB fill of a set while one of the same set is in S1 or
-S2 (it would choose its way from stale bits), no huge fill while another is in S1 or
-S2. Lookups behind a fill in S1, and ops of other sets, go back to back: a lookup read
-in S0 before the fill's write leaves S1 as it writes, so it sees the set as it was.
+with the new valid bits), no lookup while a huge fill is in S1 (huge entries are
+flip-flops whose data S2 reads: the lookup would match the entry the fill then
+overwrites and answer with the new entry's data), no 4 KiB fill of a set while one of
+the same set is in S1 or S2 (it would choose its way from stale bits), no huge fill
+while another is in S1 or S2. Lookups behind a 4 KiB fill in S1, and ops of other
+sets, go back to back: a lookup read in S0 before the fill's write leaves S1 as it
+writes, so it sees the set as it was.
 
 Invalidation (``inval``): ALL clears every valid bit in one cycle; VM and RANGE sweep
 the sets one per cycle through the same pipeline (every way compared at once) and the
@@ -116,7 +119,7 @@ def conflicts(fills, set_index, fill, huge):
     small_s1 = fills.s1_small & (fills.s1_set == set_index)
     small_s2 = fills.s2_small & (fills.s2_set == set_index)
     return Mux(fill, Mux(huge, fills.s1_huge | fills.s2_huge, small_s1 | small_s2),
-               small_s2)
+               small_s2 | fills.s1_huge)
 
 
 def space_match(space, private):

@@ -364,6 +364,40 @@ def test_one_lookup_per_cycle():
     run(dut, body)
 
 
+def test_lookup_behind_a_huge_fill_that_replaces_its_entry():
+    """Huge entries are flip-flops S2 reads: a lookup in S1 as a huge fill in S2
+    overwrites the entry it matches would answer with the new entry's data for its own
+    page. So :func:`hw.tlb.conflicts` holds a lookup back while a huge fill is in S1;
+    offered a cycle later, it finds the entry replaced."""
+    dut = TLB(sets=4, ways=2, huge=1, vm_bits=1, gen_bits=1, data_width=8)
+    old, new = 5 * span(2), 9 * span(2)
+
+    async def body(tb):
+        ctx = tb.ctx
+        await tb.fill(0, 0, old, 2, 0x11)
+        assert await tb.lookup(0, 0, old + 3) == (2, 0x11)
+        ctx.set(dut.key_late, {"gen": 0, "private": 0})
+        lookup = {"fill": 0, "key": {"vm": 0, "vpn": old + 3, "access": READ}}
+        answers, refused = [], []
+        for op in ({"fill": 1, "key": {"vm": 0, "vpn": new}, "level": 2, "allow": 0b111,
+                    "data": 0x22}, lookup, lookup, None, None):
+            ctx.set(dut.op.valid, op is not None)
+            if op is not None:
+                ctx.set(dut.op.payload, op)
+                if ctx.get(dut.op_conflicts(dut.op.payload)):
+                    refused.append(len(answers))
+                    ctx.set(dut.op.valid, 0)
+            if ctx.get(dut.result.valid):
+                answers.append((ctx.get(dut.result.payload.level),
+                                ctx.get(dut.result.payload.data))
+                               if ctx.get(dut.result.payload.hit) else None)
+            await ctx.tick()
+        assert refused == [0], refused      # the first lookup, right behind the fill
+        assert answers == [None, None], answers     # the fill's slot, then the miss
+
+    run(dut, body)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_stream_of_fills_and_lookups(seed):
     """An op offered every cycle, as the MMU does: fills of other sets back to back, ops
