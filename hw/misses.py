@@ -10,7 +10,10 @@ Entries hold requests that missed in the TLB and could not start a walk themselv
 ``joined`` to a walk of the same page and access in flight (answered with that walk's
 result, their own page offset and htval), or ``waiting`` for an engine. A waiting
 request is replayed through the lookup pipeline when an engine is free, so it may hit
-what another walk filled meanwhile instead of walking again. The MMU accepts a request
+what another walk filled meanwhile instead of walking again. While any request waits
+(``queued``), a new miss waits behind it instead of taking a free engine, and waiting
+requests are offered in turn (round robin over the entries), so every miss gets an
+engine within a bounded number of walks, whatever the traffic. The MMU accepts a request
 only while an entry is free for it and every lookup ahead of it, so a miss never
 waits in the pipeline for an engine (which could wait for a fill behind it).
 
@@ -76,6 +79,8 @@ class MissTable(wiring.Component):
         Free entries (a request needs one reserved for it and for each lookup ahead).
     replay : Out(stream.Signature(...))
         A waiting request to look up again (offered while an engine is free).
+    queued : Out(1)
+        Some request waits for an engine: only a replay may start a walk (from registers).
     resp : Out(stream.Signature(walk_response_layout(tag_bits)))
     """
 
@@ -100,7 +105,7 @@ class MissTable(wiring.Component):
             "joined": In(1), "waiting": In(1), "record_walk": In(id_bits),
             "record_replay": In(1), "record_entry": In(e_bits), "record_req": In(req),
             "settled": In(1),
-            "free": Out(range(entries + 1)),
+            "free": Out(range(entries + 1)), "queued": Out(1),
             "replay": Out(stream.Signature(data.StructLayout({"entry": e_bits, "req": req}))),
             "resp": Out(stream.Signature(walk_response_layout(tag_bits))),
         })
@@ -153,11 +158,14 @@ class MissTable(wiring.Component):
             # The entry offered is chosen a cycle ahead and its request copied with it,
             # so the lookup pipeline's S0 reads the request from registers.
             ready = valid & ~joined & ~replaying
+            m.d.comb += self.queued.eq((valid & ~joined).any())
             offer = Signal(len(self.record_entry), name="replay_entry", reset_less=True)
             offer_req = Signal(self.record_req.shape(), name="replay_req", reset_less=True)
             offered = Signal(name="replay_offered")
             took = self.replay.valid & self.replay.ready
-            pick = lowest_set(m, ready, E, "replay_next")
+            # In turn: the lowest ready entry above the last offered, else the lowest.
+            later = ready & Cat(Const(0, 1), *(offer < j for j in range(1, E)))
+            pick = lowest_set(m, Mux(later.any(), later, ready), E, "replay_next")
             # The pick ignores the handshake (off its path): after a replay is taken
             # nothing is offered for a cycle, as the pick may be the entry just taken.
             # (An entry ready to offer is not written until it is offered.)
