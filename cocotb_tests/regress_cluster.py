@@ -30,7 +30,7 @@ import time
 import uuid
 from concurrent.futures import CancelledError
 
-from .regress_results import ResultsError, ResultsFile, table, totals
+from .regress_results import ResultsError, ResultsFile, durations, table, totals
 from .regress_tasks import (REPO, SETTING_PREFIXES, PlanError, failed_result, plan,
                             run_task, settings, stop_tasks)
 
@@ -260,7 +260,7 @@ def main(argv=None):
     try:
         args = _parse(argv)
         with _client(args) as client:
-            tasks = plan(args.pytest_args, args.only)
+            tasks = plan(args.pytest_args, args.only, durations(args.results))
             results = _open_results(args, tasks)
             print(f"regress: {len(tasks)} tasks, {len(results.pending())} to run, limit "
                   f"{args.timeout:g} s each; results in {results.path}", flush=True)

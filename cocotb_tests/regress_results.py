@@ -10,7 +10,7 @@ import collections
 import json
 import os
 
-__all__ = ["ResultsFile", "ResultsError", "table"]
+__all__ = ["ResultsFile", "ResultsError", "table", "durations"]
 
 FORMAT = 1
 
@@ -81,6 +81,17 @@ class ResultsFile:
     def pending(self):
         """Task ids without a result, in the header's order."""
         return [t for t in self.header["tasks"] if t not in self.results]
+
+
+def durations(path):
+    """Task id -> seconds of every task that passed in the results file at ``path``
+    (empty when there is none, or it cannot be read): the order of the next run."""
+    try:
+        lines = path.read_text().splitlines()[1:]
+        found = (json.loads(line) for line in lines if line.strip())
+        return {r["task"]: r["seconds"] for r in found if r.get("status") == "passed"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def _rows(results):

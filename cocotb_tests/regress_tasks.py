@@ -45,11 +45,11 @@ LOGS = REPO / "build" / "regress" / "logs"
 SEEDS_PER_TASK = {"test_random_vectors_regress": 10, "test_random_vectors_many_seeds": 5}
 
 #: Roughly the seconds one test of a function (``function[sim]``: on that simulator)
-#: takes on one idle core, for running the longest tasks first; others count 20 s. The
-#: ETA is calibrated as results arrive, so these need only be right relative to each
-#: other.
+#: takes on one idle core, for running the longest tasks first when no earlier run
+#: measured them (:func:`plan`'s ``durations``); others count 20 s. The ETA is
+#: calibrated as results arrive, so these need only be right relative to each other.
 SECONDS_PER_TEST = {"test_fuzz_walker_long": 270, "test_stream_million": 55,
-                    "test_random_vectors_regress": 6, "test_scenarios_long[icarus]": 150,
+                    "test_random_vectors_regress": 70, "test_scenarios_long[icarus]": 150,
                     "test_faults_long[icarus]": 150}
 DEFAULT_SECONDS = 20
 
@@ -99,9 +99,11 @@ def settings(environ=os.environ):
     return dict(sorted(found.items()))
 
 
-def plan(pytest_args=("-m", "slow"), only=""):
+def plan(pytest_args=("-m", "slow"), only="", durations=None):
     """Collect the tests selected by ``pytest_args`` (and ``-k only``) into tasks, the
-    longest first."""
+    longest first: by ``durations`` (task id -> seconds an earlier run took) where it
+    has the task, else by :data:`SECONDS_PER_TEST`. A few long tasks started last would
+    leave the other workers idle at the end."""
     selection = [*pytest_args, *(["-k", only] if only else [])]
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "collected.json"
@@ -115,8 +117,10 @@ def plan(pytest_args=("-m", "slow"), only=""):
         collected = json.loads(out.read_text())
     if not collected["items"]:
         raise PlanError(f"no test selected by {shlex.join(selection)}")
-    return sorted(_group(collected["items"], collected["rootdir"]),
-                  key=lambda t: -t.weight)
+    tasks = _group(collected["items"], collected["rootdir"])
+    if durations:
+        tasks = (dataclasses.replace(t, weight=durations.get(t.id, t.weight)) for t in tasks)
+    return sorted(tasks, key=lambda t: -t.weight)
 
 
 def _group(items, rootdir):

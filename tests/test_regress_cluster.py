@@ -105,9 +105,12 @@ def test_killed_worker_task_reruns_and_counts_once(dask_cluster, tmp_path):
     proc = regress("--cluster", address, "--results", str(out), *STREAMS, env=STREAM_ENV,
                    wait=False)
     # Kill w1 while it runs a task: its process group (nanny and worker) at once.
-    wait_for(lambda: any(client.processing().values()) and
-             any(names.get(a) == "w1" for a, keys in client.processing().items() if keys),
-             600, "task on w1")
+    wait_for(lambda: proc.poll() is not None or (
+        any(client.processing().values())
+        and any(names.get(a) == "w1" for a, keys in client.processing().items() if keys)),
+        600, "task on w1")
+    assert proc.poll() is None, "the regression ended before w1 ran a task:\n" + \
+        "".join(proc.communicate())
     kill_group(workers["w1"])
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout + stderr
@@ -278,3 +281,29 @@ def test_resume_drops_a_line_cut_short(tmp_path):
     resumed = ResultsFile.resume(path)
     assert list(resumed.results) == ["a"] and resumed.pending() == ["b"]
     assert path.read_text() == whole
+
+
+def test_order_follows_the_last_runs_durations(tmp_path):
+    """Tasks run the longest first by what the last run measured (passed tasks only),
+    else by the estimates; an unreadable results file is no history."""
+    from cocotb_tests.regress_results import ResultsFile, durations
+    from cocotb_tests.regress_tasks import plan
+    tests = write_tests(tmp_path, """\
+        import pytest
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_n(n):
+            pass
+    """)
+    ids = [f"test_sleepy.py::test_n[{n}]" for n in range(3)]
+    assert [t.id for t in plan([tests])] == ids         # equal estimates: collection order
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile.start(path, ids, {})
+    results.append({"task": ids[0], "status": "passed", "seconds": 1.0})
+    results.append({"task": ids[1], "status": "failed", "seconds": 900.0})
+    results.append({"task": ids[2], "status": "passed", "seconds": 30.0})
+    assert durations(path) == {ids[0]: 1.0, ids[2]: 30.0}
+    order = plan([tests], durations=durations(path))
+    assert [(t.id, t.weight) for t in order] == [(ids[2], 30.0), (ids[1], 20), (ids[0], 1.0)]
+    path.write_text("not json\n{")
+    assert durations(path) == {} and durations(tmp_path / "none.jsonl") == {}
