@@ -84,7 +84,14 @@ class Invalidator(wiring.Component):
         overflow = (p.start[VPN_BITS:] != 0)
         ignore = Mux(self.ctx.td, (Const(1, 64) << self.ctx.shared_bit)[12:12 + VPN_BITS], 0)
 
-        m.d.comb += self.hold.eq(port.valid | (wraps != 0) | tlb_wait | pwc_wait | answer)
+        # Requests wait while the port is valid, a wrapped generation waits for its sweep
+        # or an invalidation is under way. ``busy`` is the register form of the last two
+        # (``wraps != 0``, a cache to wait for, an answer owed): set as the FSM leaves
+        # IDLE, cleared as it returns with no wrap left, so the many places ``hold``
+        # reaches are one LUT from registers.
+        busy = Signal()
+        m.d.comb += self.hold.eq(port.valid | busy)
+        m.d.sync += busy.eq(new_wraps != 0)
         with m.FSM(name="inval"):
             with m.State("IDLE"):
                 with m.If((wraps != 0) & self.idle):
@@ -104,7 +111,8 @@ class Invalidator(wiring.Component):
                     m.d.sync += [sweep.kind.eq(Mux(one, InvalKind.VM, InvalKind.ALL)),
                                  sweep.vm.eq(vm_of),
                                  sweep.space.eq(Mux(one, space, InvalSpace.BOTH)),
-                                 wraps.eq(self.wrapped), tlb_wait.eq(1), pwc_wait.eq(1)]
+                                 wraps.eq(self.wrapped), tlb_wait.eq(1), pwc_wait.eq(1),
+                                 busy.eq(1)]
                     m.d.comb += self.stale.eq(1)
                     m.next = "ISSUE"
                 with m.Elif(port.valid & self.idle):
@@ -113,7 +121,7 @@ class Invalidator(wiring.Component):
                                  sweep.space.eq(p.space), sweep.first.eq(p.start),
                                  sweep.last.eq(Mux(last[VPN_BITS:] != 0,
                                                    (1 << VPN_BITS) - 1, last)),
-                                 sweep.ignore.eq(ignore), answer.eq(1)]
+                                 sweep.ignore.eq(ignore), answer.eq(1), busy.eq(1)]
                     with m.Switch(p.kind):
                         with m.Case(InvalKind.VM):
                             m.d.comb += port_retire.eq(
@@ -136,9 +144,11 @@ class Invalidator(wiring.Component):
                 # Both caches are ready: nothing entered the pipeline since ``idle``.
                 m.d.comb += [self.tlb.payload.eq(sweep), self.pwc.payload.eq(sweep),
                              self.tlb.valid.eq(tlb_wait), self.pwc.valid.eq(pwc_wait)]
+                m.d.sync += busy.eq(1)
                 m.next = "WAIT"
 
             with m.State("WAIT"):
+                m.d.sync += busy.eq(1)
                 with m.If(self.tlb_done):
                     m.d.sync += tlb_wait.eq(0)
                 with m.If(self.pwc_done):
@@ -148,6 +158,7 @@ class Invalidator(wiring.Component):
                     with m.If(new_wraps == 0):
                         m.d.comb += self.done.eq(answer)
                         m.d.sync += answer.eq(0)
+                    m.d.sync += busy.eq(new_wraps != 0)
                     m.next = "IDLE"
         return m
 
