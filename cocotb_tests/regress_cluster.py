@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 import uuid
+import warnings
 from concurrent.futures import CancelledError
 
 from .regress_results import ResultsError, ResultsFile, durations, table, totals
@@ -121,6 +122,9 @@ def local_cluster(jobs):
     """A Dask cluster of ``jobs`` single-threaded worker processes on 127.0.0.1, without
     dashboards."""
     from distributed import LocalCluster
+    # The scheduler's HTTP server moves to a free port when another cluster holds 8787:
+    # nothing to warn a second regression on the same machine about.
+    warnings.filterwarnings("ignore", message="Port 8787 is already in use")
     return LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
                         host="127.0.0.1", dashboard_address=None,
                         silence_logs=logging.CRITICAL)
