@@ -13,7 +13,8 @@ methods that the reference walker (:mod:`sw_model.walker`) calls in a fixed orde
 Levels are numbered as in KVM: level 1 maps 4 KiB pages, the root is level ``levels``.
 """
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -382,6 +383,35 @@ class PageTableFormat:
         spurious): the walker's own rules, tables above granting everything."""
         return (self.entry_fault(word, level, vm) is None
                 and self.leaf_fault([self.decode(word, level)], access, vm) is None)
+
+    def tdp_leaf_rights(self, word, level, vm):
+        """What a TLB entry filled from the leaf ``word`` lets the CPU do without walking
+        again (the flush-obligation checker compares these): a frozenset of
+        ``"read"``, ``"write"``, ``"execute"`` (the accesses the leaf grants once
+        accessed, so aging alone takes none away), ``"accessed"`` (an access through it
+        sets no A and faults on none) and ``"dirty"`` (with A/D bits: a write through it
+        sets no D and faults on none)."""
+        # The frame does not change the rights: one computation per kind of leaf.
+        return self._tdp_rights_of(self.put_frame(word, 0), level, vm)
+
+    @functools.lru_cache(maxsize=4096)
+    def _tdp_rights_of(self, word, level, vm):
+        restored = self._tdp_restore_acc_track(word)
+        entry = replace(self.decode(restored, level), a=True, d=True)
+        rights = set()
+        if self.entry_fault(restored, level, vm) is None:
+            rights.update(access for access in ACCESSES
+                          if self.leaf_fault([entry], access, vm) is None)
+        if self.tdp_is_accessed(word, vm):
+            rights.add("accessed")
+        if self.tdp_ad_enabled(vm) and self.tdp_is_dirty(word, vm):
+            rights.add("dirty")
+        return frozenset(rights)
+
+    def _tdp_restore_acc_track(self, word):
+        """KVM's ``restore_acc_track_spte``: the permissions an access-tracked leaf had
+        (formats without access tracking: the word itself)."""
+        return word
 
     def tdp_make_writable(self, word, vm):
         """KVM's fast page fault on a write: W back on an MMU-writable leaf, and D where

@@ -149,10 +149,16 @@ class EptFormat(PageTableFormat):
         saved = self.sw_fields["saved_rwx"]
         if self.is_present(word) or not saved.get(word):
             return super()._tdp_releaf(word, level, new_level, hpa, executable)
-        restored = saved.put(word, 0) | saved.get(word)
-        new = super()._tdp_releaf(restored, level, new_level, hpa, executable)
+        new = super()._tdp_releaf(self._tdp_restore_acc_track(word), level, new_level, hpa,
+                                  executable)
         rwx = self.fields["r"].mask | self.fields["w"].mask | self.fields["x"].mask
         return saved.put(new & ~rwx, new & self._tdp_rx_mask())
+
+    def _tdp_restore_acc_track(self, word):
+        saved = self.sw_fields["saved_rwx"]
+        if self.is_present(word) or not saved.get(word):
+            return word
+        return saved.put(word, 0) | saved.get(word)
 
     def tdp_mark_not_accessed(self, word, vm):
         # KVM's mark_spte_for_access_track without A/D bits (EPTP[6] clear; SDM Vol. 3C
