@@ -73,7 +73,7 @@ class ShadowDirtyLog:
                 for gfn in self._slot_rmap_gfns(slot, level):
                     while self._try_split_rmap(slot, level, gfn, skipped):
                         pass
-            self._end_op()
+            self._end_op("slot_try_split_huge_pages")
         return self.split_stats - before
 
     def _try_split_rmap(self, slot, level, gfn, skipped):
@@ -216,7 +216,7 @@ class ShadowDirtyLog:
                         sp = self._sptep_to_sp(sptep)
                         if sp.l1_table is None and sp.level < self.l0.max_level(sp.direct_gfn):
                             zapped += self._zap_entry(sp, (sptep - sp.hpa) // 8)
-            self._end_op()
+            self._end_op("zap_collapsible_sptes")
         self.costs.counts["l0_collapsed"] += zapped
         return zapped
 
@@ -229,4 +229,4 @@ class ShadowDirtyLog:
                     for sptep in pte_list_sptes(self._rmaps[level].get(gfn)):
                         sp = self._sptep_to_sp(sptep)
                         self._zap_entry(sp, (sptep - sp.hpa) // 8)
-            self._end_op()
+            self._end_op("zap_memslot")

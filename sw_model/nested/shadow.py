@@ -216,7 +216,7 @@ class ShadowNested(ShadowDirtyLog, MmuCore):
             self._make_mmu_pages_available()
             self._root = self._new_sp(self.fmt.root_level, 0, l1_table=l1_root)
             self._root.is_root = True
-            self._end_op()
+            self._end_op("root_for")
 
     # -- shadow pages ----------------------------------------------------------------
 
@@ -442,7 +442,7 @@ class ShadowNested(ShadowDirtyLog, MmuCore):
                 sp.flooding += 1
                 if sp.flooding >= self.flood_limit and not sp.is_root:
                     self._unlink(sp)
-                self._end_op()
+                self._end_op("l1_write")
 
     def _l0_wrote_l1(self, ad_writes):
         """A/D bits L0 set in L1's tables while walking them: L0's writes to L1's
@@ -489,7 +489,7 @@ class ShadowNested(ShadowDirtyLog, MmuCore):
         with self.sink:
             self._sync_unsync_pages()
             self.flush_remote_tlbs()
-            self._end_op()
+            self._end_op("invept")
 
     # -- L2 faults ---------------------------------------------------------------------
 
@@ -533,7 +533,7 @@ class ShadowNested(ShadowDirtyLog, MmuCore):
             self._fault_cache.topup(FAULT_DESC_MIN)
             result = self._fetch(gpa, access, gw, _access(perms), level, l1_gfn,
                                  slot.gfn_to_hpa(l1_gfn), writable, mmu_writable, gpte)
-            self._end_op()
+            self._end_op("handle_l2_fault")
         return result
 
     def _shadow_leaf(self, gpa):

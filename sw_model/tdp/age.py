@@ -35,7 +35,7 @@ class Aging:
                     it.old_spte = current
         if young and flush:
             self.flush_remote_tlbs_range(start, end - start)
-        self._end_op()
+        self._end_op("age_gfn_range", aged=(start, end) if young and not flush else None)
         return young
 
     def test_age_gfn(self, start, end, *, as_id=0):

@@ -156,6 +156,7 @@ class TdpCore(MmuCore):
                  address_spaces=1, min_free_pages=KVM_MIN_FREE_MMU_PAGES, yield_every=0,
                  on_yield=None):
         super().__init__(fmt, opts, memory, flush_sink, trace=trace, trace_limit=trace_limit)
+        self.sink.attach(self)
         self.min_free_pages = min_free_pages
         self.yield_every = yield_every
         self.on_yield = on_yield
@@ -203,6 +204,16 @@ class TdpCore(MmuCore):
                     found.append((child, level - 1, child_gfn))
             stack.extend(reversed(found))
 
+    def hardware_roots(self):
+        """``(space, hpa, gfn_bits)`` of every table tree the hardware may walk: every
+        root but a TD's mirror, invalid ones too (a vCPU runs on its root until it
+        reloads), and a TD's external root."""
+        roots = [(self._root_space(r), r.hpa, self._gfn_bits(r))
+                 for r in self._roots if r.role != "mirror"]
+        if self.tdx is not None and self.tdx.external.root is not None:
+            roots.append(("private", self.tdx.external.root, 0))
+        return roots
+
     @property
     def roots(self):
         """All roots, valid or not, as :class:`MmuPage` objects."""
@@ -232,7 +243,7 @@ class TdpCore(MmuCore):
     def put_root(self, root):
         """Drop a reference; the last one frees an (invalid) root's table."""
         self._put_root(root)
-        self._end_op()
+        self._end_op("put_root")
 
     def _put_root(self, root):
         if root.refcount <= 0 or root not in self._roots:

@@ -130,7 +130,8 @@ class DirtyLog:
             self.flush_remote_tlbs_memslot(slot_id, as_id)
         else:
             self.recover_huge_pages(slot_id, as_id=as_id)
-        self._end_op()
+        self._end_op("set_dirty_logging",
+                     logged=(slot.base_gfn, slot.end_gfn) if enable else None)
         return result
 
     def get_dirty_log(self, slot_id, *, as_id=0):
@@ -162,7 +163,7 @@ class DirtyLog:
         # or not re-protecting changed an entry (see set_dirty_logging).
         if changed or bitmap.any():
             self.flush_remote_tlbs_memslot(slot_id, as_id)
-        self._end_op()
+        self._end_op("get_dirty_log", logged=(slot.base_gfn, slot.end_gfn))
         return bitmap
 
     def _clear_dirty_pt_masked(self, slot, offset, mask):
@@ -194,7 +195,8 @@ class DirtyLog:
             self.flush_remote_tlbs_memslot(slot_id, as_id)    # as kvm_clear_dirty_log_protect
         word = first_page // 64
         slot.dirty_bitmap[word] &= ~slot.dirty_bitmap.dtype.type(mask)
-        self._end_op()
+        start = slot.base_gfn + first_page
+        self._end_op("clear_dirty_log", logged=(start, min(start + 64, slot.end_gfn)))
 
     def split_huge_pages(self, slot_id, *, as_id=0, target_level=1):
         """Split every huge page of the slot down to ``target_level`` (KVM's
@@ -213,7 +215,7 @@ class DirtyLog:
                                         result)
             if result.enomem:
                 break
-        self._end_op()
+        self._end_op("split_huge_pages")
         return result
 
     def _split_huge_pages_root(self, root, start, end, target_level, result):
@@ -326,7 +328,7 @@ class DirtyLog:
                         break
         if flush:
             self.flush_remote_tlbs_memslot(slot_id, as_id)
-        self._end_op()
+        self._end_op("recover_huge_pages")
         return recovered
 
     def _make_huge_spte(self, root, parent):

@@ -151,7 +151,7 @@ class TdpFault:
             return self._fault_done(fault, PfResult.NOMEM, "no table pages")
         self._hugepage_adjust(fault)
         result = self._tdp_mmu_map(fault, root)
-        self._end_op()
+        self._end_op("handle_fault")
         return self._fault_done(fault, result, "")
 
     def _fault_done(self, fault, result, reason):

@@ -47,6 +47,17 @@ class FlushSink:
         after flushing a range that covers the table's whole region. ``gfn`` never
         includes a TD's shared bit; ``space`` says which translations go."""
 
+    def attach(self, mmu):
+        """Called once by the TDP MMU that sends to this sink (a checker reads its
+        tables)."""
+
+    def op_done(self, op, *, aged=None, logged=None):
+        """Called when the MMU finishes operation ``op`` (its method name), its flushes
+        sent: a point where the hardware may cache whatever the tables now say.
+        ``aged``: ``(start, end)``, the GFNs whose Accessed states it cleared without a
+        flush, as its caller asked; ``logged``: ``(start, end)``, the GFNs whose dirty
+        log it reported or re-protected."""
+
 
 class FlushRecorder(FlushSink):
     """A sink that records requests: ``("all",)`` or ``("range", gfn, npages)``, with
@@ -124,6 +135,10 @@ class RemoteTlbFlush:
                 keep.append(sp)
         self._pending_free = keep
 
-    def _end_op(self):
+    def _end_op(self, op, *, aged=None, logged=None):
+        """The end of every public operation ``op``: removed tables are flushed and
+        freed, then the sink hears that the operation is done (see
+        :meth:`FlushSink.op_done`)."""
         if self._pending_free:
             self.flush_remote_tlbs()
+        self.sink.op_done(op, aged=aged, logged=logged)

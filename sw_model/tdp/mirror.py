@@ -157,4 +157,4 @@ class MirrorPropagation:
         self._trace("memory_attributes", gfn=gfn, npages=npages, private=private)
         self.zap_gfn_range(gfn, end, space="shared" if private else "private")
         self.tdx.attributes.set_range(gfn, end, private)
-        self._end_op()
+        self._end_op("set_memory_attributes")

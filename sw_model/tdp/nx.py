@@ -42,5 +42,5 @@ class NxHugePages:
         self._trace("nx_huge_page_recovery", zapped=zapped, remaining=len(self._possible_nx))
         if zapped:
             self.flush_remote_tlbs()
-        self._end_op()
+        self._end_op("recover_nx_huge_pages")
         return zapped

@@ -78,7 +78,7 @@ class PageTrack:
                         break
         if flush:
             self.flush_remote_tlbs_range(gfn, 1)
-        self._end_op()
+        self._end_op("write_protect_gfn")
         return flush
 
     def write_track_remove_gfn(self, gfn, *, as_id=0):

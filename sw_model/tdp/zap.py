@@ -45,7 +45,7 @@ class TdpZap:
             owed = self._tdp_mmu_zap_leafs(root, start, min(end, self._max_gfn), owed)
         if owed and flush:
             self.flush_remote_tlbs_range(start, end - start, space=space)
-        self._end_op()
+        self._end_op("zap_gfn_range")
         return owed
 
     def _split_straddling(self, root, start, end):
@@ -82,7 +82,7 @@ class TdpZap:
             raise ValueError("zap_root: not a root of this VM")
         self._tdp_mmu_zap_root(root, shared=False)
         self.flush_remote_tlbs(space=self._root_space(root))
-        self._end_op()
+        self._end_op("zap_root")
 
     def zap_all_fast(self):
         """Invalidate and zap every root, then flush (KVM's ``kvm_mmu_zap_all_fast``).
@@ -90,7 +90,7 @@ class TdpZap:
         self.invalidate_all_roots()
         self.zap_invalidated_roots()
         self.flush_remote_tlbs()
-        self._end_op()
+        self._end_op("zap_all_fast")
 
     def zap_all(self):
         """Zap and free everything, vCPU roots included (VM teardown, KVM's
@@ -108,4 +108,4 @@ class TdpZap:
         if self._vcpu_mirror_root is not None:
             root, self._vcpu_mirror_root = self._vcpu_mirror_root, None
             self._put_root(root)
-        self._end_op()
+        self._end_op("zap_all")
