@@ -10,6 +10,7 @@ roots, table pages and entry updates), ``fault`` (fault-in), ``zap``, ``dirty_lo
 (dirty logging and eager splitting), ``age``, ``nx`` (NX huge pages), ``page_track``
 (write tracking), ``mirror`` (a TD's mirror propagation; ``tdx`` holds its external
 tables), ``memslot``, ``iter``, ``flush``; ``vm`` composes them into :class:`Vm`.
+``check`` and ``obligations`` check a VM: its tables, and the flushes it owed.
 
 Public API
 ----------
@@ -65,7 +66,12 @@ Flushes
     *, space="both")``, ``vm.flush_remote_tlbs_memslot(slot_id, as_id=0)``, delivered to
     ``vm.sink``, a :class:`FlushSink` (``flush_all(*, space="both")``,
     ``flush_range(gfn, npages, *, space="both")``, ``supports_ranges``; an ordinary VM
-    never passes ``space``); :class:`FlushRecorder` records them.
+    never passes ``space``); :class:`FlushRecorder` records them. A sink also hears
+    ``attach(vm)`` once and ``op_done(op, *, aged, logged)`` at the end of every
+    operation. :class:`FlushObligations` (:mod:`sw_model.tdp.obligations`) is a sink in
+    front of another that models what TLBs and page-walk caches may still hold and
+    raises :class:`FlushObligationError` when an operation ends owing a flush;
+    ``vm.hardware_roots()`` lists the trees it watches.
 Confidential VMs (TDX-style TDs, :mod:`sw_model.tdp.tdx`, docs/tdx.md)
     ``vm.tdx`` (None, or a :class:`TdxState`: ``shared_bit``, ``external`` -- the
     :class:`ExternalPageTableManager` standing for the TDX module, with ``calls`` and
@@ -112,10 +118,12 @@ from .fault import PageFault, PfResult
 from .flush import SPACES, FlushRecorder, FlushSink
 from .iter import TdpIter
 from .memslot import Memslot
+from .obligations import FlushObligationError, FlushObligations
 from .tdx import ExternalPageTableManager, ExternalTableError, MemoryAttributes, TdxState
 from .vm import Vm
 
 __all__ = ["Vm", "Memslot", "PfResult", "PageFault", "MmuCore", "MmuPage", "Event",
-           "SplitResult", "FlushSink", "FlushRecorder", "SPACES", "TdpIter",
+           "SplitResult", "FlushSink", "FlushRecorder", "FlushObligations",
+           "FlushObligationError", "SPACES", "TdpIter",
            "KVM_MIN_FREE_MMU_PAGES", "TdxState", "ExternalPageTableManager",
            "ExternalTableError", "MemoryAttributes"]

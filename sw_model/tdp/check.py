@@ -6,7 +6,8 @@ page statistics equal a recount, the host-writable / MMU-writable / W chain of K
 spte.h holds, and every table page is accounted for. For a TD, ``check_tdx(vm)`` also
 holds: the mirror and external tables have the same tables and leaves and translate
 every private GPA identically, and no GFN is mapped on the side its memory attribute
-does not allow.
+does not allow. Whether every operation flushed what it owed is checked by
+:class:`~sw_model.tdp.obligations.FlushObligations` as the VM's flush sink.
 """
 
 from ..memory import PAGE_SIZE
