@@ -1,13 +1,18 @@
 """Property tests of the TDP MMU model: random operation sequences on every format.
 
 Operations: faults, zaps, dirty-log start/stop (with and without eager splitting, and
-huge-page recovery), gets of the dirty log, aging, NX recovery, eager splits, slot
-deletion and re-creation on new frames, fast zap of all roots, write tracking.
+huge-page recovery), gets and clears of the dirty log, aging (with and without a
+flush), NX recovery, eager splits, slot deletion and re-creation on new frames, root
+invalidation (old roots keep their mappings beside the vCPU's new root), fast zap of
+all roots, write tracking.
 After every step: the reference walker's view of every mapped GFN is the memslot's
 frame (or a fault), page statistics equal a recount, allocated pages equal table pages
-(``check_vm``). At the end, zap-all returns HostMemory to its starting free count. Every
-write through a writable translation while dirty logging is on appears in the dirty
-bitmap of the next get (or, for a write that raced with that get, the one after).
+(``check_vm``). After every operation, every translation a TLB or page-walk cache may
+still hold is allowed by the tables or was flushed (:class:`FlushObligations` in front
+of the recorder, told of every walk the vCPU makes). At the end, zap-all returns
+HostMemory to its starting free count. Every write through a writable translation while
+dirty logging is on appears in the dirty bitmap of the next get (or, for a write that
+raced with that get, the one after).
 
 Hypothesis runs derandomized (reproducible) and prints the failing operation sequence.
 """
@@ -21,6 +26,7 @@ from sw_model.formats import FORMAT_NAMES, get_format
 from sw_model.memory import HostMemory
 from sw_model.tdp import FlushRecorder, PfResult, Vm
 from sw_model.tdp.check import check_vm
+from sw_model.tdp.obligations import FlushObligations
 
 CONFIGS = [(name, ad) for name in FORMAT_NAMES for ad in get_format(name).ad_modes]
 IDS = [f"{name}-{ad}" for name, ad in CONFIGS]
@@ -37,7 +43,8 @@ class Harness:
     as hardware does) and remembers the writes it made while logging was on."""
 
     def __init__(self, name, ad, yield_every):
-        self.vm = Vm(name, HostMemory(4 << 20), ad=ad, flush_sink=FlushRecorder(),
+        self.checker = FlushObligations(FlushRecorder())
+        self.vm = Vm(name, HostMemory(4 << 20), ad=ad, flush_sink=self.checker,
                      yield_every=yield_every, on_yield=self.hardware, trace=False)
         self.start_free = self.vm.mem.free_pages
         self.present = {}                       # slot_id -> hpa offset in use
@@ -62,6 +69,7 @@ class Harness:
         for _ in range(4):
             result = self.vm.translate(gfn << 12, access, ad_update=True)
             if result.ok:
+                self.checker.observe()
                 self.record(slot, gfn, access)
                 return
             r = self.vm.handle_fault(gfn << 12, access)
@@ -86,7 +94,16 @@ class Harness:
         slot = slots[self.hw_cursor % len(slots)]
         gfn = slot.base_gfn + (self.hw_cursor * 131) % slot.npages
         if vm.translate(gfn << 12, "write", ad_update=True).ok:
+            self.checker.observe()
             self.record(slot, gfn, "write")
+
+    def clear_log(self, slot_id, first, mask):
+        """KVM_CLEAR_DIRTY_LOG: the writes logged for the masked pages are consumed."""
+        self.vm.clear_dirty_log(slot_id, first, mask)
+        base = self.vm.memslot(slot_id).base_gfn + first
+        cleared = {base + i for i in range(64) if mask >> i & 1}
+        self.expected[slot_id] -= cleared
+        self.late[slot_id] -= cleared
 
     def get_log(self, slot_id):
         slot = self.vm.memslot(slot_id)
@@ -102,8 +119,9 @@ class Harness:
         self.expected[slot_id], self.previous[slot_id] = set(), logged
 
 
-OPS = ["fault", "fault", "fault", "zap", "log_start", "log_stop", "get_log", "age",
-       "nx_recover", "slot_delete", "zap_all_fast", "split", "write_track"]
+OPS = ["fault", "fault", "fault", "zap", "log_start", "log_stop", "get_log", "clear_log",
+       "age", "nx_recover", "slot_delete", "invalidate_roots", "zap_all_fast", "split",
+       "write_track"]
 
 
 @pytest.mark.parametrize("name, ad", CONFIGS, ids=IDS)
@@ -153,11 +171,16 @@ def run_sequence(name, ad, data):
                 vm.set_dirty_logging(index, False)
             elif op == "get_log" and slot.dirty_logging:
                 h.get_log(index)
+            elif op == "clear_log" and slot.dirty_logging:
+                first = 64 * data.draw(st.integers(0, (slot.npages - 1) // 64), label="first")
+                mask = data.draw(st.integers(1, (1 << min(64, slot.npages - first)) - 1),
+                                 label="mask")
+                h.clear_log(index, first, mask)
             elif op == "split":
                 vm.split_huge_pages(index)
         elif op == "age" and live:
             base, npages = SLOTS[data.draw(st.sampled_from(live), label="slot")][:2]
-            vm.age_gfn_range(base, base + npages)
+            vm.age_gfn_range(base, base + npages, flush=data.draw(st.booleans(), label="flush"))
         elif op == "nx_recover":
             vm.recover_nx_huge_pages(ratio=data.draw(st.integers(1, 3), label="ratio"))
         elif op == "slot_delete" and live:
@@ -168,6 +191,10 @@ def run_sequence(name, ad, data):
             del h.present[index]
             generations[index] += 1
             h.add(index, generations[index])
+        elif op == "invalidate_roots":
+            # The first half of a fast zap: the old roots keep their mappings (and the
+            # MMU's reference) while the vCPU moves to a new root, until a fast zap.
+            vm.invalidate_all_roots()
         elif op == "zap_all_fast":
             vm.zap_all_fast()
         elif op == "write_track":
@@ -184,5 +211,5 @@ def run_sequence(name, ad, data):
             h.get_log(index)
     vm.on_yield = None                          # teardown: the vCPUs have stopped
     vm.zap_all()
-    assert vm.mem.free_pages == h.start_free
+    assert h.checker.checks and vm.mem.free_pages == h.start_free
     assert vm.stats()["table_pages"] == 0 and not any(vm.stats()["pages"].values())

@@ -1,7 +1,9 @@
 """The TDP MMU model: the same scenarios on all seven formats and every A/D mode.
 
 Every scenario ends with ``check_vm``: the reference walker translates every mapped GFN
-to its memslot's frame, page statistics match a recount, no table page leaks.
+to its memslot's frame, page statistics match a recount, no table page leaks. Every VM
+also checks its flush obligations after each operation (:class:`FlushObligations` in
+front of the recorder), taking in what the vCPU's walks may have cached.
 """
 
 import pytest
@@ -10,6 +12,7 @@ from sw_model.formats import FORMAT_NAMES, get_format
 from sw_model.memory import HostMemory
 from sw_model.tdp import FlushRecorder, PfResult, Vm
 from sw_model.tdp.check import check_vm
+from sw_model.tdp.obligations import FlushObligations
 
 CONFIGS = [(name, ad) for name in FORMAT_NAMES for ad in get_format(name).ad_modes]
 IDS = [f"{name}-{ad}" for name, ad in CONFIGS]
@@ -22,7 +25,8 @@ HPA = 1 << 33          # host frame backing BASE (1 GiB aligned, 8 GiB)
 
 def make_vm(name, ad, *, memory=None, **kwargs):
     rec = FlushRecorder()
-    vm = Vm(name, memory or HostMemory(8 << 20), ad=ad, flush_sink=rec, **kwargs)
+    vm = Vm(name, memory or HostMemory(8 << 20), ad=ad, flush_sink=FlushObligations(rec),
+            **kwargs)
     return vm, rec
 
 
@@ -38,6 +42,7 @@ def touch(vm, gpa, access="read"):
     for _ in range(4):
         result = vm.translate(gpa, access, ad_update=True)
         if result.ok:
+            vm.sink.observe()
             return result
         assert vm.handle_fault(gpa, access) in (PfResult.FIXED, PfResult.SPURIOUS, PfResult.RETRY)
     raise AssertionError(f"{access} at {gpa:#x} still faults: {result.to_json()}")
@@ -364,6 +369,7 @@ def test_yield_restart_with_concurrent_walks(name, ad):
         gfn = gfns[state["n"] % len(gfns)]
         state["n"] += 1
         if vm.translate(gfn << 12, "write", ad_update=True).ok:
+            vm.sink.observe()
             written.add(gfn)
 
     vm, _ = make_vm(name, ad, yield_every=1, on_yield=hardware, nx_huge_pages=False)

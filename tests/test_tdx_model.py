@@ -4,9 +4,11 @@ Directed tests of the TD options, root selection by the shared bit, the propagat
 protocol (freeze, call, commit or restore), the external manager's ordering rules and
 HostMemory page ownership; then property tests: random sequences of private and shared
 faults, conversions, zaps, dirty logging with eager splitting of 2M private pages,
-aging, memslot deletion and teardown keep the mirror and external tables translating
-every private GPA identically (``check_tdx``), never resolve a private GPA through the
-shared root or the reverse, and leak no page after teardown.
+aging, memslot deletion, root invalidation and teardown keep the mirror and external
+tables translating every private GPA identically (``check_tdx``), never resolve a
+private GPA through the shared root or the reverse, and leak no page after teardown.
+Every TD checks its flush obligations after each operation (:class:`FlushObligations`
+in front of the recorder), in both spaces.
 """
 
 import numpy as np
@@ -18,6 +20,7 @@ from conftest import sequence_settings
 from sw_model.memory import PAGE_SIZE, HostMemory, PageOwnershipError
 from sw_model.tdp import FlushRecorder, PfResult, Vm
 from sw_model.tdp.check import check_vm
+from sw_model.tdp.obligations import FlushObligations
 from sw_model.tdp.tdx import ExternalPageTableManager, ExternalTableError, MemoryAttributes
 
 MIB2 = 512
@@ -25,8 +28,10 @@ SHARED = 1 << 47
 
 
 def make_td(name="ept4", size=8 << 20, **kwargs):
+    """A TD whose flush obligations are checked after every operation; ``rec`` records
+    its flushes."""
     rec = FlushRecorder()
-    vm = Vm(name, HostMemory(size), tdx=True, flush_sink=rec, **kwargs)
+    vm = Vm(name, HostMemory(size), tdx=True, flush_sink=FlushObligations(rec), **kwargs)
     return vm, rec
 
 
@@ -435,7 +440,7 @@ SLOTS = [(0x4000, 3 * MIB2 + 37, 1 << 33, 2),
          (0x5000, 96, (1 << 33) + (1 << 30), 1),
          (0x6000, 2 * MIB2, (1 << 34) + 4096, 2)]
 OPS = ["fault"] * 6 + ["convert", "convert", "zap", "log_start", "log_stop", "get_log",
-                      "split", "age", "slot_delete", "zap_all_fast"]
+                      "split", "age", "slot_delete", "invalidate_roots", "zap_all_fast"]
 
 
 class TdHarness:
@@ -444,7 +449,8 @@ class TdHarness:
 
     def __init__(self, name, ad):
         self.rec = FlushRecorder()
-        self.vm = Vm(name, HostMemory(8 << 20), ad=ad, flush_sink=self.rec, trace=False,
+        self.checker = FlushObligations(self.rec)
+        self.vm = Vm(name, HostMemory(8 << 20), ad=ad, flush_sink=self.checker, trace=False,
                      tdx=True)
         self.bit = 1 << self.vm.tdx.shared_bit
         self.start_free = self.vm.mem.free_pages
@@ -466,6 +472,7 @@ class TdHarness:
         for _ in range(4):
             result = vm.translate(gpa, access, ad_update=True)
             if result.ok:
+                self.checker.observe()
                 slot = vm.find_memslot(gfn)
                 want = vm.tdx.private_frame(slot, gfn) if private else slot.gfn_to_hpa(gfn)
                 assert result.hpa == want, f"gpa {gpa:#x}: {result.hpa:#x} != {want:#x}"
@@ -525,11 +532,14 @@ def run_td_sequence(name, ad, data):
             h.generation[index] += 1
             h.live.discard(index)
             h.add(index)
+        elif op == "invalidate_roots":
+            vm.invalidate_all_roots()           # the shared roots; the mirror stays
         elif op == "zap_all_fast":
             vm.zap_all_fast()
         samples = [base + data.draw(st.integers(0, npages), label="sample") for _ in range(4)]
         check_vm(vm, max_walks=128, sample_gfns=samples)
     vm.zap_all()
+    assert h.checker.checks
     assert vm.mem.free_pages == h.start_free, "pages leaked after TD teardown"
     assert vm.stats()["table_pages"] == 0 and vm.tdx.external.pages == 0
 
