@@ -248,7 +248,8 @@ class FlushObligations(FlushSink):
                 for key, word in self._leaves.items() - leaves.items()]
         held += [(key, t, None) for key, ts in self._stale.items() for t in ts]
         problems, stale = [], {}
-        for key, translation, word in held:
+        # In key order, so that the first problem reported is the lowest GFN's.
+        for key, translation, word in sorted(held, key=lambda h: h[0]):
             verdict = self._judge(key, translation, word, leaves, walks, live, aged, logged)
             if isinstance(verdict, str):
                 problems.append(f"{op}: {self._where(key)}: cached {_show(translation)}, "
@@ -258,7 +259,7 @@ class FlushObligations(FlushSink):
         walked = [(key, table) for key, table in self._walks.items() - walks.items()]
         walked += [(key, t) for key, ts in self._stale_walks.items() for t in ts
                    if walks.get(key) != t]
-        for key, table in walked:
+        for key, table in sorted(walked):
             now = ("root freed" if key[:2] not in live else
                    "a leaf" if key in leaves else
                    f"table {walks[key]:#x}" if key in walks else "not present")
