@@ -21,7 +21,6 @@ import argparse
 import collections
 import contextlib
 import logging
-import os
 import pathlib
 import re
 import signal
@@ -32,7 +31,7 @@ import warnings
 from concurrent.futures import CancelledError
 
 from .regress_results import ResultsError, ResultsFile, durations, table, totals
-from .regress_tasks import (REPO, SETTING_PREFIXES, PlanError, failed_result, plan,
+from .regress_tasks import (REPO, PlanError, failed_result, given_settings, plan,
                             run_task, settings, stop_tasks)
 
 __all__ = ["main", "run_regression", "local_cluster"]
@@ -118,22 +117,35 @@ def _client(args):
         yield client
 
 
+#: Dask settings for workers whose tasks wait on a simulator process: no sampling
+#: profiler (it would profile a wait) and slow housekeeping ticks. With the defaults an
+#: idle two-worker cluster keeps 14 % of a core busy, which its tasks lose on a 2-core
+#: machine; with these, under 2 %. docs/regress.md gives them as environment variables
+#: for ``dask worker`` on other machines.
+QUIET_WORKERS = {"distributed.worker.profile.enabled": False,
+                 "distributed.admin.tick.interval": "1s",
+                 "distributed.admin.system-monitor.interval": "2s",
+                 "distributed.worker.memory.monitor-interval": "1s"}
+
+
 def local_cluster(jobs):
     """A Dask cluster of ``jobs`` single-threaded worker processes on 127.0.0.1, without
-    dashboards."""
+    dashboards, with :data:`QUIET_WORKERS`."""
+    import dask
     from distributed import LocalCluster
     # The scheduler's HTTP server moves to a free port when another cluster holds 8787:
     # nothing to warn a second regression on the same machine about.
     warnings.filterwarnings("ignore", message="Port 8787 is already in use")
-    return LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                        host="127.0.0.1", dashboard_address=None,
-                        silence_logs=logging.CRITICAL)
+    with dask.config.set(QUIET_WORKERS):        # read as the processes start
+        return LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                            host="127.0.0.1", dashboard_address=None,
+                            silence_logs=logging.CRITICAL)
 
 
 def _open_results(args, tasks):
     """The results file: resumed (checked against this run's tasks and settings) or new."""
     ids = [t.id for t in tasks]
-    wanted = {k: v for k, v in os.environ.items() if k.startswith(SETTING_PREFIXES)}
+    wanted = given_settings()
     if args.resume and args.results.exists():
         results = ResultsFile.resume(args.results)
         if sorted(results.header["tasks"]) != sorted(ids):

@@ -34,8 +34,8 @@ import tempfile
 import threading
 import time
 
-__all__ = ["Task", "plan", "settings", "run_task", "failed_result", "stop_tasks",
-           "replay_command", "PlanError"]
+__all__ = ["Task", "plan", "settings", "given_settings", "run_task", "failed_result",
+           "stop_tasks", "replay_command", "PlanError"]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 LOGS = REPO / "build" / "regress" / "logs"
@@ -91,10 +91,18 @@ class Task:
     weight: float = DEFAULT_SECONDS
 
 
+def given_settings(environ=os.environ):
+    """The tests' settings set in ``environ`` (``$TDPWALK_BUILD`` says where files go,
+    not how the tests run)."""
+    from .runner import BUILD_VARIABLE
+    return {k: v for k, v in environ.items()
+            if k.startswith(SETTING_PREFIXES) and k != BUILD_VARIABLE}
+
+
 def settings(environ=os.environ):
     """The tests' settings from ``environ``; the fuzzing seed is drawn once here when
     unset, so every task of a regression (and its replay) fuzzes from the same one."""
-    found = {k: v for k, v in environ.items() if k.startswith(SETTING_PREFIXES)}
+    found = given_settings(environ)
     found.setdefault("TDPWALK_FUZZ_SEED", str(random.SystemRandom().randrange(1 << 32)))
     return dict(sorted(found.items()))
 

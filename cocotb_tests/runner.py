@@ -37,10 +37,14 @@ SIMULATORS = ("icarus", "verilator")
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+#: Says where files go, not how a test runs: no replay or regression carries it.
+BUILD_VARIABLE = "TDPWALK_BUILD"
+
+
 def build_root():
     """Where builds, logs and waves go: ``$TDPWALK_BUILD``, else ``./build`` of the
     current directory (never the installed package's directory)."""
-    return pathlib.Path(os.environ.get("TDPWALK_BUILD") or "build").resolve()
+    return pathlib.Path(os.environ.get(BUILD_VARIABLE) or "build").resolve()
 
 MIN_VERILATOR = (5, 36)
 MMU_TOP = "tdpwalk_mmu"
@@ -394,7 +398,7 @@ def run_mmu(sim, scenarios, *, seed=0, size="short", waves=None, config=None, re
 
 #: Bench settings a replay command sets itself (by its options, or as run_mmu does).
 _RUN_SETTINGS = {"TDPWALK_SCENARIOS", "TDPWALK_SEED", "TDPWALK_SIZE", "TDPWALK_RESULTS",
-                 "TDPWALK_PROGRESS", "TDPWALK_FORMAT"}
+                 "TDPWALK_PROGRESS", "TDPWALK_FORMAT", BUILD_VARIABLE}
 
 
 def run_mmu_test(sim, test_module, *, test_dir=".", config=None, waves=None, testcase=None,
