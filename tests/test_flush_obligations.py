@@ -9,8 +9,9 @@ import pytest
 
 from sw_model.memory import HostMemory
 from sw_model.tdp import FlushRecorder, PfResult, Vm
-from sw_model.tdp.obligations import (RULE_ACCESSED, RULE_DIRTY_LOG, RULE_TABLE, RULE_UNMAP,
-                                      FlushObligationError, FlushObligations)
+from sw_model.tdp.obligations import (RULE_ACCESSED, RULE_DIRTY_LOG, RULE_PERMISSION,
+                                      RULE_TABLE, RULE_UNMAP, FlushObligationError,
+                                      FlushObligations)
 
 BASE = 4 << 18                       # GFN of the slot (GPA 16 GiB)
 HPA = 1 << 33
@@ -98,6 +99,24 @@ def test_dirty_log_reported_without_a_flush(name, ad, monkeypatch):
     with pytest.raises(FlushObligationError,
                        match=f"^get_dirty_log: gfn {BASE + 5:#x} .*: {RULE_DIRTY_LOG}"):
         vm.get_dirty_log(0)
+
+
+@pytest.mark.parametrize("buggy", [False, True], ids=["kvm", "lost-flush"])
+@pytest.mark.parametrize("name, ad", CONFIGS, ids=IDS)
+def test_write_tracking_without_a_flush(name, ad, buggy, monkeypatch):
+    """Write tracking takes write and the MMU-writable bit from a cached writable page:
+    a permission reduction, owed a flush at once (spte.h)."""
+    vm, rec = make_vm(name, ad)
+    touch(vm, BASE + 7, "write")
+    rec.clear()
+    if not buggy:
+        assert vm.write_track_add_gfn(BASE + 7)
+        assert rec.log == [("range", BASE + 7, 1)]
+        return
+    monkeypatch.setattr(vm, "flush_remote_tlbs_range", lambda gfn, npages, space="both": None)
+    with pytest.raises(FlushObligationError,
+                       match=f"^write_protect_gfn: gfn {BASE + 7:#x} .*: {RULE_PERMISSION}"):
+        vm.write_track_add_gfn(BASE + 7)
 
 
 @pytest.mark.parametrize("buggy", [False, True], ids=["kvm", "lost-flush"])

@@ -307,3 +307,23 @@ def test_order_follows_the_last_runs_durations(tmp_path):
     assert [(t.id, t.weight) for t in order] == [(ids[2], 30.0), (ids[1], 20), (ids[0], 1.0)]
     path.write_text("not json\n{")
     assert durations(path) == {} and durations(tmp_path / "none.jsonl") == {}
+
+
+def test_summary_counts_mismatches_and_failures():
+    """The table adds each run's translations and mismatches in its simulator and
+    format, lists every failure with its seeds and replay, and totals them."""
+    from cocotb_tests.regress_results import table, totals
+    run = {"sim": "verilator", "row": "stream ept4", "translations": 1000, "seconds": 2.0}
+    results = [{"tests": [{"node": "t.py::a", "outcome": "passed", "seconds": 2.0,
+                           "runs": [dict(run, failed=False, mismatches=0)]},
+                          {"node": "t.py::b", "outcome": "failed", "seconds": 2.0,
+                           "runs": [dict(run, failed=True, mismatches=3)]}],
+                "failures": [{"node": "t.py::b", "seeds": [7], "message": "3 mismatches",
+                              "replay": "TDPWALK_FUZZ_SEED=1 pytest t.py::b"}]}]
+    assert dict(totals(results)) == {"runs": 2, "failed": 1, "translations": 2000,
+                                     "mismatches": 3}
+    lines = table(results)
+    row = next(l for l in lines if l.startswith("verilator"))
+    assert row.split()[-5:] == ["2", "1", "2,000", "3", "4"]
+    assert lines[-2:] == ["FAILED t.py::b (seed 7): 3 mismatches",
+                          "  replay: TDPWALK_FUZZ_SEED=1 pytest t.py::b"]

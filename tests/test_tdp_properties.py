@@ -157,7 +157,7 @@ def run_sequence(name, ad, data):
         elif op == "zap":
             start = SLOTS[0][0] + data.draw(st.integers(0, 4 * MIB2), label="zap_start")
             vm.zap_gfn_range(start, start + data.draw(st.integers(1, 2 * MIB2), label="zap_len"))
-        elif op in ("log_start", "log_stop", "get_log", "split") and live:
+        elif op in ("log_start", "log_stop", "get_log", "clear_log", "split") and live:
             index = data.draw(st.sampled_from(live), label="slot")
             slot = vm.memslot(index)
             if op == "log_start" and not slot.dirty_logging:

@@ -262,7 +262,10 @@ def test_clear_dirty_log_by_mask(name, ad):
     touch(vm, (BASE + 1) << 12, "write")
     touch(vm, (BASE + 2) << 12, "write")
     vm.clear_dirty_log(0, 0, 1 << 1)
-    assert slot.dirty_gfns() == [BASE + 2] or slot.dirty_gfns() == []
+    # Write protection logs a write at its fault; hardware D bits reach the bitmap only
+    # when the log is read.
+    assert slot.dirty_gfns() == ([] if ad == "hardware" else [BASE + 2])
+    assert slot.dirty_gfns(vm.get_dirty_log(0)) == [BASE + 2]
     with pytest.raises(ValueError, match="first_page"):
         vm.clear_dirty_log(0, 3, 1)
     check_vm(vm)
