@@ -13,7 +13,7 @@ $(error SIM must be icarus or verilator, got '$(SIM)')
 endif
 export SIM BENCH BENCH_SYNTH
 
-.PHONY: help demo test regress lint bench formal clean distclean env
+.PHONY: help demo test regress lint bench formal mutate clean distclean env
 
 help:
 	@echo "make demo      the main demonstration (see README.md)"
@@ -22,6 +22,7 @@ help:
 	@echo "make lint      Verilator lint of the generated Verilog"
 	@echo "make bench     benchmarks; prints tables"
 	@echo "make formal    bounded model checking of the RTL's properties"
+	@echo "make mutate    the mutation catalogue: each planted bug and the test that catches it"
 	@echo "make clean     remove build outputs; make distclean also removes .venv"
 	@echo "variables: SIM=icarus|verilator  JOBS=N (parallel test workers, default 2)"
 	@echo "           demo: FORMAT=ept4|ept5|npt4|npt5|sv39x4|sv48x4|sv57x4 (first VM)"
@@ -29,6 +30,7 @@ help:
 	@echo "           regress: CLUSTER=tcp://HOST:PORT (a Dask scheduler; default: JOBS local"
 	@echo "           workers)  RESUME=1  REGRESS_COUNT=N  REGRESS_TIMEOUT=S (per task)"
 	@echo "           ONLY=EXPR (pytest -k selection)  (docs/regress.md)"
+	@echo "           mutate: ONLY=NAME[,NAME...] (python -m mutate --list)"
 	@echo "           BENCH=quick  BENCH_SYNTH=run|full|nopnr|cached (bench/bench_synth.py)"
 
 env:
@@ -59,6 +61,11 @@ bench:
 
 formal:
 	$(RUN) python -m hw.formal
+
+# Each mutant of mutate/ in its own copy of the checkout under build/mutate/, JOBS at once;
+# the table of catching tests, and build/mutate/report.json (docs/verification.md).
+mutate:
+	$(RUN) python -m mutate --jobs "$(JOBS)" $(if $(ONLY),--only "$(ONLY)")
 
 clean:
 	rm -rf build sim_build .pytest_cache .hypothesis results.xml

@@ -1,0 +1,1 @@
+"""Mutation testing of tdpwalk: see ``python -m mutate -h`` and docs/verification.md."""
