@@ -33,12 +33,14 @@ from hw.tlb import InvalKind, InvalSpace
 from hw.walker import response_layout
 from sw_model.formats import FAULT_KINDS
 from sw_model.tdp import FlushSink, PfResult
+from sw_model.tdp.obligations import FlushObligations
 from sw_model.walker import Fault, Translation, translate
 
 from .axi_memory import HostMemoryAxi
 from .batch_shell import STAMP_BITS
 
-__all__ = ["MmuTB", "Response", "RtlFlushSink", "Scoreboard", "PERIOD_NS", "HIT_CYCLES",
+__all__ = ["MmuTB", "Response", "RtlFlushSink", "checked_flush_sink", "Scoreboard",
+           "PERIOD_NS", "HIT_CYCLES",
            "run_vcpus", "record_result", "hypervisor_access"]
 
 PERIOD_NS = 10
@@ -67,7 +69,7 @@ class Response:
     """
     __slots__ = ("serial", "tag", "vm_index", "gpa", "access", "accepted", "answered",
                  "result", "done", "refs", "refs_generation", "root", "raced", "private",
-                 "gfn")
+                 "gfn", "paths")
 
     def __init__(self, serial, vm_index, gpa, access):
         self.serial, self.vm_index, self.gpa, self.access = serial, vm_index, gpa, access
@@ -77,6 +79,7 @@ class Response:
         self.refs = []          # reference results seen while in flight
         self.refs_generation = None     # the Scoreboard.generation of the last one
         self.raced = False      # a model step ran while in flight
+        self.paths = set()      # entry addresses the reference walks visited
 
     @property
     def latency(self):
@@ -109,6 +112,14 @@ class RtlFlushSink(FlushSink):
 
     def flush_range(self, gfn, npages, *, space="both"):
         self.tb.queue_inval(InvalKind.RANGE, self.vm_index, gfn, npages, self._space(space))
+
+
+def checked_flush_sink(tb, vm_index):
+    """The model's flush sink for VM ``vm_index``: the flushes go to the MMU
+    (:class:`RtlFlushSink`) through a :class:`~sw_model.tdp.obligations.FlushObligations`
+    checker, so a model step that leaves a cached translation unflushed against KVM's
+    rules fails there, naming the operation, the GFN and the rule."""
+    return FlushObligations(RtlFlushSink(tb, vm_index))
 
 
 def _key(result):
@@ -147,9 +158,11 @@ class Scoreboard:
       held at some point and no invalidation covering it was accepted before the
       request: the model decided no flush was needed (eager split, aging). After an
       invalidation covering it, it is a mismatch (a stale hit);
-    * a fault of a request during which the model changed the tables (a walk racing a
-      zap reads a removed, frozen table) is accepted and counted as ``raced_faults``;
-      the hypervisor loop retries it, and the retry is checked.
+    * a fault of a request during which the model changed the tables, decided by an
+      entry that one of the request's reference walks visited, is accepted and counted
+      as ``raced_faults``: a walk racing a zap follows the old path into a removed,
+      frozen table. The hypervisor loop retries it, and the retry is checked. A fault
+      at an entry no reference walk reached is a mismatch, raced or not.
 
     Members
     -------
@@ -222,6 +235,7 @@ class Scoreboard:
         req.refs_generation = self.generation
         if not req.refs or _key(req.refs[-1]) != _key(ref):
             req.refs.append(ref)
+        req.paths.update(ref.pte_addrs)
         self._note(req, ref, cycle)
 
     def invalidated(self, vm_index, start, count, cycle, space=InvalSpace.BOTH):
@@ -257,7 +271,7 @@ class Scoreboard:
             kind = _stale_kind(req.result, req.refs[-1])
             self.stale_kinds[kind] = self.stale_kinds.get(kind, 0) + 1
             return True
-        if not req.result.ok and req.raced:
+        if not req.result.ok and req.raced and req.result.pte_addr in req.paths:
             self.raced_faults += 1
             return True
         self.mismatches.append({
@@ -496,7 +510,15 @@ class MmuTB:
         reference of every request in flight, write changed roots, and drive the
         invalidations the step asked for, waiting until each is done and every request
         older than it has been answered (the RCU grace period: no walk can still read a
-        table the model frees). The operation's return value."""
+        table the model frees). The operation's return value.
+
+        A guest whose flush sink checks obligations (:func:`checked_flush_sink`) is told
+        first that the RTL may have cached its tables as they are: between model steps
+        only the RTL's own A/D updates change them."""
+        for guest in self.guests.values():
+            sink = getattr(guest.vm, "sink", None)
+            if isinstance(sink, FlushObligations):
+                sink.observe()
         result = fn(*args, **kwargs)
         self.scoreboard.changed()
         cycle = self.cycle()

@@ -35,6 +35,9 @@ def summarize(tb, scenario, seed, extra, seconds, window=100):
         "mismatches": len(sb.mismatches), "mismatch_list": sb.mismatches[:20],
         "checked": sb.checked, "stale_hits_allowed": sb.stale_hits,
         "raced_faults": sb.raced_faults, "stale_kinds": sb.stale_kinds,
+        # Model operations whose flush obligations were checked (checked_flush_sink).
+        "obligation_checks": sum(getattr(getattr(g.vm, "sink", None), "checks", 0)
+                                 for g in tb.guests.values()),
         "faults_handled": sum(g.stats["faults"] for g in guests),
         "emulated": sum(g.stats["emulated"] for g in guests),
         "tlb_hit_rate": counters["tlb_hits"] / requests if requests else 0.0,

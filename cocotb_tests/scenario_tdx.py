@@ -25,7 +25,7 @@ from cocotb.triggers import Timer
 from sw_model.formats import get_format
 from sw_model.tdp import Vm
 
-from .mmu_tb import PERIOD_NS, RtlFlushSink, hypervisor_access, run_vcpus
+from .mmu_tb import PERIOD_NS, checked_flush_sink, hypervisor_access, run_vcpus
 
 __all__ = ["tdx", "TdGuest"]
 
@@ -65,7 +65,7 @@ class TdGuest:
         if ad not in fmt.ad_modes:
             ad = fmt.ad_modes[rng.randrange(len(fmt.ad_modes))]
         self.tb, self.index, self.rng = tb, index, rng
-        self.vm = Vm(fmt_name, tb.memory, ad=ad, flush_sink=RtlFlushSink(tb, index),
+        self.vm = Vm(fmt_name, tb.memory, ad=ad, flush_sink=checked_flush_sink(tb, index),
                      trace=False, tdx=True)
         self.shared = 1 << self.vm.tdx.shared_bit
         hpa0 = (1 << 32) + (index << 30)

@@ -16,7 +16,7 @@ from cocotb.triggers import Timer
 from sw_model.formats import FORMAT_NAMES, get_format
 from sw_model.tdp import Vm
 
-from .mmu_tb import PERIOD_NS, RtlFlushSink, hypervisor_access, run_vcpus
+from .mmu_tb import PERIOD_NS, checked_flush_sink, hypervisor_access, run_vcpus
 
 __all__ = ["SCENARIOS", "Env", "Guest", "pick_formats"]
 
@@ -77,7 +77,7 @@ class Guest:
         if ad not in fmt.ad_modes:      # None, or a mode another guest's format has
             ad = fmt.ad_modes[rng.randrange(len(fmt.ad_modes))]
         self.tb, self.index, self.rng = tb, index, rng
-        self.vm = Vm(fmt_name, tb.memory, ad=ad, flush_sink=RtlFlushSink(tb, index),
+        self.vm = Vm(fmt_name, tb.memory, ad=ad, flush_sink=checked_flush_sink(tb, index),
                      trace=False)
         self.hpa0 = (1 << 32) + (index << 30)
         self.vm.add_memslot(0, 0, SLOT0_PAGES, self.hpa0)

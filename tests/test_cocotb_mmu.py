@@ -18,12 +18,28 @@ from cocotb_tests.scenarios import SCENARIOS
 ALL = list(SCENARIOS)
 
 
+#: Bounds on what the scoreboard accepts without a reference equal to the answer, as
+#: fractions of the answers checked: faults of requests that raced a model step
+#: (none seen in the scenarios, short or long) and hits on translations the model
+#: changed without owing a flush yet (up to 32 % seen, in huge_recovery: splits).
+RACED_FAULTS_MAX, STALE_HITS_MAX = 0.01, 0.5
+
+#: Scenarios whose guests are TDP MMU VMs, their flush obligations checked at every
+#: model step (the nested ones drive the shadow MMU, which the checker does not model).
+OBLIGATIONS_CHECKED = [name for name in ALL if not name.startswith("nested")]
+
+
 def _check(results, seed):
     assert [r["scenario"] for r in results] == ALL, f"seed {seed}"
     for r in results:
         assert r["mismatches"] == 0, f"{r['scenario']} seed {seed}: {r['mismatch_list'][:3]}"
         assert r["checked"] == r["responses"] > 0, f"{r['scenario']} seed {seed}"
         assert r["dirty_lost"] == 0, f"{r['scenario']} seed {seed}"
+        assert r["raced_faults"] <= RACED_FAULTS_MAX * r["checked"], (r["scenario"], seed)
+        assert r["stale_hits_allowed"] <= STALE_HITS_MAX * r["checked"], \
+            (r["scenario"], seed, r["stale_kinds"])
+        assert (r["obligation_checks"] > 0) == (r["scenario"] in OBLIGATIONS_CHECKED), \
+            (r["scenario"], seed)
     by_name = {r["scenario"]: r for r in results}
     assert by_name["boot"]["faults_handled"] > 0
     assert by_name["steady"]["tlb_hit_rate"] > 0.3
