@@ -121,8 +121,8 @@ def main(quick=False):
             f"2-worker times. The 2-worker runs take the tasks longest first by the first "
             f"run's durations, which allow at most {bound:.2f}x on 2 (no overhead). "
             f"'task seconds' adds the tasks' own durations: on 2 workers they took "
-            f"{slower:.2f}x their time on 1 (two simulations at once share the caches and "
-            f"memory), and the workers were busy {busy:.0%} of the 2-worker runs.")
+            f"{slower:.2f}x their time on 1 (above 1: tasks side by side slow each other "
+            f"down), and the workers were busy {busy:.0%} of the 2-worker runs.")
     throughput = Table("Regression throughput on Dask (make regress)",
                        ["workers", "tasks", "failed", "seconds", "tasks/min",
                         "translations", "translations/s", "task seconds"], rows, note)
