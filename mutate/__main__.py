@@ -17,7 +17,6 @@ import concurrent.futures
 import json
 import os
 import pathlib
-import re
 import shutil
 import signal
 import subprocess
@@ -31,7 +30,6 @@ from .catalogue import CATALOGUE, CatalogueError, check
 REPO = pathlib.Path(__file__).resolve().parent.parent
 WORK = REPO / "build" / "mutate"        # the default of --work
 FAST = ("-m", "not slow")
-_FAILED = re.compile(r"^(FAILED|ERROR) (\S+)(?: - (.*))?$", re.M)
 
 
 def _copy(work, name):
@@ -51,12 +49,16 @@ def _copy(work, name):
 
 def _pytest(work, tree, args, timeout, jobs=1):
     """Run pytest in ``tree``, stopping at the first failure: ``(status, node, message,
-    seconds)`` with status "passed", "failed" (a test failed: ``node`` and its message),
-    "timeout" or "error" (no test ran, or pytest itself failed)."""
-    # A wide terminal: pytest cuts the summary line's message to the terminal's width.
-    env = dict(os.environ, PYTHONPATH=str(tree), TESTS_REQUIRE_TOOLS="1", COLUMNS="1000",
-               TDPWALK_BUILD=str(work / "builds"))
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider",
+    seconds)`` with status "passed", "failed" (a test failed, or collection did:
+    ``node`` and its message), "timeout" or "error" (pytest itself failed). Outcomes come
+    from the regression's recorder (:mod:`cocotb_tests.regress_record`)."""
+    from cocotb_tests.regress_record import RECORD
+    record = tree / "mutate.record"
+    record.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(tree), TESTS_REQUIRE_TOOLS="1",
+               TDPWALK_BUILD=str(work / "builds"), **{RECORD: str(record)})
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+               "-p", "cocotb_tests.regress_record",
                *(["-n", str(jobs)] if jobs > 1 else []), *FAST, *args]
     start = time.monotonic()
     log = tree / "mutate.log"
@@ -72,15 +74,17 @@ def _pytest(work, tree, args, timeout, jobs=1):
             return "timeout", "", f"no result in {timeout} s (see {log})", \
                 time.monotonic() - start
     seconds = time.monotonic() - start
-    text = log.read_text(errors="replace")
-    found = _FAILED.search(text)
     if proc.returncode == 0:
         return "passed", "", "", seconds
-    if proc.returncode in (1, 2) and found:     # a test failed, or collection did
-        return "failed", found.group(2), (found.group(3) or "").strip()[:200], seconds
-    last = text.strip().splitlines()[-1:] or [""]
-    return "error", "", f"pytest exit status {proc.returncode}: {last[0][:200]} " \
-        f"(see {log})", seconds
+    tests = [json.loads(l) for l in record.read_text().splitlines()] \
+        if record.exists() else []
+    failed = next((t for t in tests if t["outcome"] == "failed"), None)
+    last = (log.read_text(errors="replace").strip().splitlines() or [""])[-1][:200]
+    if proc.returncode == 1 and failed:
+        return "failed", failed["node"], failed["message"][:200], seconds
+    if proc.returncode == 2:        # collection failed: make test fails the same way
+        return "failed", "(collection)", f"{last} (see {log})", seconds
+    return "error", "", f"pytest exit status {proc.returncode}: {last} (see {log})", seconds
 
 
 def run_mutant(work, mutant, timeout, full_jobs):
