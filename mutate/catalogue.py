@@ -31,15 +31,18 @@ class Mutant:
     bug: str            # the real bug it stands for, in a few words
     tests: tuple        # pytest selections tried first
 
-    def apply(self, tree):
-        """Edit the file under ``tree``."""
-        file = tree / self.path
-        text = file.read_text()
+    def edited(self, text):
+        """``text`` (the file's) with the bug planted."""
         count = text.count(self.old)
         if count != 1:
             raise CatalogueError(f"{self.name}: {self.path} holds the text to replace "
                                  f"{count} times, not once")
-        file.write_text(text.replace(self.old, self.new))
+        return text.replace(self.old, self.new)
+
+    def apply(self, tree):
+        """Edit the file under ``tree``."""
+        file = tree / self.path
+        file.write_text(self.edited(file.read_text()))
 
 
 CATALOGUE = [Mutant(**entry) for entry in (*RTL, *MODEL, *HARNESS)]
@@ -59,10 +62,7 @@ def check(repo):
         file = repo / m.path
         if not file.is_file():
             raise CatalogueError(f"{m.name}: no file {m.path}")
-        count = file.read_text().count(m.old)
-        if count != 1:
-            raise CatalogueError(f"{m.name}: {m.path} holds the text to replace {count} "
-                                 f"times, not once")
+        m.edited(file.read_text())
         for test in m.tests:
             if not (repo / test.split("::")[0]).exists():
                 raise CatalogueError(f"{m.name}: no test file {test.split('::')[0]}")
