@@ -17,12 +17,12 @@ Lookup, in step with the TLB (the same ``adv``):
 * S2 — ``start`` is valid.
 
 A fill (one per cycle, at any time) is registered, compared with the entries of its
-level, then written two cycles later into the entry holding the same region, else an
-invalid one, else the level's round-robin victim; a lookup compared against an entry
-in the cycle it was overwritten does not use it. Invalidation: ALL clears every entry,
-VM every entry of the VM (both in one cycle), RANGE sweeps each level's entries one per
-cycle (levels in parallel) and removes those whose region has a page in
-``[first, last]``. Every kind honours ``space``.
+level (registered), then written the cycle after into the entry holding the same
+region, else an invalid one, else the level's round-robin victim; a lookup compared
+against an entry in the cycle it was overwritten does not use it. Invalidation: ALL
+clears every entry, VM every entry of the VM (both in one cycle), RANGE sweeps each
+level's entries one per cycle (levels in parallel) and removes those whose region has
+a page in ``[first, last]``. Every kind honours ``space``.
 """
 
 from amaranth import Array, Cat, Module, Mux, Signal, Value
@@ -152,46 +152,51 @@ class PageWalkCache(wiring.Component):
         with m.If(self.adv):
             m.d.sync += self.start.eq(best)
 
-        # -- fill: register, compare with the level's entries, write ----------------------
+        # -- fill: register, compare with the level's entries, choose, write -------------
         busy = Signal()
         f1 = Signal(pwc_fill_layout(self.vm_bits, self.gen_bits), reset_less=True)
         f2, f1_valid, f2_valid = Signal.like(f1), Signal(), Signal()
-        f2_slot = Signal(range(max(2, N)), reset_less=True)
+        # What f1's compare leaves for f2: the entries of its level that held its key,
+        # and whether the fill ahead of it (writing as f1 compared) had the same key.
+        f2_same = Signal(N, reset_less=True)
+        f2_ahead = Signal(reset_less=True)
+        last_slot = Signal(range(max(2, N)), reset_less=True)   # where that fill wrote
         inval = self.inval.payload
         take_inval = self.inval.valid & self.inval.ready
         m.d.comb += self.fill.ready.eq(1)
         # A fill racing an invalidation is dropped, whatever stage it is in.
         m.d.sync += [f1.eq(self.fill.payload),
                      f1_valid.eq(self.fill.valid & ~busy & ~take_inval)]
-        slot = Signal(range(max(2, N)))
-        same_any = Signal()
         for l in self.levels:
-            row = ent[l]
-            same = Cat(valid[l][i] & (e.vm == f1.key.vm) & (e.gen == f1.key.gen)
-                       & (e.private == f1.key.private) & (e.region == region(f1.key.vpn, l))
-                       for i, e in enumerate(row))
-            # The fill ahead writes its slot only at the end of this cycle.
-            free = ~valid[l] & ~Mux(f2_valid & (f2.level == l), 1 << f2_slot, 0)
             with m.If(f1.level == l):
+                m.d.sync += f2_same.eq(Cat(
+                    valid[l][i] & (e.vm == f1.key.vm) & (e.gen == f1.key.gen)
+                    & (e.private == f1.key.private) & (e.region == region(f1.key.vpn, l))
+                    for i, e in enumerate(ent[l])))
+        m.d.sync += [
+            f2.eq(f1), f2_valid.eq(f1_valid & ~busy & ~take_inval),
+            f2_ahead.eq(f2_valid & (f2.level == f1.level) & (f2.key.vm == f1.key.vm)
+                        & (f2.key.gen == f1.key.gen) & (f2.key.private == f1.key.private)
+                        & Cat((f1.level == l) & (region(f1.key.vpn, l) == region(f2.key.vpn, l))
+                              for l in self.levels).any()),
+        ]
+        # f2 writes where the fill ahead wrote, else the entry holding its key, else an
+        # invalid one (the fill ahead's write is visible by now), else the victim.
+        slot = Signal(range(max(2, N)))
+        for l in self.levels:
+            with m.If(f2.level == l):
                 m.d.comb += slot.eq(rr[l])
                 for i in reversed(range(N)):
-                    with m.If(free[i]):
+                    with m.If(~valid[l][i]):
                         m.d.comb += slot.eq(i)
-                for i in reversed(range(N)):
-                    with m.If(same[i]):
-                        m.d.comb += [slot.eq(i), same_any.eq(1)]
-        # The fill ahead of this one writes at the end of this cycle: the same entry goes
-        # where that one goes.
-        ahead = Signal()
-        m.d.comb += ahead.eq(
-            f2_valid & (f2.level == f1.level) & (f2.key.vm == f1.key.vm)
-            & (f2.key.gen == f1.key.gen) & (f2.key.private == f1.key.private)
-            & Cat((f1.level == l) & (region(f1.key.vpn, l) == region(f2.key.vpn, l))
-                  for l in self.levels).any())
-        m.d.sync += [f2.eq(f1), f2_valid.eq(f1_valid & ~busy & ~take_inval),
-                     f2_slot.eq(Mux(ahead, f2_slot, slot))]
+        for i in reversed(range(N)):
+            with m.If(f2_same[i]):
+                m.d.comb += slot.eq(i)
+        with m.If(f2_ahead):
+            m.d.comb += slot.eq(last_slot)
+        m.d.sync += last_slot.eq(slot)
         for l in self.levels:
-            with m.If(f1_valid & (f1.level == l) & ~same_any & ~ahead
+            with m.If(f2_valid & (f2.level == l) & ~f2_same.any() & ~f2_ahead
                       & valid[l].all()):
                 m.d.sync += rr[l].eq(Mux(rr[l] == N - 1, 0, rr[l] + 1))
 
@@ -228,7 +233,7 @@ class PageWalkCache(wiring.Component):
         for l in self.levels:
             for i in range(N):
                 e = ent[l][i]
-                write = f2_valid & ~take_inval & (f2.level == l) & (f2_slot == i)
+                write = f2_valid & ~take_inval & (f2.level == l) & (slot == i)
                 m.d.comb += written[l][i].eq(write)
                 with m.If(write):
                     m.d.sync += [e.vm.eq(f2.key.vm), e.gen.eq(f2.key.gen),
