@@ -1,7 +1,8 @@
 """The invalidation sequencer: the MMU's ``inval`` port turned into cache operations.
 
-An invalidation waits until no request or fill is in the pipeline (requests are held
-meanwhile), then retires every walk in flight (none of them will fill) and:
+An invalidation waits until no request or fill is in the pipeline and no fill waits
+to enter it (requests are held meanwhile, fills are not), then retires every walk in
+flight (none of them will fill) and:
 
 * ALL: clears the TLB and the walk cache (one cycle; a single space sweeps the TLB);
 * VM: starts a new generation of the VM's space (:mod:`hw.gens`) and clears its walk-cache
@@ -9,7 +10,7 @@ meanwhile), then retires every walk in flight (none of them will fill) and:
 * RANGE: sweeps the TLB and walk cache for the VM's entries with a page in
   ``[start, start + count)`` (GFNs without a TD's shared bit, which the sweep ignores).
 
-``done`` pulses when every cache has finished. A context write also starts a new
+``done`` pulses, from a register, the cycle after every cache has finished. A context write also starts a new
 generation of its VM. A generation that wraps to 0 has the VM's TLB entries swept
 before any request is accepted again (several VMs at once: everything is cleared).
 """
@@ -37,7 +38,8 @@ class Invalidator(wiring.Component):
         The context of the VM a range names (for its shared bit).
     retire, wrapped : the generation counters' ports (:class:`hw.gens.Generations`).
     idle : In(1)
-        No request or fill is in the pipeline and both caches take an invalidation.
+        No request or fill is in the pipeline or waiting to enter it, and both caches
+        take an invalidation.
     hold : Out(1)
         Requests must wait.
     stale : Out(1)
@@ -91,6 +93,7 @@ class Invalidator(wiring.Component):
         # reaches are one LUT from registers.
         busy = Signal()
         m.d.comb += self.hold.eq(port.valid | busy)
+        m.d.sync += self.done.eq(0)
         m.d.sync += busy.eq(new_wraps != 0)
         with m.FSM(name="inval"):
             with m.State("IDLE"):
@@ -156,7 +159,7 @@ class Invalidator(wiring.Component):
                 with m.If(~(tlb_wait & ~self.tlb_done) & ~(pwc_wait & ~self.pwc_done)):
                     # A generation that wrapped is swept before the port is answered.
                     with m.If(new_wraps == 0):
-                        m.d.comb += self.done.eq(answer)
+                        m.d.sync += self.done.eq(answer)
                         m.d.sync += answer.eq(0)
                     m.d.sync += busy.eq(new_wraps != 0)
                     m.next = "IDLE"
