@@ -68,9 +68,11 @@ class MissTable(wiring.Component):
     walks : In(WALK_INFO).array(walkers); tags : In(tag_bits).array(walkers)
         The engines' answers and walks.
     wants_fill : Out(walkers)
-        Walks whose TLB entry is owed; ``filled`` / ``filled_walk`` when it is taken.
+        Walks whose TLB entry is owed; ``filled`` / ``filled_walk`` when it is copied
+        for the TLB (which drops it if an invalidation makes the walk stale first).
     release : Out(walkers)
-        The engine may drop its result and take a new walk.
+        The engine may drop its result and take a new walk (a one-cycle pulse, from a
+        register; the walk is busy until the cycle after and may not be joined meanwhile).
     joined, waiting, record_walk, record_entry, record_replay, record_req : In
         The S2 outcome of a miss that starts no walk: it joins walk ``record_walk``,
         or waits. A replayed request (``record_replay``) keeps entry
@@ -115,7 +117,7 @@ class MissTable(wiring.Component):
         N, E = self.walkers, self.entries
         busy, stale = self.busy, self.stale
         own_sent = Signal(N, name="own_sent")       # the walk's own request is answered
-        fill_taken = Signal(N, name="fill_taken")   # its TLB entry entered the pipeline
+        fill_taken = Signal(N, name="fill_taken")   # its TLB entry was copied for the TLB
         written = Signal(N, name="written_mask")    # ... and was written
         for i in range(N):
             with m.If(self.start & (self.start_walk == i)):
@@ -182,10 +184,11 @@ class MissTable(wiring.Component):
         resp = self.resp
         r = Signal(resp.payload.shape(), name="resp_payload", reset_less=True)
         m.d.comb += resp.payload.eq(r)
-        # A walk's own answer leaves once its TLB entry is in the pipeline, so software
-        # that sees the answer then invalidates (or asks again) finds the entry.
-        # A walk whose fill is taken this cycle comes after those that could answer
-        # before it, so that only the last choice waits for the fill's handshake.
+        # A walk's own answer leaves once its TLB entry is on its way to the TLB (copied
+        # for it, ahead of any later request), so software that sees the answer then
+        # asks again finds the entry or joins the walk, and an invalidation it then
+        # issues drops the entry. A walk whose fill is copied this cycle comes after
+        # those that could answer before it.
         answerable = self.done & ~own_sent & (fill_taken | ~self.ok | stale)
         own = Signal(name="own_any")
         m.d.comb += own.eq(answerable.any() | self.filled)
@@ -215,11 +218,15 @@ class MissTable(wiring.Component):
                                  valid.bit_select(ans_j, 1).eq(0)]
 
         # -- release: answered, joiners answered, entry written (or nothing to write) --
+        # Registered, so the engines' FSMs and the counters see a register: decided one
+        # cycle, a one-cycle pulse the next; no request joins a walk in its release
+        # cycle (the MMU masks ``release``).
         for i in range(N):
             refs = Cat(valid[j] & joined[j] & (walker[j] == i) for j in range(E)).any() \
                 if E else Const(0)
             joining = self.joined & (self.record_walk == i)
-            m.d.comb += self.release[i].eq(self.done[i] & own_sent[i] & ~refs & ~joining
+            m.d.sync += self.release[i].eq(~self.release[i] & self.done[i] & own_sent[i]
+                                           & ~refs & ~joining
                                            & (written[i] | ~self.ok[i] | stale[i]))
             with m.If(self.release[i]):
                 m.d.sync += busy[i].eq(0)

@@ -202,18 +202,17 @@ class MMU(wiring.Component):
         # -- S0: a walk's TLB entry, else a replayed miss, else a request -------------------
         req, replay = self.req, misses.replay
         adv, block = Signal(name="adv"), Signal(name="block")
-        # Walks' fills, replays and requests keep to the TLB's rule (:func:`conflicts`)
-        # more strictly than it asks, by the kind of the fills ahead and not their sets,
-        # so the choice between them is a few LUT levels from registers: a 4 KiB fill
-        # waits while another is in S1 or S2, a huge one while another huge one is, and
-        # a lookup while a 4 KiB fill is in S2 or a huge one in S1.
+        # A walk's TLB entry is chosen and copied into ``next_fill`` a cycle before it is
+        # offered, so the choice between a fill, a replay and a request is a few LUT
+        # levels from registers. They keep to the TLB's rule (:func:`conflicts`) more
+        # strictly than it asks, by the kind of the fills ahead and not their sets: a
+        # 4 KiB fill waits while another is in S1 or S2, a huge one while another huge
+        # one is, and a lookup while a 4 KiB fill is in S2 or a huge one in S1.
+        tlb_fill = self._next_fill(m, misses, pool)
         fills_ahead = tlb.fills
-        fills = Cat(misses.wants_fill[i] & ~Mux(pool.result[i].payload.level != 1,
-                                                fills_ahead.s1_huge | fills_ahead.s2_huge,
-                                                fills_ahead.s1_small | fills_ahead.s2_small)
-                    for i in range(N))
-        fill_i = lowest_set(m, fills, N, "fill_walk")
-        fill_now = fills.any()
+        fill_now = tlb_fill.valid & ~Mux(tlb_fill.entry.huge,
+                                         fills_ahead.s1_huge | fills_ahead.s2_huge,
+                                         fills_ahead.s1_small | fills_ahead.s2_small)
         req_clear = ~fills_ahead.s2_small & ~fills_ahead.s1_huge
         replay_go = replay.valid & req_clear
         replay_now = ~fill_now & replay_go
@@ -228,23 +227,27 @@ class MMU(wiring.Component):
                      contexts.read_vm[3].eq(replay.payload.req.vm)]
         private0 = Mux(replay_now, is_private(contexts.read[3], replay.payload.req.gpa),
                        is_private(contexts.read[0], req.payload.gpa))
-        fill_key = _pick(list(misses.key), fill_i)
-        op = tlb.op.payload
+        op, entry = tlb.op.payload, tlb_fill.entry
         m.d.comb += [op.key.vm.eq(s0.vm), op.key.vpn.eq(vpn_of(s0.gpa)),
                      op.key.access.eq(s0.access)]
         with m.If(fill_now):
-            m.d.comb += self._fill_op(m, op, misses, pool, fill_i)
+            m.d.comb += [op.fill.eq(1), op.key.vm.eq(entry.vm), op.key.vpn.eq(entry.vpn),
+                         op.level.eq(entry.level), op.allow.eq(entry.allow),
+                         op.data.eq(entry.data)]
         # A request needs a miss-table entry reserved for it and each lookup ahead.
         ahead = Signal(2)
         room = misses.free > ahead
         m.d.comb += [
-            tlb.op.valid.eq((fill_now | replay_now | (req.valid & req_clear & room)) & ~block),
+            # A fill copied for the TLB goes in while an invalidation waits: the
+            # invalidator waits for it (its walk has answered, its entry is owed).
+            tlb.op.valid.eq(fill_now | ((replay_now | (req.valid & req_clear & room)) & ~block)),
             req.ready.eq(tlb.op.ready & req_clear & ~fill_now & ~replay_now & room & ~block),
             replay.ready.eq(tlb.op.ready & replay_now & ~block),
         ]
-        take_fill = fill_now & tlb.op.ready & ~block
+        take_fill = fill_now & tlb.op.ready
         take = (req.valid & req.ready) | (replay.valid & replay.ready)
-        m.d.comb += [misses.filled.eq(take_fill), misses.filled_walk.eq(fill_i),
+        m.d.comb += [tlb_fill.take.eq(take_fill), misses.filled.eq(tlb_fill.load),
+                     misses.filled_walk.eq(tlb_fill.load_walk),
                      count["tlb_fills"].eq(take_fill),
                      count["requests"].eq(req.valid & req.ready)]
         # The walk cache looks up requests only: its key does not wait for ``fill_now``.
@@ -254,17 +257,17 @@ class MMU(wiring.Component):
                      pwc.take.eq(take), pwc.adv.eq(adv)]
 
         stage = data.StructLayout({"lookup": 1, "fill": 1, "replay": 1,
-                                   "entry": len(replay.payload.entry), "walk": len(fill_i),
+                                   "entry": len(replay.payload.entry), "walk": len(entry.walk),
                                    "req": s0.shape(), "private": 1,
                                    "gens": data.ArrayLayout(GEN_BITS, 2)})
         s1, s2 = _stage_register(stage, "s1"), _stage_register(stage, "s2")
         with m.If(adv):
             m.d.sync += [s1.lookup.eq(take), s1.fill.eq(take_fill),
                          s1.replay.eq(replay.valid & replay.ready),
-                         s1.entry.eq(replay.payload.entry), s1.walk.eq(fill_i), s1.req.eq(s0),
-                         s1.gens.eq(Mux(fill_now, fill_key.gen.replicate(2),
+                         s1.entry.eq(replay.payload.entry), s1.walk.eq(entry.walk), s1.req.eq(s0),
+                         s1.gens.eq(Mux(fill_now, entry.gen.replicate(2),
                                         Cat(gens.gen_shared, gens.gen_private))),
-                         s1.private.eq(Mux(fill_now, fill_key.private, private0))]
+                         s1.private.eq(Mux(fill_now, entry.private, private0))]
         m.d.comb += ahead.eq((s1.lookup & ~s1.replay) + (s2.lookup & ~s2.replay))
 
         # -- S1: generation, walk start, walks to join --------------------------------------
@@ -307,10 +310,10 @@ class MMU(wiring.Component):
         # A GPA above any format's space never hits (the TLB compares 59 bits).
         hit = s2.lookup & res.hit & s2_low
         miss = s2.lookup & ~hit
-        last_walk = Signal(len(fill_i), name="last_walk", reset_less=True)
+        last_walk = Signal(len(entry.walk), name="last_walk", reset_less=True)
         last_valid = Signal(name="last_valid")
         follow = s2_follow & last_valid
-        joins = s2_join & misses.busy
+        joins = s2_join & misses.busy & ~misses.release
         can_join = joins.any() | follow
         join_to = Mux(follow, last_walk, lowest_set(m, joins, N, "join_walk"))
         free_to = lowest_set(m, ~misses.busy, N, "free_walk")
@@ -371,14 +374,15 @@ class MMU(wiring.Component):
         cached = pool.cached
         key = _pick(list(misses.key), cached.id)
         gpa = _pick([w.gpa for w in pool.walk], cached.id)
-        fill = pwc.fill
+        pwc_fill = pwc.fill
         m.d.comb += [
-            fill.valid.eq(cached.valid & ~misses.stale.bit_select(cached.id, 1)
+            pwc_fill.valid.eq(cached.valid & ~misses.stale.bit_select(cached.id, 1)
                           & misses.busy.bit_select(cached.id, 1)),
-            fill.payload.key.vm.eq(key.vm), fill.payload.key.gen.eq(key.gen),
-            fill.payload.key.private.eq(key.private), fill.payload.key.vpn.eq(vpn_of(gpa)),
-            fill.payload.level.eq(cached.level), fill.payload.data.eq(cached.entry),
-            count["pwc_fills"].eq(fill.valid & fill.ready),
+            pwc_fill.payload.key.vm.eq(key.vm), pwc_fill.payload.key.gen.eq(key.gen),
+            pwc_fill.payload.key.private.eq(key.private),
+            pwc_fill.payload.key.vpn.eq(vpn_of(gpa)),
+            pwc_fill.payload.level.eq(cached.level), pwc_fill.payload.data.eq(cached.entry),
+            count["pwc_fills"].eq(pwc_fill.valid & pwc_fill.ready),
         ]
 
         # -- invalidation -----------------------------------------------------------------
@@ -391,8 +395,8 @@ class MMU(wiring.Component):
             contexts.read_vm[2].eq(inv.vm), inv.ctx.eq(contexts.read[2]),
             gens.retire.eq(inv.retire), inv.wrapped.eq(gens.wrapped),
             inv.tlb_done.eq(tlb.inval_done), inv.pwc_done.eq(pwc.inval_done),
-            inv.idle.eq(~s1.lookup & ~s1.fill & ~s2.lookup & ~s2.fill & tlb.inval.ready
-                        & pwc.inval.ready),
+            inv.idle.eq(~s1.lookup & ~s1.fill & ~s2.lookup & ~s2.fill & ~tlb_fill.valid
+                        & tlb.inval.ready & pwc.inval.ready),
             count["invalidations"].eq(self.inval.valid & self.inval.ready),
             count["walk_faults"].eq(sum(misses.release[i] & ~misses.ok[i] for i in range(N))),
             count["stale_drops"].eq(sum(misses.release[i] & misses.ok[i] & misses.stale[i]
@@ -405,28 +409,46 @@ class MMU(wiring.Component):
             m.d.sync += [step.eq(count[name]), field.eq(field + step)]
         return m
 
-    def _fill_op(self, m, op, misses, pool, i):
-        """Make ``op`` the TLB fill of walk ``i``'s translation: each walk's op is formed
-        from its own registers and only then picked."""
-        shape = data.StructLayout({"vm": len(op.key.vm), "vpn": VPN_BITS, "level": 3,
-                                   "allow": 3, "data": len(op.data)})
-        ops = []
+    def _next_fill(self, m, misses, pool):
+        """The next TLB fill, from registers: ``valid`` and ``entry`` (walk ``walk``'s
+        translation, its key, and whether it is ``huge``), loaded (``load``, of walk
+        ``load_walk``) from the lowest walk that owes one while empty, emptied when taken
+        (``take``, an input) or when an invalidation makes every walk stale (the entry is
+        then dropped, as the walk's fill would be). Each walk's entry is formed from its
+        own registers and only then picked."""
+        shape = data.StructLayout({"walk": max(1, (self.num_walkers - 1).bit_length()),
+                                   "huge": 1, "vm": self.vm_bits, "gen": GEN_BITS,
+                                   "private": 1, "vpn": VPN_BITS, "level": 3, "allow": 3,
+                                   "data": TLB_DATA_LAYOUT.size})
+        entries = []
         for n, (r, walk, key) in enumerate(zip(pool.result, pool.walk, misses.key)):
             result, level = r.payload, r.payload.level
             # A write is served from the entry only if it cannot owe a D update.
             write_ok = (walk.access == ACCESS_IDS["write"]) | ~walk.params.dirty
-            one = Signal(shape, name=f"fill_op{n}")
+            one = Signal(shape, name=f"fill_entry{n}")
             m.d.comb += [
-                one.vm.eq(key.vm), one.vpn.eq(vpn_of(walk.gpa) & ~page_mask(level)),
-                one.level.eq(level),
+                one.walk.eq(n), one.huge.eq(level != 1), one.vm.eq(key.vm),
+                one.gen.eq(key.gen), one.private.eq(key.private),
+                one.vpn.eq(vpn_of(walk.gpa) & ~page_mask(level)), one.level.eq(level),
                 one.allow.eq(each_arch(walk.params.arch,
                                        lambda a: a.tlb_allow(result.perms, write_ok), 3)),
                 one.data.eq(Cat(result.hpa[12:], result.perms, result.memtype)),
             ]
-            ops.append(one)
-        picked = _pick(ops, i)
-        return [op.fill.eq(1), op.key.vm.eq(picked.vm), op.key.vpn.eq(picked.vpn),
-                op.level.eq(picked.level), op.allow.eq(picked.allow), op.data.eq(picked.data)]
+            entries.append(one)
+        fill = Signal(data.StructLayout({"valid": 1, "take": 1, "entry": shape, "load": 1,
+                                         "load_walk": len(misses.filled_walk)}))
+        entry = Signal(shape, name="next_fill", reset_less=True)
+        valid = Signal(name="next_fill_valid")
+        m.d.comb += [fill.valid.eq(valid), fill.entry.eq(entry),
+                     fill.load.eq(~valid & misses.wants_fill.any()),
+                     fill.load_walk.eq(lowest_set(m, misses.wants_fill, self.num_walkers,
+                                                  "fill_walk"))]
+        # The miss table notes a load (``filled``) at once, so no entry is copied twice.
+        with m.If(~valid):
+            m.d.sync += [valid.eq(fill.load), entry.eq(_pick(entries, fill.load_walk))]
+        with m.If(fill.take | misses.retire):
+            m.d.sync += valid.eq(0)
+        return fill
 
     def _start_walks(self, m, pool, start, s2, params, root, in_range, go, to, count):
         """Walk ``s2``'s request on engine ``to`` when ``go``, from the walk cache's start
