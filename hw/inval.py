@@ -10,9 +10,10 @@ flight (none of them will fill) and:
 * RANGE: sweeps the TLB and walk cache for the VM's entries with a page in
   ``[start, start + count)`` (GFNs without a TD's shared bit, which the sweep ignores).
 
-``done`` pulses, from a register, the cycle after every cache has finished. A context write also starts a new
-generation of its VM. A generation that wraps to 0 has the VM's TLB entries swept
-before any request is accepted again (several VMs at once: everything is cleared).
+``done`` pulses, from a register, the cycle after every cache has finished. A context
+write also starts a new generation of its VM. A generation that wraps to 0 has the VM's
+TLB entries swept before any request is accepted again (several VMs at once: everything
+is cleared).
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal
