@@ -173,8 +173,8 @@ class MissTable(wiring.Component):
             # (An entry ready to offer is not written until it is offered.)
             m.d.sync += [offered.eq(ready.any() & ~took), offer.eq(pick),
                          offer_req.eq(_pick(reqs, pick))]
-            m.d.comb += [self.replay.valid.eq(offered & ready.bit_select(offer, 1)
-                                              & ~busy.all()),
+            # An entry offered stays ready until it is taken (nothing else writes it).
+            m.d.comb += [self.replay.valid.eq(offered & ~busy.all()),
                          self.replay.payload.entry.eq(offer),
                          self.replay.payload.req.eq(offer_req)]
             with m.If(took):

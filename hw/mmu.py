@@ -214,18 +214,20 @@ class MMU(wiring.Component):
                                          fills_ahead.s1_huge | fills_ahead.s2_huge,
                                          fills_ahead.s1_small | fills_ahead.s2_small)
         req_clear = ~fills_ahead.s2_small & ~fills_ahead.s1_huge
-        replay_go = replay.valid & req_clear
-        replay_now = ~fill_now & replay_go
+        replay_now = ~fill_now & replay.valid & req_clear
+        # The request looked up is the replay's whenever one is offered: no port request
+        # goes in then (only a fill, whose key replaces it), so the wide request mux is
+        # selected by ``replay.valid`` alone, a LUT from registers.
         s0 = Signal(data.StructLayout({"vm": self.vm_bits, "gpa": 64, "access": 2,
                                        "tag": self.tag_bits}))
         for name in ("vm", "gpa", "access", "tag"):
-            m.d.comb += getattr(s0, name).eq(Mux(replay_now, getattr(replay.payload.req, name),
+            m.d.comb += getattr(s0, name).eq(Mux(replay.valid, getattr(replay.payload.req, name),
                                                  getattr(req.payload, name)))
         # Whether the GPA is a TD's private one: for the port's request and the replay
-        # apart, so that only the last choice waits for ``replay_now``.
+        # apart, so that only the last choice waits for ``replay.valid``.
         m.d.comb += [gens.vm.eq(s0.vm), contexts.read_vm[0].eq(req.payload.vm),
                      contexts.read_vm[3].eq(replay.payload.req.vm)]
-        private0 = Mux(replay_now, is_private(contexts.read[3], replay.payload.req.gpa),
+        private0 = Mux(replay.valid, is_private(contexts.read[3], replay.payload.req.gpa),
                        is_private(contexts.read[0], req.payload.gpa))
         op, entry = tlb.op.payload, tlb_fill.entry
         m.d.comb += [op.key.vm.eq(s0.vm), op.key.vpn.eq(vpn_of(s0.gpa)),
@@ -241,7 +243,7 @@ class MMU(wiring.Component):
             # A fill copied for the TLB goes in while an invalidation waits: the
             # invalidator waits for it (its walk has answered, its entry is owed).
             tlb.op.valid.eq(fill_now | ((replay_now | (req.valid & req_clear & room)) & ~block)),
-            req.ready.eq(tlb.op.ready & req_clear & ~fill_now & ~replay_now & room & ~block),
+            req.ready.eq(tlb.op.ready & req_clear & ~fill_now & ~replay.valid & room & ~block),
             replay.ready.eq(tlb.op.ready & replay_now & ~block),
         ]
         take_fill = fill_now & tlb.op.ready
@@ -251,9 +253,7 @@ class MMU(wiring.Component):
                      count["tlb_fills"].eq(take_fill),
                      count["requests"].eq(req.valid & req.ready)]
         # The walk cache looks up requests only: its key does not wait for ``fill_now``.
-        m.d.comb += [pwc.key.vm.eq(Mux(replay_go, replay.payload.req.vm, req.payload.vm)),
-                     pwc.key.vpn.eq(vpn_of(Mux(replay_go, replay.payload.req.gpa,
-                                               req.payload.gpa))),
+        m.d.comb += [pwc.key.vm.eq(s0.vm), pwc.key.vpn.eq(vpn_of(s0.gpa)),
                      pwc.take.eq(take), pwc.adv.eq(adv)]
 
         stage = data.StructLayout({"lookup": 1, "fill": 1, "replay": 1,
