@@ -1,11 +1,11 @@
 """AXI read-address arbitration of several walkers onto one manager port, and the
 priority encoder every fixed-priority choice of the MMU uses."""
 
-from amaranth import Array, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth import Array, Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AxiArbiter", "lowest_set"]
+__all__ = ["AxiArbiter", "lowest_set", "lowest_onehot", "pick_onehot"]
 
 
 def lowest_set(m, bits, width, name):
@@ -15,6 +15,25 @@ def lowest_set(m, bits, width, name):
         with m.If(bits[i]):
             m.d.comb += out.eq(i)
     return out
+
+
+def lowest_onehot(m, bits, name):
+    """``bits`` with only its lowest set bit kept, as a signal: a choice whose use is an
+    AND-OR of the values (:func:`pick_onehot`), not a mux tree behind an encoder."""
+    out = Signal(len(bits), name=name)
+    m.d.comb += out.eq(Cat(bits[i] & ~bits[:i].any() if i else bits[0]
+                           for i in range(len(bits))))
+    return out
+
+
+def pick_onehot(onehot, values):
+    """The value of ``values`` that the one-hot signal ``onehot`` names (0 when none)."""
+    flat = [v.as_value() if hasattr(v, "as_value") else v for v in values]
+    out = Const(0, len(flat[0]))
+    for select, value in zip(onehot, flat):
+        out = out | Mux(select, value, 0)
+    shape = values[0].shape() if hasattr(values[0], "shape") else None
+    return data.View(shape, out) if isinstance(shape, data.Layout) else out
 
 
 class AxiArbiter(wiring.Component):

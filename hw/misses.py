@@ -24,7 +24,7 @@ from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arbiter import lowest_set
+from .arbiter import lowest_onehot, lowest_set, pick_onehot
 from .engine import RESULT_LAYOUT
 from .gens import GEN_BITS
 from .walkers import WALK_INFO
@@ -67,9 +67,10 @@ class MissTable(wiring.Component):
     done, ok : In(walkers); results : In(RESULT_LAYOUT).array(walkers);
     walks : In(WALK_INFO).array(walkers); tags : In(tag_bits).array(walkers)
         The engines' answers and walks.
-    wants_fill : Out(walkers)
-        Walks whose TLB entry is owed; ``filled`` / ``filled_walk`` when it is copied
-        for the TLB (which drops it if an invalidation makes the walk stale first).
+    wants_fill : Out(walkers); fill_walk : Out(...)
+        Walks whose TLB entry is owed, and the lowest of them, whose entry is next;
+        ``filled`` when it is copied for the TLB (which drops it if an invalidation
+        makes the walk stale first).
     release : Out(walkers)
         The engine may drop its result and take a new walk (a one-cycle pulse, from a
         register; the walk is busy until the cycle after and may not be joined meanwhile).
@@ -101,7 +102,7 @@ class MissTable(wiring.Component):
             "done": In(walkers), "ok": In(walkers),
             "results": In(RESULT_LAYOUT).array(walkers), "walks": In(WALK_INFO).array(walkers),
             "tags": In(tag_bits).array(walkers),
-            "wants_fill": Out(walkers), "filled": In(1), "filled_walk": In(id_bits),
+            "wants_fill": Out(walkers), "fill_walk": Out(id_bits), "filled": In(1),
             "written": In(1), "written_walk": In(id_bits),
             "release": Out(walkers),
             "joined": In(1), "waiting": In(1), "record_walk": In(id_bits),
@@ -126,9 +127,12 @@ class MissTable(wiring.Component):
                              self.key[i].eq(self.start_key)]
         with m.If(self.retire):
             m.d.sync += stale.eq(~0)
-        m.d.comb += self.wants_fill.eq(self.done & self.ok & ~stale & ~fill_taken)
-        with m.If(self.filled):
-            m.d.sync += fill_taken.bit_select(self.filled_walk, 1).eq(1)
+        m.d.comb += [self.wants_fill.eq(self.done & self.ok & ~stale & ~fill_taken),
+                     self.fill_walk.eq(lowest_set(m, self.wants_fill, N, "fill_walk"))]
+        fill_next = lowest_onehot(m, self.wants_fill, "fill_next")
+        for i in range(N):
+            with m.If(self.filled & fill_next[i]):
+                m.d.sync += fill_taken[i].eq(1)
         with m.If(self.written):
             m.d.sync += written.bit_select(self.written_walk, 1).eq(1)
 
@@ -136,7 +140,7 @@ class MissTable(wiring.Component):
         valid = Signal(max(1, E), name="entry_valid")
         joined = Signal(max(1, E), name="entry_joined")     # else waiting
         replaying = Signal(max(1, E), name="entry_replaying")
-        walker = [Signal(range(max(2, N)), name=f"e{j}_walker", reset_less=True)
+        walker = [Signal(N, name=f"e{j}_walker", reset_less=True)    # one-hot
                   for j in range(E)]
         reqs = [Signal(self.record_req.shape(), name=f"e{j}_req", reset_less=True)
                 for j in range(E)]
@@ -152,7 +156,8 @@ class MissTable(wiring.Component):
             # replayed request.
             for j in range(E):
                 with m.If((slot == j) & (self.record_replay | ~valid[j])):
-                    m.d.sync += [walker[j].eq(self.record_walk), reqs[j].eq(self.record_req)]
+                    m.d.sync += [walker[j].eq(1 << self.record_walk),
+                                 reqs[j].eq(self.record_req)]
             with m.If(self.settled):
                 m.d.sync += [valid.bit_select(self.record_entry, 1).eq(0),
                              replaying.bit_select(self.record_entry, 1).eq(0)]
@@ -188,41 +193,48 @@ class MissTable(wiring.Component):
         # for it, ahead of any later request), so software that sees the answer then
         # asks again finds the entry or joins the walk, and an invalidation it then
         # issues drops the entry. A walk whose fill is copied this cycle comes after
-        # those that could answer before it.
-        answerable = self.done & ~own_sent & (fill_taken | ~self.ok | stale)
-        own = Signal(name="own_any")
-        m.d.comb += own.eq(answerable.any() | self.filled)
-        ans = Cat(valid[j] & joined[j] & self.done.bit_select(walker[j], 1) for j in range(E)) \
-            if E else Const(0, 1)
-        answerable_i = lowest_set(m, answerable, N, "own_walk")
-        own_i = Mux(answerable.any(), answerable_i, self.filled_walk)
-        ans_j = lowest_set(m, ans, E, "answer_entry") if E else Const(0)
-        joiner_walk = _pick(walker, ans_j) if E else answerable_i
-        src = Mux(~answerable.any() & self.filled, self.filled_walk,
-                  Mux(answerable.any(), answerable_i, joiner_walk))
-        result, walk = _pick(list(self.results), src), _pick(list(self.walks), src)
+        # those that could answer before it. The walk answered and the joined request
+        # answered are one-hot choices, so that their results are AND-ORs, not muxes.
+        answerable = Signal(N, name="answerable")
+        m.d.comb += answerable.eq(self.done & ~own_sent & (fill_taken | ~self.ok | stale))
+        own_oh, own = Signal(N, name="own_walk"), Signal(name="own_any")
+        m.d.comb += [own_oh.eq(Mux(answerable.any(), lowest_onehot(m, answerable, "first_own"),
+                                   Mux(self.filled, fill_next, 0))),
+                     own.eq(answerable.any() | self.filled)]
+        ans = Signal(max(1, E), name="answerable_entries")
+        if E:
+            m.d.comb += ans.eq(Cat(valid[j] & joined[j] & (walker[j] & self.done).any()
+                                   for j in range(E)))
+        ans_oh = lowest_onehot(m, ans, "answer_entry")
+        src = Signal(N, name="answer_walk")
+        m.d.comb += src.eq(Mux(own, own_oh, pick_onehot(ans_oh, walker) if E else 0))
+        result, walk = pick_onehot(src, list(self.results)), pick_onehot(src, list(self.walks))
         with m.If(resp.ready | ~resp.valid):
             m.d.sync += [resp.valid.eq(own | ans.any()), r.result.eq(result),
                          r.access.eq(walk.access), r.arch.eq(walk.params.arch),
                          r.nxe.eq(walk.params.nxe)]
             with m.If(own):
-                m.d.sync += [r.tag.eq(_pick(list(self.tags), own_i)), r.gpa.eq(walk.gpa),
-                             own_sent.bit_select(own_i, 1).eq(1)]
+                m.d.sync += [r.tag.eq(pick_onehot(own_oh, list(self.tags))), r.gpa.eq(walk.gpa)]
+                for i in range(N):
+                    with m.If(own_oh[i]):
+                        m.d.sync += own_sent[i].eq(1)
             if E:
                 with m.Elif(ans.any()):
-                    req = _pick(reqs, ans_j)
+                    req = pick_onehot(ans_oh, reqs)
                     # A joined request shares the walk's 4 KiB page: only the page offset
                     # of a translation (and a RISC-V htval, from ``gpa``) is its own.
                     m.d.sync += [r.tag.eq(req.tag), r.gpa.eq(req.gpa),
-                                 r.result.hpa.eq(Cat(req.gpa[:12], result.hpa[12:])),
-                                 valid.bit_select(ans_j, 1).eq(0)]
+                                 r.result.hpa.eq(Cat(req.gpa[:12], result.hpa[12:]))]
+                    for j in range(E):
+                        with m.If(ans_oh[j]):
+                            m.d.sync += valid[j].eq(0)
 
         # -- release: answered, joiners answered, entry written (or nothing to write) --
         # Registered, so the engines' FSMs and the counters see a register: decided one
         # cycle, a one-cycle pulse the next; no request joins a walk in its release
         # cycle (the MMU masks ``release``).
         for i in range(N):
-            refs = Cat(valid[j] & joined[j] & (walker[j] == i) for j in range(E)).any() \
+            refs = Cat(valid[j] & joined[j] & walker[j][i] for j in range(E)).any() \
                 if E else Const(0)
             joining = self.joined & (self.record_walk == i)
             m.d.sync += self.release[i].eq(~self.release[i] & self.done[i] & own_sent[i]

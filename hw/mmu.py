@@ -249,7 +249,6 @@ class MMU(wiring.Component):
         take_fill = fill_now & tlb.op.ready
         take = (req.valid & req.ready) | (replay.valid & replay.ready)
         m.d.comb += [tlb_fill.take.eq(take_fill), misses.filled.eq(tlb_fill.load),
-                     misses.filled_walk.eq(tlb_fill.load_walk),
                      count["tlb_fills"].eq(take_fill),
                      count["requests"].eq(req.valid & req.ready)]
         # The walk cache looks up requests only: its key does not wait for ``fill_now``.
@@ -436,13 +435,12 @@ class MMU(wiring.Component):
             ]
             entries.append(one)
         fill = Signal(data.StructLayout({"valid": 1, "take": 1, "entry": shape, "load": 1,
-                                         "load_walk": len(misses.filled_walk)}))
+                                         "load_walk": len(misses.fill_walk)}))
         entry = Signal(shape, name="next_fill", reset_less=True)
         valid = Signal(name="next_fill_valid")
         m.d.comb += [fill.valid.eq(valid), fill.entry.eq(entry),
                      fill.load.eq(~valid & misses.wants_fill.any()),
-                     fill.load_walk.eq(lowest_set(m, misses.wants_fill, self.num_walkers,
-                                                  "fill_walk"))]
+                     fill.load_walk.eq(misses.fill_walk)]
         # The miss table notes a load (``filled``) at once, so no entry is copied twice.
         with m.If(~valid):
             m.d.sync += [valid.eq(fill.load), entry.eq(_pick(entries, fill.load_walk))]
