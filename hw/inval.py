@@ -78,7 +78,12 @@ class Invalidator(wiring.Component):
         private_space = p.space != InvalSpace.SHARED
         m.d.comb += self.retire.eq(
             Mux(self.ctx_write, 0b11 << (self.ctx_index * 2), 0) | port_retire)
-        new_wraps = wraps | self.wrapped
+        # A wrap is registered before it is counted, so that the exit from WAIT and
+        # ``busy`` are a few LUT levels from registers; requests wait meanwhile.
+        wrapped = Signal(2 * V, name="wrapped_r")
+        wrapping = Signal()
+        m.d.sync += [wrapped.eq(self.wrapped), wrapping.eq(self.wrapped.any())]
+        new_wraps = wraps | wrapped
         m.d.sync += wraps.eq(new_wraps)
 
         # The range, in page numbers: [start, start + count - 1], empty when count is 0
@@ -93,7 +98,7 @@ class Invalidator(wiring.Component):
         # IDLE, cleared as it returns with no wrap left, so the many places ``hold``
         # reaches are one LUT from registers.
         busy = Signal()
-        m.d.comb += self.hold.eq(port.valid | busy)
+        m.d.comb += self.hold.eq(port.valid | busy | wrapping)
         m.d.sync += self.done.eq(0)
         m.d.sync += busy.eq(new_wraps != 0)
         with m.FSM(name="inval"):
@@ -115,7 +120,7 @@ class Invalidator(wiring.Component):
                     m.d.sync += [sweep.kind.eq(Mux(one, InvalKind.VM, InvalKind.ALL)),
                                  sweep.vm.eq(vm_of),
                                  sweep.space.eq(Mux(one, space, InvalSpace.BOTH)),
-                                 wraps.eq(self.wrapped), tlb_wait.eq(1), pwc_wait.eq(1),
+                                 wraps.eq(wrapped), tlb_wait.eq(1), pwc_wait.eq(1),
                                  busy.eq(1)]
                     m.d.comb += self.stale.eq(1)
                     m.next = "ISSUE"

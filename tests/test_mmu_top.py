@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from hw.gens import GEN_BITS
 from hw.mmu import MMU
 from conftest import leaf_addr
 from hw.sim import VmContext, run_mmu
@@ -264,14 +265,16 @@ def test_vm_isolation():
     assert run.counters["tlb_hits"] > 20, run.counters
 
 
-def test_two_roots_of_one_vm():
-    """Switching a VM between two roots (same GPAs, different frames) through the
-    context port needs no invalidation: the write retires the VM's cached translations
-    (a new generation), so each turn walks each of its pages once and never sees the
-    other root's frames."""
+def test_roots_of_one_vm_across_generation_wraps():
+    """Switching a VM between roots (same GPAs, different frames) through the context
+    port needs no invalidation: the write retires the VM's cached translations (a new
+    generation), so each turn walks each of its pages once and never sees another
+    root's frames. Between the turns that look up, context writes alone take the
+    generation round to where it was, with another root: the wrap's sweep is all that
+    keeps the first turn's entries, still in the TLB, from hitting."""
     fmt = get_format("sv39x4")
     mem = HostMemory(2 << 20)
-    roots = [mem.alloc_table(fmt.root_table_bytes) for _ in range(2)]
+    roots = [mem.alloc_table(fmt.root_table_bytes) for _ in range(3)]
     gpas = [0x1000_0000 + i * 0x1000 for i in range(3)]
     for r, root in enumerate(roots):
         for i, gpa in enumerate(gpas):
@@ -281,12 +284,13 @@ def test_two_roots_of_one_vm():
     ctxs = [VmContext(fmt, roots[0], vm)]
     rng = random.Random(3)
     script, pages = [], 0
-    for turn in range(6):
-        script.append(("ctx", 0, VmContext(fmt, roots[turn % 2], vm)))
-        chosen = [rng.choice(gpas) for _ in range(6)]
-        pages += len(set(chosen))
-        script += [("req", gpa + 8 * k, "read", 0) for k, gpa in enumerate(chosen)]
-        script.append(("drain",))
+    for turn in range(2 * (1 << GEN_BITS) + 2):
+        script.append(("ctx", 0, VmContext(fmt, roots[turn % 3], vm)))
+        if turn % (1 << GEN_BITS) in (0, 1):
+            chosen = [rng.choice(gpas) for _ in range(6)]
+            pages += len(set(chosen))
+            script += [("req", gpa + 8 * k, "read", 0) for k, gpa in enumerate(chosen)]
+            script.append(("drain",))
     before = mem.copy()
     run = run_mmu(mem, ctxs, script, latency=6)
     check_results(run, before, ctxs, script)
