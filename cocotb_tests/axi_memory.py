@@ -17,10 +17,15 @@ responses of different AXI IDs pass each other as the AXI spec allows (A3.4.1: o
 same-ID responses keep their order); back-pressure per channel (``stall`` as a dict);
 :attr:`on_atomic` to change a PTE between the walker's read and its compare; and a
 reset that drops everything in flight, as a real interconnect does.
+
+Monitoring: every PTE read and AtomicCompare, as it acts on the memory, goes as a
+:class:`PteRead` or :class:`AtomicCompare` to the callbacks of :attr:`on_transaction`
+(a scoreboard checking each walk's memory traffic).
 """
 
 import heapq
 import random
+from dataclasses import dataclass
 
 import cocotb
 from cocotb.triggers import Edge, Event, First, Timer
@@ -31,7 +36,7 @@ from cocotbext.axi.stream import define_stream
 
 from sw_model.memory import MemoryAccessError
 
-__all__ = ["HostMemoryAxi", "AxiProtocolError", "CHANNELS"]
+__all__ = ["HostMemoryAxi", "AxiProtocolError", "AtomicCompare", "PteRead", "CHANNELS"]
 
 #: The five AXI channels, for a per-channel ``stall``.
 CHANNELS = ("ar", "r", "aw", "w", "b")
@@ -48,6 +53,31 @@ AxiAWAtopBus, AxiAWAtopTransaction, _, AxiAWAtopSink, _ = define_stream(
 
 class AxiProtocolError(AssertionError):
     """The manager broke an AXI rule this subordinate checks."""
+
+
+@dataclass(frozen=True)
+class PteRead:
+    """A PTE read as served: the ``word`` returned with ``resp`` on AXI ID ``ident``,
+    its request accepted in clock cycle ``cycle``."""
+    addr: int
+    ident: int
+    word: int
+    resp: int
+    cycle: int
+
+
+@dataclass(frozen=True)
+class AtomicCompare:
+    """An AtomicCompare as applied: ``ok`` when the word equalled ``compare`` and was
+    replaced by ``swap``; ``resp`` its response, ``cycle`` the clock cycle it was
+    applied in."""
+    addr: int
+    ident: int
+    compare: int
+    swap: int
+    ok: bool
+    resp: int
+    cycle: int
 
 
 class HostMemoryAxi:
@@ -91,6 +121,9 @@ class HostMemoryAxi:
     on_atomic : callable or None
         ``on_atomic(addr, memory)`` runs before an AtomicCompare is applied: software
         changing a PTE between the walker's read and its update.
+    on_transaction : list of callables
+        Each is called with every :class:`PteRead` and :class:`AtomicCompare` as it acts
+        on the memory (injected errors included).
     resets : int
         Resets seen (everything in flight was dropped at each).
     """
@@ -125,6 +158,7 @@ class HostMemoryAxi:
         self.read_error_rate = self.atomic_error_rate = 0.0
         self.injected = []
         self.on_atomic = None
+        self.on_transaction = []
         self.resets = 0
         self._rng = random.Random(seed ^ 0x5eed)
         self._period = get_sim_steps(period_ns, "ns")
@@ -193,6 +227,13 @@ class HostMemoryAxi:
         except MemoryAccessError:
             return 0, SLVERR if self.memory.contains(addr) else DECERR
 
+    def _cycle(self):
+        return get_sim_time("step") // self._period
+
+    def _tell(self, event):
+        for callback in self.on_transaction:
+            callback(event)
+
     def _answer(self, kind, ident, transaction):
         # A source drives a queued beat at the next clock edge: that edge is cycle 1.
         latency = self.latency if self.max_latency is None else \
@@ -215,6 +256,7 @@ class HostMemoryAxi:
             data, resp = (0, SLVERR) if self._inject("read", addr) else self._load(addr)
             r = self.r._transaction_obj()
             r.rid, r.rdata, r.rresp, r.rlast = int(ar.arid), data, resp, 1
+            self._tell(PteRead(addr, r.rid, data, resp, self._cycle()))
             self._answer("r", r.rid, r)
 
     async def _serve_atomics(self):
@@ -241,6 +283,8 @@ class HostMemoryAxi:
             if resp == OKAY:
                 ok, current = self.memory.cmpxchg64(addr, compare, swap)
             self.transactions.append(("atomic", addr, compare, swap, ok))
+            self._tell(AtomicCompare(addr, int(aw.awid), compare, swap, ok, resp,
+                                     self._cycle()))
             r = self.r._transaction_obj()
             r.rid, r.rdata, r.rresp, r.rlast = int(aw.awid), current, resp, 1
             b = self.b._transaction_obj()

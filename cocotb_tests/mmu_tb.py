@@ -1,6 +1,7 @@
 """The MMU bench: clock, reset, contexts, request driver, response monitor, invalidation
 driver and AXI memory around ``hw.mmu.MMU`` (Verilog top ``tdpwalk_mmu``), plus the
-scoreboard that checks every response against the reference walker.
+scoreboard that checks every response against the reference walker, and each walk's
+PTE reads and A/D updates against the reference walks.
 
 One coroutine (:meth:`MmuTB._pump`) does everything that happens on the request side
 each clock edge: it samples the response, the request and invalidation handshakes and
@@ -36,11 +37,11 @@ from sw_model.tdp import FlushSink, PfResult
 from sw_model.tdp.obligations import FlushObligations
 from sw_model.walker import Fault, Translation, translate
 
-from .axi_memory import HostMemoryAxi
+from .axi_memory import OKAY, HostMemoryAxi, PteRead
 from .batch_shell import STAMP_BITS
 
 __all__ = ["MmuTB", "Response", "RtlFlushSink", "checked_flush_sink", "Scoreboard",
-           "PERIOD_NS", "HIT_CYCLES",
+           "WalkTrafficChecker", "PERIOD_NS", "HIT_CYCLES",
            "run_vcpus", "record_result", "hypervisor_access"]
 
 PERIOD_NS = 10
@@ -66,10 +67,16 @@ class Response:
         A TD's private GPA.
     gfn : int
         The GPA's page number without a TD's shared bit (what invalidations name).
+    raced : bool
+        A model step ran while it was in flight, or while it was offered on the request
+        port (the RTL may accept it before the invalidation the step asked for).
+    beside_raced : bool
+        A request in flight when it was accepted had raced a model step: it may be
+        answered by that request's walk, which may have run before the step.
     """
     __slots__ = ("serial", "tag", "vm_index", "gpa", "access", "accepted", "answered",
                  "result", "done", "refs", "refs_generation", "root", "raced", "private",
-                 "gfn", "paths")
+                 "gfn", "paths", "ad_writes", "beside_raced")
 
     def __init__(self, serial, vm_index, gpa, access):
         self.serial, self.vm_index, self.gpa, self.access = serial, vm_index, gpa, access
@@ -78,8 +85,9 @@ class Response:
         self.done = Event()
         self.refs = []          # reference results seen while in flight
         self.refs_generation = None     # the Scoreboard.generation of the last one
-        self.raced = False      # a model step ran while in flight
+        self.raced = self.beside_raced = False
         self.paths = set()      # entry addresses the reference walks visited
+        self.ad_writes = set()  # (address, old, new): the reference walks' A/D updates
 
     @property
     def latency(self):
@@ -132,6 +140,11 @@ def _key(result):
             tuple(sorted(result.report.items())))
 
 
+def _request_json(req):
+    return {"vm": req.vm_index, "gpa": hex(req.gpa), "access": req.access,
+            "accepted": req.accepted, "answered": req.answered}
+
+
 def _stale_kind(cached, now):
     """How a cached translation differs from the tables now."""
     if not now.ok:
@@ -152,7 +165,10 @@ class Scoreboard:
     Memory changes only in model steps (the simulator is paused while the model runs)
     and by the RTL's own A/D updates (which do not change a translation), so the
     reference is taken when a request is accepted, after every model step while it is in
-    flight, and when it is answered. A response must equal one of them, except:
+    flight (or offered on the request port), and when it is answered; each request keeps
+    the entries its reference walks visit (``paths``) and the A/D updates they owe
+    (``ad_writes``) for :class:`WalkTrafficChecker`. A response must equal one of them,
+    except:
 
     * a cached translation (TLB hit) may be one the tables no longer hold, if it was
       held at some point and no invalidation covering it was accepted before the
@@ -167,10 +183,15 @@ class Scoreboard:
     Members
     -------
     mismatches : list of dict
+        Each with the ``rule`` broken and a ``reason`` naming where and when; those of
+        :class:`WalkTrafficChecker` are recorded here too.
     checked, stale_hits, raced_faults : int
     stale_kinds : dict
         Stale hits by how the tables changed (:func:`_stale_kind`).
     """
+
+    #: The rule an answer breaks when it is none of the above.
+    WRONG_ANSWER = "answer equal to no reference walk"
 
     def __init__(self, tb):
         self.tb = tb
@@ -188,23 +209,36 @@ class Scoreboard:
         self._cache.clear()
         self.generation += 1
 
-    def reference(self, req):
-        """translate() without A/D updates. A successful walk is cached per (VM, root,
-        4 KiB page, access) until the next model step: only model steps change what a
-        walk returns (the RTL's own A/D updates do not)."""
+    def walk_now(self, req):
+        """translate() of ``req`` on the memory as it is now, without A/D updates (which
+        it reports in ``ad_writes``), uncached."""
+        vm = self.tb.guests[req.vm_index].vm
+        return translate(vm.mem, vm.fmt, req.root, req.gpa, req.access, vm=vm.opts,
+                         ad_update=False)
+
+    def _walk(self, req):
+        """:meth:`walk_now`, a successful walk cached per (VM, root, 4 KiB page, access)
+        until the next model step: only model steps change what a walk returns (the
+        RTL's own A/D updates do not). A cached walk keeps the A/D updates it owed
+        when it was taken."""
         key = (req.vm_index, req.root, req.gpa >> 12, req.access)
-        base = self._cache.get(key)
-        if base is not None:
-            return Translation(gpa=req.gpa, access=req.access,
-                               hpa=base.hpa - (base.gpa & 0xfff) + (req.gpa & 0xfff),
-                               level=base.level, perms=base.perms, memtype=base.memtype,
-                               pte_addrs=base.pte_addrs, ad_writes=())
-        guest = self.tb.guests[req.vm_index]
-        ref = translate(guest.vm.mem, guest.vm.fmt, req.root, req.gpa, req.access,
-                        vm=guest.vm.opts, ad_update=False)
-        if ref.ok:
-            self._cache[key] = ref
-        return ref
+        walk = self._cache.get(key)
+        if walk is None:
+            walk = self.walk_now(req)
+            if walk.ok:
+                self._cache[key] = walk
+        return walk
+
+    def reference(self, req):
+        """The answer ``req`` must have now: :meth:`_walk` at ``req``'s page offset,
+        without A/D updates (an answer has none; :meth:`take` keeps the walk's)."""
+        walk = self._walk(req)
+        if not walk.ok:
+            return walk
+        return Translation(gpa=req.gpa, access=req.access,
+                           hpa=walk.hpa - (walk.gpa & 0xfff) + (req.gpa & 0xfff),
+                           level=walk.level, perms=walk.perms, memtype=walk.memtype,
+                           pte_addrs=walk.pte_addrs, ad_writes=())
 
     def _base(self, req, result):
         """(vm, root, space), (level, region) and the translation of the region's first
@@ -236,6 +270,8 @@ class Scoreboard:
         if not req.refs or _key(req.refs[-1]) != _key(ref):
             req.refs.append(ref)
         req.paths.update(ref.pte_addrs)
+        if ref.ok:
+            req.ad_writes.update(self._walk(req).ad_writes)
         self._note(req, ref, cycle)
 
     def invalidated(self, vm_index, start, count, cycle, space=InvalSpace.BOTH):
@@ -274,16 +310,146 @@ class Scoreboard:
         if not req.result.ok and req.raced and req.result.pte_addr in req.paths:
             self.raced_faults += 1
             return True
-        self.mismatches.append({
-            "vm": req.vm_index, "gpa": hex(req.gpa), "access": req.access,
-            "accepted": req.accepted, "answered": req.answered,
-            "rtl": req.result.to_json(), "model": [r.to_json() for r in req.refs]})
-        if len(self.mismatches) <= 5:
-            self.tb.log.error("mismatch #%d: vm %d %s %#x (cycles %d..%d)\n  rtl:   %s\n"
-                              "  model: %s", len(self.mismatches), req.vm_index, req.access,
-                              req.gpa, req.accepted, req.answered, req.result.to_json(),
-                              [r.to_json() for r in req.refs])
+        self.mismatch(self.WRONG_ANSWER,
+                      f"vm {req.vm_index} {req.access} {req.gpa:#x}, cycles "
+                      f"{req.accepted}..{req.answered}", **_request_json(req),
+                      rtl=req.result.to_json(), model=[r.to_json() for r in req.refs])
         return False
+
+    def mismatch(self, rule, where, **details):
+        """Record a mismatch: the ``rule`` broken, ``where`` (what, address, AXI ID,
+        cycle) and JSON-ready ``details``; the first five are logged."""
+        self.mismatches.append({"rule": rule, "reason": f"{rule}: {where}", **details})
+        if len(self.mismatches) <= 5:
+            self.tb.log.error("mismatch #%d: %s: %s%s", len(self.mismatches), rule, where,
+                              "".join(f"\n  {k}: {v}" for k, v in details.items()))
+
+
+class WalkTrafficChecker:
+    """Checks the walks' memory traffic against the reference walks that the
+    :class:`Scoreboard` takes. An AXI ID names a walk engine, not a request, so each PTE
+    read and AtomicCompare is checked against every request in flight (accepted, not yet
+    answered):
+
+    * a read must be of an entry that one of their reference walks visits (a walk may
+      read fewer: the walk cache serves upper levels);
+    * an AtomicCompare must be of such an entry, with the word that AXI ID last read
+      there (what its walk saw) as compare value, and be one of their reference walks'
+      A/D updates of that entry: its swap value the update's new word, its compare value
+      the old word or one between (the RTL's own updates, which change no translation,
+      may have set some of the bits since the reference was taken: A by a read, then D
+      owed by a write);
+    * a translation a walk answered (not a TLB hit) leaves no A/D update owed: a fresh
+      reference walk on the memory now writes none. Not checked when a model step may
+      have run since the walk (the request raced one, or was accepted beside a request
+      that did, whose walk it may have joined), nor at an entry the RTL has not read or
+      updated since the last model step (the model may have cleared its A/D bits since:
+      aging, dirty logging).
+
+    Traffic is not checked while a request without a reference walk is in flight (one
+    sent with the scoreboard off: its walk's entries are unknown). A violation is a
+    mismatch of the scoreboard naming the rule, the entry, the AXI ID and the cycle.
+
+    Members
+    -------
+    reads, compares : int
+        PTE reads and AtomicCompares checked.
+    walked : int
+        Walked translations of VMs whose A/D bits the hardware sets checked for A/D
+        updates left owed.
+    """
+
+    UNVISITED_READ = "PTE read of an entry no walk in flight visits"
+    UNVISITED_COMPARE = "AtomicCompare of an entry no walk in flight visits"
+    UNREAD_COMPARE = "AtomicCompare whose compare value is not the word its AXI ID read"
+    NOT_AN_UPDATE = "AtomicCompare that is no A/D update of a walk in flight"
+    UPDATE_OWED = "walked translation with an A/D update not done"
+
+    def __init__(self, scoreboard, in_flight):
+        """``in_flight()`` gives the requests accepted and not yet answered."""
+        self.scoreboard, self.in_flight = scoreboard, in_flight
+        self.reads = self.compares = self.walked = 0
+        self._words = {}        # (AXI ID, address) -> the word that ID last read there
+        self._touched = {}      # address -> Scoreboard.generation of its last transaction
+
+    def observe(self, event):
+        """A :class:`~cocotb_tests.axi_memory.PteRead` or
+        :class:`~cocotb_tests.axi_memory.AtomicCompare` as the memory served it."""
+        self._touched[event.addr] = self.scoreboard.generation
+        if isinstance(event, PteRead):
+            self._read(event)
+        else:
+            self._compare(event)
+
+    def _requests(self):
+        """The requests in flight, or None if the traffic cannot be checked now."""
+        requests = list(self.in_flight())
+        return None if any(not req.refs for req in requests) else requests
+
+    def _flag(self, rule, event, **details):
+        self.scoreboard.mismatch(rule, f"address {event.addr:#x}, AXI ID {event.ident}, "
+                                 f"cycle {event.cycle}", addr=hex(event.addr),
+                                 id=event.ident, cycle=event.cycle, **details)
+
+    def _read(self, event):
+        if event.resp == OKAY:
+            self._words[(event.ident, event.addr)] = event.word
+        else:
+            self._words.pop((event.ident, event.addr), None)
+        requests = self._requests()
+        if requests is None:
+            return
+        self.reads += 1
+        if not any(event.addr in req.paths for req in requests):
+            self._flag(self.UNVISITED_READ, event,
+                       in_flight=[_request_json(req) for req in requests])
+
+    def _compare(self, event):
+        requests = self._requests()
+        if requests is None:
+            return
+        self.compares += 1
+        walks = [req for req in requests if event.addr in req.paths]
+        read = self._words.get((event.ident, event.addr))
+        if not walks:
+            self._flag(self.UNVISITED_COMPARE, event,
+                       in_flight=[_request_json(req) for req in requests])
+        elif read != event.compare:
+            self._flag(self.UNREAD_COMPARE, event, compare=hex(event.compare),
+                       read=None if read is None else hex(read))
+        elif not any(_is_update(update, event) for req in walks for update in req.ad_writes):
+            self._flag(self.NOT_AN_UPDATE, event, compare=hex(event.compare),
+                       swap=hex(event.swap), updates=sorted(
+                           [hex(a), hex(old), hex(new)] for req in walks
+                           for a, old, new in req.ad_writes if a == event.addr))
+
+    def answered(self, req):
+        """``req`` was answered: if a walk translated it, no A/D update may be owed."""
+        if not req.result.ok or req.hit or req.raced or req.beside_raced:
+            return
+        if self.scoreboard.tb.guests[req.vm_index].vm.opts.ad != "hardware":
+            return
+        self.walked += 1
+        now = self.scoreboard.walk_now(req)
+        generation = self.scoreboard.generation
+        owed = [update for update in (now.ad_writes if now.ok else ())
+                if self._touched.get(update[0]) == generation]
+        if owed:
+            addr, old, new = owed[0]
+            self.scoreboard.mismatch(
+                self.UPDATE_OWED, f"address {addr:#x}, vm {req.vm_index} {req.access} "
+                f"{req.gpa:#x}, cycles {req.accepted}..{req.answered}",
+                addr=hex(addr), **_request_json(req),
+                owed=[[hex(a), hex(o), hex(n)] for a, o, n in owed])
+
+
+def _is_update(update, event):
+    """Whether AtomicCompare ``event`` does the A/D update ``(address, old, new)``: it
+    writes ``new`` over ``old`` or over a word holding part of the bits ``new`` adds."""
+    addr, old, new = update
+    compare = event.compare
+    return (addr == event.addr and event.swap == new and compare != new
+            and compare & old == old and compare & new == compare)
 
 
 def record_result(result):
@@ -394,6 +560,9 @@ class MmuTB:
         ``vm_index -> guest`` (anything with ``.vm``, a :class:`sw_model.tdp.Vm`).
     axi : HostMemoryAxi
     scoreboard : Scoreboard
+    traffic : WalkTrafficChecker
+        Checks every PTE read and AtomicCompare (when ``check`` is set at construction)
+        and every walked answer.
     responses : list of Response
         Every answered request, in answer order (kept only when ``keep`` is set).
     flushes : int
@@ -424,6 +593,9 @@ class MmuTB:
         self.guests = {}
         self.contexts = {}
         self.scoreboard = Scoreboard(self)
+        self.traffic = WalkTrafficChecker(self.scoreboard, self.in_flight)
+        if check:
+            self.axi.on_transaction.append(self.traffic.observe)
         self.responses = []
         self.answered = 0
         self.flushes = 0
@@ -433,6 +605,7 @@ class MmuTB:
         self._inval_queue = collections.deque()     # (kind, vm, start, count, space)
         self._free_tags = collections.deque(range(1 << self.tag_bits))
         self._outstanding = {}                      # tag -> Response
+        self._batch = ()                            # the requests of a running batch
         self._inval_waiters = []                    # [serial at accept, Event] for grace
         self._inval_done = Event()
         self._wake = Event()
@@ -501,16 +674,22 @@ class MmuTB:
         self._wake.set()
         return req
 
+    def in_flight(self):
+        """The requests accepted and not yet answered (a running batch's: all of them)."""
+        return [*self._outstanding.values(), *self._batch]
+
     def queue_inval(self, kind, vm_index, start, count, space=InvalSpace.BOTH):
         self._inval_queue.append((kind, vm_index, start, count, space))
         self._wake.set()
 
     async def model_step(self, fn, *args, **kwargs):
         """Run one model operation atomically (the simulator is paused), then take the
-        reference of every request in flight, write changed roots, and drive the
-        invalidations the step asked for, waiting until each is done and every request
-        older than it has been answered (the RCU grace period: no walk can still read a
-        table the model frees). The operation's return value.
+        reference of every request in flight, and of the one offered on the request port
+        (the RTL may accept it before the step's invalidations and walk what its walk
+        cache held before the step: its reference before the step is taken too), write
+        changed roots, and drive the invalidations the step asked for, waiting until each
+        is done and every request older than it has been answered (the RCU grace period:
+        no walk can still read a table the model frees). The operation's return value.
 
         A guest whose flush sink checks obligations (:func:`checked_flush_sink`) is told
         first that the RTL may have cached its tables as they are: between model steps
@@ -519,10 +698,13 @@ class MmuTB:
             sink = getattr(guest.vm, "sink", None)
             if isinstance(sink, FlushObligations):
                 sink.observe()
+        offered = [] if self._driving is None else [self._driving]
+        for req in offered:
+            self.scoreboard.take(req, self.cycle())
         result = fn(*args, **kwargs)
         self.scoreboard.changed()
         cycle = self.cycle()
-        for req in self._outstanding.values():
+        for req in [*self._outstanding.values(), *offered]:
             req.raced = True
             self.scoreboard.take(req, cycle)
         for index in self.guests:
@@ -573,6 +755,7 @@ class MmuTB:
         req.result = self._decode(req, raw)
         if self.check:
             self.scoreboard.check(req)
+            self.traffic.answered(req)
         self.answered += 1
         if self.keep:
             self.responses.append(req)
@@ -609,6 +792,7 @@ class MmuTB:
                 self.scoreboard.take(req, start)
         dut.batch_req.value = words
         dut.batch_count.value = len(reqs)
+        self._batch = reqs
         dut.batch_go.value = 1
         await RisingEdge(clk)
         dut.batch_go.value = 0
@@ -627,6 +811,7 @@ class MmuTB:
             raw = answer & ((1 << size) - 1)
             self._answered(reqs[(raw >> tag_shift) & tag_mask], raw,
                            base + ((answer >> size) & stamp_mask))
+        self._batch = ()
         return reqs
 
     def _decode(self, req, raw):
@@ -698,6 +883,7 @@ class MmuTB:
             if self._driving is not None and int(req_ready.value):
                 req = self._driving
                 req.accepted = cycle
+                req.beside_raced = any(r.raced for r in self._outstanding.values())
                 self._outstanding[req.tag] = req
                 if self.check:
                     self.scoreboard.take(req, cycle)

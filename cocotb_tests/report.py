@@ -12,8 +12,9 @@ def percentile(values, q):
 
 
 def summarize(tb, scenario, seed, extra, seconds, window=100):
-    """The report of one scenario run on ``tb``: translations, mismatches, faults,
-    hit rate (RTL counters), walk latencies, flushes, dirty pages, hit rate over time.
+    """The report of one scenario run on ``tb``: translations, mismatches, what the
+    scoreboard checked, faults, hit rate (RTL counters), walk latencies, flushes, dirty
+    pages, hit rate over time.
     A scenario's own figures (``extra["details"]``: heading -> {name: count}) pass
     through for the report to print."""
     counters = tb.counters()
@@ -35,6 +36,12 @@ def summarize(tb, scenario, seed, extra, seconds, window=100):
         "mismatches": len(sb.mismatches), "mismatch_list": sb.mismatches[:20],
         "checked": sb.checked, "stale_hits_allowed": sb.stale_hits,
         "raced_faults": sb.raced_faults, "stale_kinds": sb.stale_kinds,
+        # Each walk's memory traffic (WalkTrafficChecker), and the VMs' formats and A/D
+        # modes ([format, mode] pairs) that say which of its checks apply.
+        "pte_reads_checked": tb.traffic.reads,
+        "atomic_compares_checked": tb.traffic.compares,
+        "ad_done_checked": tb.traffic.walked,
+        "ad_modes": sorted({(g.vm.fmt.name, g.vm.opts.ad) for g in tb.guests.values()}),
         # Model operations whose flush obligations were checked (checked_flush_sink).
         "obligation_checks": sum(getattr(getattr(g.vm, "sink", None), "checks", 0)
                                  for g in tb.guests.values()),

@@ -1,6 +1,8 @@
 """The MMU co-simulation's scoreboard (:class:`cocotb_tests.mmu_tb.Scoreboard`) on answers
 made up here: it takes the right one, rejects each way a wrong one can differ, and
-accepts a stale hit or a raced fault only under its stated rules, counting each.
+accepts a stale hit or a raced fault only under its stated rules, counting each. Its
+companion :class:`~cocotb_tests.mmu_tb.WalkTrafficChecker` on made-up AXI traffic: PTE
+reads, A/D AtomicCompares and the A/D updates a walked answer leaves owed.
 
 The co-simulation feeds it the RTL's answers, which are right; these feed it wrong ones,
 so a scoreboard that stops comparing is seen without a broken RTL.
@@ -12,7 +14,8 @@ import types
 
 import pytest
 
-from cocotb_tests.mmu_tb import HIT_CYCLES, Response, Scoreboard
+from cocotb_tests.axi_memory import AtomicCompare, PteRead
+from cocotb_tests.mmu_tb import HIT_CYCLES, Response, Scoreboard, WalkTrafficChecker
 from hw.tlb import InvalSpace
 from sw_model.memory import HostMemory
 from sw_model.tdp import PfResult, Vm
@@ -104,3 +107,122 @@ def test_a_fault_is_accepted_only_on_a_raced_request(raced, on_path, accepted):
                   pte_addr=path[-2] if on_path else path[-2] ^ 0x800, report={})
     assert _answer(sb, req, fault, 30) is accepted
     assert (len(sb.mismatches), sb.raced_faults) == (int(not accepted), int(accepted))
+
+
+# -- each walk's memory traffic (WalkTrafficChecker) ---------------------------------------
+
+def _ad(vm):
+    return vm.fmt.fields["a"].mask | vm.fmt.fields["d"].mask
+
+
+def _traffic(vm, sb, access="read", gfn=BASE + 3):
+    """A request accepted at cycle 10 whose walk must set A in every entry (and D in
+    the leaf on a write: the model cleared them as aging and dirty logging do), the
+    checker with it in flight."""
+    for addr in _right(vm, sb, gfn).pte_addrs:
+        vm.mem.write64(addr, vm.mem.read64(addr) & ~_ad(vm))
+    sb.changed()
+    req = _request(vm, sb, gfn, 10, access)
+    in_flight = [req]
+    return WalkTrafficChecker(sb, lambda: in_flight), req, in_flight
+
+
+def _path(req):
+    return list(req.refs[-1].pte_addrs)
+
+
+def _walk(vm, traffic, req, ident=1, skip=()):
+    """What the RTL's walk does: read every entry, then set the A/D bits the reference
+    owes that the words read lack, root first, each compared with the word read (but
+    at ``skip``)."""
+    words = {}
+    for cycle, addr in enumerate(_path(req), 12):
+        words[addr] = vm.mem.read64(addr)
+        traffic.observe(PteRead(addr, ident, words[addr], 0, cycle))
+    for addr, _, new in sorted(req.ad_writes, key=lambda w: _path(req).index(w[0])):
+        if addr not in skip and words[addr] | new != words[addr]:
+            ok, _ = vm.mem.cmpxchg64(addr, words[addr], words[addr] | new)
+            traffic.observe(AtomicCompare(addr, ident, words[addr], words[addr] | new, ok,
+                                          0, 30))
+
+
+def test_a_walk_reading_its_entries_and_setting_its_a_bits_is_counted():
+    vm, sb = _bench()
+    traffic, req, _ = _traffic(vm, sb)
+    _walk(vm, traffic, req)
+    assert _answer(sb, req, sb.reference(req), 40)
+    traffic.answered(req)
+    assert (traffic.reads, traffic.compares, traffic.walked) == (4, 4, 1)
+    assert sb.mismatches == []
+
+
+@pytest.mark.parametrize("when", ["neighbour", "after the answer"])
+def test_a_read_of_an_entry_no_walk_in_flight_visits_is_a_mismatch(when):
+    vm, sb = _bench()
+    traffic, req, in_flight = _traffic(vm, sb)
+    leaf = _path(req)[-1]
+    addr = leaf ^ 8 if when == "neighbour" else leaf
+    if when == "after the answer":
+        in_flight.clear()
+    traffic.observe(PteRead(addr, 2, vm.mem.read64(addr), 0, 17))
+    rule = WalkTrafficChecker.UNVISITED_READ
+    assert traffic.reads == 1 and [m["rule"] for m in sb.mismatches] == [rule]
+    assert sb.mismatches[0]["reason"] == f"{rule}: address {addr:#x}, AXI ID 2, cycle 17"
+
+
+def test_a_compare_setting_d_on_a_read_is_a_mismatch():
+    vm, sb = _bench()
+    traffic, req, _ = _traffic(vm, sb)
+    _walk(vm, traffic, req, skip=_path(req)[-1:])
+    leaf = _path(req)[-1]
+    word = vm.mem.read64(leaf)
+    traffic.observe(AtomicCompare(leaf, 1, word, word | _ad(vm), True, 0, 33))
+    assert [m["rule"] for m in sb.mismatches] == [WalkTrafficChecker.NOT_AN_UPDATE]
+    assert f"address {leaf:#x}, AXI ID 1, cycle 33" in sb.mismatches[0]["reason"]
+
+
+def test_a_compare_with_a_word_the_walk_did_not_read_is_a_mismatch():
+    """The compare value is what the walk read at that entry on its AXI ID: another ID's
+    read, or another word, does not count."""
+    vm, sb = _bench()
+    traffic, req, _ = _traffic(vm, sb)
+    _walk(vm, traffic, req, ident=1, skip=_path(req))
+    root = _path(req)[0]
+    [(_, old, new)] = [w for w in req.ad_writes if w[0] == root]
+    traffic.observe(AtomicCompare(root, 2, old, new, True, 0, 31))
+    traffic.observe(AtomicCompare(root, 1, old ^ 0x1000, new, False, 0, 32))
+    rule = WalkTrafficChecker.UNREAD_COMPARE
+    assert [m["rule"] for m in sb.mismatches] == [rule, rule]
+    assert [m["id"] for m in sb.mismatches] == [2, 1]
+
+
+def test_a_write_sets_d_after_another_walk_set_a():
+    """The RTL's own update since the reference (a read's walk set A) leaves the write's
+    walk to set D over a word with A already set: still the reference's update."""
+    vm, sb = _bench()
+    traffic, writer, in_flight = _traffic(vm, sb, "write")
+    reader = _request(vm, sb, BASE + 3, 11)
+    in_flight.append(reader)
+    _walk(vm, traffic, reader, ident=0)
+    _walk(vm, traffic, writer, ident=1)
+    assert traffic.compares == 5 and sb.mismatches == []
+
+
+@pytest.mark.parametrize("answer, checked", [("walked", True), ("hit", False),
+                                             ("raced", False)])
+def test_a_walked_answer_whose_a_bit_was_never_set_is_a_mismatch(answer, checked):
+    """Only a walked translation (a TLB hit may be an entry the model aged since) of a
+    request no model step raced owes its A/D updates done."""
+    vm, sb = _bench()
+    traffic, req, _ = _traffic(vm, sb)
+    leaf = _path(req)[-1]
+    _walk(vm, traffic, req, skip=[leaf])
+    req.raced = answer == "raced"
+    answered = 10 + (HIT_CYCLES if answer == "hit" else 30)
+    assert _answer(sb, req, sb.reference(req), answered)
+    traffic.answered(req)
+    assert traffic.walked == int(checked)
+    assert [m["rule"] for m in sb.mismatches] == \
+        [WalkTrafficChecker.UPDATE_OWED] * checked
+    if checked:
+        assert sb.mismatches[0]["addr"] == hex(leaf)
