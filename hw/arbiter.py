@@ -1,5 +1,5 @@
 """AXI read-address arbitration of several walkers onto one manager port, and the
-priority encoder every fixed-priority choice of the MMU uses."""
+fixed-priority choices the MMU makes: as an index (a priority encoder) or one-hot."""
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
