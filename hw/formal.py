@@ -97,15 +97,26 @@ def _covers(inval, vm0, private0, base, size):
     """1 when the invalidation ``inval`` (a ``sweep_layout`` view) must remove an entry
     of VM ``vm0``, space ``private0`` covering pages ``[base, base + size)``: the rule of
     docs/mmu.md (every kind honours ``space``; RANGE removes any overlap with
-    ``[first, last]``, compared with the ``ignore`` bits of the entry cleared)."""
+    ``[first, last]``). The range comes as :func:`hw.tlb.range_layout`'s addends; they
+    are turned back into its bounds here, so the check does not reuse the caches'
+    comparison."""
     space_ok = ((inval.space == InvalSpace.BOTH)
                 | ((inval.space == InvalSpace.PRIVATE) & private0)
                 | ((inval.space == InvalSpace.SHARED) & ~private0))
-    start = base & ~inval.ignore
-    overlap = (start <= inval.last) & (inval.first <= start + (size - 1))
+    top = Const(1 << len(base), len(base) + 2)
+    first, end = top - inval.range.to_first, top - inval.range.to_end     # end = last + 1
+    overlap = (base < end) & (first <= base + (size - 1))
     return space_ok & ((inval.kind == InvalKind.ALL)
                        | ((inval.vm == vm0) & ((inval.kind == InvalKind.VM)
                                                | ((inval.kind == InvalKind.RANGE) & overlap))))
+
+
+def _assume_range_form(m, inval):
+    """The caches' contract on an invalidation's range: each addend is at most
+    ``2**VPN_BITS`` (what :func:`hw.tlb.range_addends` gives for any bounds)."""
+    top = 1 << (len(inval.payload.range.to_first) - 1)
+    m.d.comb += Assume(~inval.valid | ((inval.payload.range.to_first <= top)
+                                       & (inval.payload.range.to_end <= top)))
 
 
 class _CacheGhost:
@@ -171,6 +182,7 @@ class _CacheHarness(Elaboratable):
             m.submodules.dut = Fragment.get(self.dut, None)
             dut = self.dut
             _drive_inputs(m, dut)
+            _assume_range_form(m, dut.inval)
             key = self.lookup_key(dut)
             g = _CacheGhost(m, key.shape(), self.levels, self.data_width)
             m.d.comb += Assume(~self.looks_up(dut) | (key.as_value() == g.key0.as_value()))

@@ -8,7 +8,10 @@ flight (none of them will fill) and:
 * VM: starts a new generation of the VM's space (:mod:`hw.gens`) and clears its walk-cache
   entries: its TLB entries no longer match and age out;
 * RANGE: sweeps the TLB and walk cache for the VM's entries with a page in
-  ``[start, start + count)`` (GFNs without a TD's shared bit, which the sweep ignores).
+  ``[start, start + count)``. A TD's range names GFNs without the shared bit, and its
+  shared entries keep the bit in their page numbers: its private entries are swept
+  with the range as named, its shared ones with the range moved up by the shared bit
+  (two sweeps for both spaces), so the caches compare page numbers as they are.
 
 ``done`` pulses, from a register, the cycle after every cache has finished. A context
 write also starts a new generation of its VM. A generation that wraps to 0 has the VM's
@@ -17,11 +20,11 @@ is cleared).
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .context import CONTEXT_LAYOUT
-from .tlb import VPN_BITS, InvalKind, InvalSpace, sweep_layout
+from .tlb import VPN_BITS, InvalKind, InvalSpace, range_addends, sweep_layout
 
 __all__ = ["Invalidator"]
 
@@ -69,7 +72,13 @@ class Invalidator(wiring.Component):
         wraps = Signal(2 * V)           # generations that wrapped and are not swept yet
         tlb_wait, pwc_wait = Signal(), Signal()
         answer = Signal()               # the port's invalidation is not done yet
-        sweep = Signal(sweep_layout(self.vm_bits), reset_less=True)
+        # The sweep under way; its range is turned into the caches' form
+        # (:func:`hw.tlb.range_addends`) between this register and theirs.
+        sweep = Signal(data.StructLayout({
+            "kind": InvalKind, "vm": self.vm_bits, "space": InvalSpace,
+            "first": VPN_BITS + 1, "last": VPN_BITS}), reset_less=True)
+        shared_bit = Signal(VPN_BITS, reset_less=True)  # a TD's, as a page number
+        shared_next = Signal()          # a TD's range: the shared entries' sweep follows
         m.d.comb += self.vm.eq(p.vm)
 
         # Retirements: a context write, and a VM invalidation when it is accepted.
@@ -87,10 +96,10 @@ class Invalidator(wiring.Component):
         m.d.sync += wraps.eq(new_wraps)
 
         # The range, in page numbers: [start, start + count - 1], empty when count is 0
-        # or the range starts above any GPA; the shared bit of a TD is ignored.
+        # or the range starts above any GPA.
         last = p.start + p.count - 1
         overflow = (p.start[VPN_BITS:] != 0)
-        ignore = Mux(self.ctx.td, (Const(1, 64) << self.ctx.shared_bit)[12:12 + VPN_BITS], 0)
+        td = self.ctx.td
 
         # Requests wait while the port is valid, a wrapped generation waits for its sweep
         # or an invalidation is under way. ``busy`` is the register form of the last two
@@ -127,10 +136,11 @@ class Invalidator(wiring.Component):
                 with m.Elif(port.valid & self.idle):
                     m.d.comb += [port.ready.eq(1), self.stale.eq(1)]
                     m.d.sync += [sweep.kind.eq(p.kind), sweep.vm.eq(p.vm),
-                                 sweep.space.eq(p.space), sweep.first.eq(p.start),
+                                 sweep.space.eq(p.space), sweep.first.eq(p.start[:VPN_BITS]),
                                  sweep.last.eq(Mux(last[VPN_BITS:] != 0,
                                                    (1 << VPN_BITS) - 1, last)),
-                                 sweep.ignore.eq(ignore), answer.eq(1), busy.eq(1)]
+                                 shared_bit.eq((Const(1, 64) << self.ctx.shared_bit)[12:]),
+                                 answer.eq(1), busy.eq(1)]
                     with m.Switch(p.kind):
                         with m.Case(InvalKind.VM):
                             m.d.comb += port_retire.eq(
@@ -142,17 +152,37 @@ class Invalidator(wiring.Component):
                         with m.Case(InvalKind.RANGE):
                             with m.If((p.count == 0) | overflow):
                                 m.d.sync += [tlb_wait.eq(0), pwc_wait.eq(0)]
+                                m.next = "ISSUE"
+                            with m.Elif(td & (p.space == InvalSpace.SHARED)):
+                                m.next = "SHIFT"
                             with m.Else():
-                                m.d.sync += [tlb_wait.eq(1), pwc_wait.eq(1)]
-                            m.next = "ISSUE"
+                                # A TD's private entries first, its shared ones next.
+                                m.d.sync += [tlb_wait.eq(1), pwc_wait.eq(1),
+                                             shared_next.eq(td & (p.space == InvalSpace.BOTH))]
+                                with m.If(td):
+                                    m.d.sync += sweep.space.eq(InvalSpace.PRIVATE)
+                                m.next = "ISSUE"
                         with m.Default():
                             m.d.sync += [tlb_wait.eq(1), pwc_wait.eq(1)]
                             m.next = "ISSUE"
 
+            with m.State("SHIFT"):
+                # A TD's shared entries: the range moved up by the shared bit (its pages
+                # above the last page number are none).
+                first, last = sweep.first + shared_bit, sweep.last + shared_bit
+                m.d.sync += [sweep.space.eq(InvalSpace.SHARED), shared_next.eq(0),
+                             sweep.first.eq(Mux(first[VPN_BITS:] != 0, 1 << VPN_BITS, first)),
+                             sweep.last.eq(Mux(last[VPN_BITS:] != 0, (1 << VPN_BITS) - 1, last)),
+                             tlb_wait.eq(1), pwc_wait.eq(1), busy.eq(1)]
+                m.next = "ISSUE"
+
             with m.State("ISSUE"):
                 # Both caches are ready: nothing entered the pipeline since ``idle``.
-                m.d.comb += [self.tlb.payload.eq(sweep), self.pwc.payload.eq(sweep),
-                             self.tlb.valid.eq(tlb_wait), self.pwc.valid.eq(pwc_wait)]
+                for cache in (self.tlb, self.pwc):
+                    m.d.comb += [cache.payload.kind.eq(sweep.kind), cache.payload.vm.eq(sweep.vm),
+                                 cache.payload.space.eq(sweep.space),
+                                 cache.payload.range.eq(range_addends(sweep.first, sweep.last))]
+                m.d.comb += [self.tlb.valid.eq(tlb_wait), self.pwc.valid.eq(pwc_wait)]
                 m.d.sync += busy.eq(1)
                 m.next = "WAIT"
 
@@ -162,7 +192,10 @@ class Invalidator(wiring.Component):
                     m.d.sync += tlb_wait.eq(0)
                 with m.If(self.pwc_done):
                     m.d.sync += pwc_wait.eq(0)
-                with m.If(~(tlb_wait & ~self.tlb_done) & ~(pwc_wait & ~self.pwc_done)):
+                with m.If(~(tlb_wait & ~self.tlb_done) & ~(pwc_wait & ~self.pwc_done)
+                          & shared_next):
+                    m.next = "SHIFT"
+                with m.Elif(~(tlb_wait & ~self.tlb_done) & ~(pwc_wait & ~self.pwc_done)):
                     # A generation that wrapped is swept before the port is answered.
                     with m.If(new_wraps == 0):
                         m.d.sync += self.done.eq(answer)

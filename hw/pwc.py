@@ -25,13 +25,13 @@ level's entries one per cycle (levels in parallel) and removes those whose regio
 a page in ``[first, last]``. Every kind honours ``space``.
 """
 
-from amaranth import Array, Cat, Module, Mux, Signal, Value
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .context import ADDR_BITS
 from .decode import PA_WIDTH
-from .tlb import LEVEL_BITS, VPN_BITS, InvalKind, space_match, sweep_layout
+from .tlb import LEVEL_BITS, VPN_BITS, InvalKind, in_range, space_match, sweep_layout
 
 __all__ = ["PageWalkCache", "PWC_DATA", "pwc_key_layout", "pwc_fill_layout",
            "pwc_start_layout"]
@@ -222,13 +222,13 @@ class PageWalkCache(wiring.Component):
         for l in self.levels:
             e = data.View(self._entry_layout(l),
                           Array(Value.cast(x) for x in ent[l])[step[:max(1, (N - 1).bit_length())]])
-            # The region has a page in [first, last] iff it lies between the regions
-            # holding first and last.
+            # The region's pages run from its first to its last page number.
             shift = LEVEL_BITS * (l - 1)
-            base = e.region & ~sw.ignore[shift:]
+            base = e.region
             m.d.sync += kill[l].eq(sweeping & (step < N) & space_match(sw.space, e.private)
-                                   & (e.vm == sw.vm) & (sw.first[shift:] <= base)
-                                   & (base <= sw.last[shift:]))
+                                   & (e.vm == sw.vm)
+                                   & in_range(sw.range, Cat(Const(0, shift), base),
+                                              Cat(Const(-1, shift), base)))
 
         for l in self.levels:
             for i in range(N):

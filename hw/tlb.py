@@ -35,8 +35,7 @@ Invalidation (``inval``): ALL clears every valid bit in one cycle; VM and RANGE 
 the sets one per cycle through the same pipeline (every way compared at once) and the
 huge entries one per cycle beside them. A range removes exactly the entries of the VM
 with a page in ``[first, last]``: a 1 GiB entry with one 4 KiB page in the range goes,
-its neighbour stays (compared in page numbers with ``ignore`` bits cleared, the shared
-bit of a TD). Every kind honours ``space`` (:class:`InvalSpace`).
+its neighbour stays. Every kind honours ``space`` (:class:`InvalSpace`).
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, Value
@@ -48,6 +47,7 @@ from .arbiter import lowest_set
 from .context import GPA_BITS
 
 __all__ = ["TLB", "InvalKind", "InvalSpace", "VPN_BITS", "LEVEL_BITS", "key_layout",
+           "range_layout", "range_value", "range_addends", "in_range",
            "late_layout", "op_layout", "result_layout", "sweep_layout", "fills_layout",
            "conflicts", "plru_touch", "plru_victim", "space_match", "level_mask", "page_mask"]
 
@@ -101,9 +101,36 @@ def result_layout(data_width):
 
 def sweep_layout(vm_bits):
     """An invalidation: ``kind``, ``vm`` (VM and RANGE), ``space``, and for RANGE the
-    inclusive page numbers ``first`` to ``last`` compared with ``ignore`` cleared."""
+    page numbers it covers (``range``, :func:`range_layout`)."""
     return data.StructLayout({"kind": InvalKind, "vm": vm_bits, "space": InvalSpace,
-                              "first": VPN_BITS, "last": VPN_BITS, "ignore": VPN_BITS})
+                              "range": range_layout()})
+
+
+def range_layout():
+    """A range of page numbers ``[first, last]`` as the caches compare with it:
+    ``to_first = 2**VPN_BITS - first`` and ``to_end = 2**VPN_BITS - (last + 1)``, each at
+    most ``2**VPN_BITS`` (:func:`range_addends`, :func:`in_range`)."""
+    return data.StructLayout({"to_first": VPN_BITS + 1, "to_end": VPN_BITS + 1})
+
+
+def range_value(first, last):
+    """:func:`range_layout`'s value for ``[first, last]``, for a simulator to drive."""
+    return {"to_first": (1 << VPN_BITS) - first, "to_end": (1 << VPN_BITS) - last - 1}
+
+
+def range_addends(first, last):
+    """``first`` and ``last`` (inclusive page numbers) as :func:`range_layout`'s
+    addends, computed once per invalidation: comparing each entry with ``first`` and
+    ``last`` would put an inverter on every bit in front of each carry chain (ECP5)."""
+    top = Const(1 << VPN_BITS, VPN_BITS + 2)
+    return Cat((top - first)[:VPN_BITS + 1], (top - last - 1)[:VPN_BITS + 1])
+
+
+def in_range(bounds, low, high):
+    """An entry whose pages run from ``low`` to ``high`` has one in the range ``bounds``
+    (:func:`range_layout`): ``first <= high`` and ``low <= last``, each the carry of
+    one addition into bit ``VPN_BITS``."""
+    return (high + bounds.to_first)[VPN_BITS] & ~(low + bounds.to_end)[VPN_BITS]
 
 
 def fills_layout(set_bits):
@@ -515,8 +542,8 @@ class TLB(wiring.Component):
     def _covers(self, sw, entry, level):
         """The running invalidation ``sw`` removes ``entry`` (of ``level``)."""
         mask = self._huge_mask(level)
-        base = entry.vpn & ~sw.ignore & ~mask
-        overlap = (base <= sw.last) & ((sw.first & ~mask) <= base)
+        base = entry.vpn & ~mask
+        overlap = in_range(sw.range, base, base | mask)
         return space_match(sw.space, entry.private) & (
             (sw.kind == InvalKind.ALL)
             | ((entry.vm == sw.vm) & ((sw.kind == InvalKind.VM)

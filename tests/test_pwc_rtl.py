@@ -14,7 +14,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from hw.pwc import PageWalkCache
-from hw.tlb import InvalKind, InvalSpace
+from hw.tlb import InvalKind, InvalSpace, range_value
 
 KINDS = {"all": InvalKind.ALL, "vm": InvalKind.VM, "range": InvalKind.RANGE}
 SPACES = {"both": InvalSpace.BOTH, "shared": InvalSpace.SHARED, "private": InvalSpace.PRIVATE}
@@ -95,8 +95,9 @@ def run(dut, body):
             await ctx.tick().repeat(2)
 
         async def invalidate(kind, vm=0, first=0, last=0, space="both"):
-            ctx.set(dut.inval.payload, {"kind": KINDS[kind], "vm": vm, "first": first,
-                                        "last": last, "space": SPACES[space]})
+            ctx.set(dut.inval.payload, {"kind": KINDS[kind], "vm": vm,
+                                        "range": range_value(first, last),
+                                        "space": SPACES[space]})
             ctx.set(dut.inval.valid, 1)
             assert ctx.get(dut.inval.ready)
             await ctx.tick()

@@ -240,3 +240,40 @@ def test_cosim_catches_a_hypervisor_that_drops_conversion_flushes(capfd):
     out = capfd.readouterr()
     text = out.out + out.err
     assert "became private at cycle" in text or "became shared at cycle" in text, text[-3000:]
+
+
+@pytest.mark.parametrize("space", ["private", "shared", "both"])
+def test_mmu_range_of_one_gfn_in_a_td(space):
+    """A range naming one GFN (without the shared bit) removes that page in the spaces
+    it names, and nothing of a page in another 2 MiB region: the invalidator sweeps a
+    TD's shared entries with the range moved up by the shared bit, its private ones
+    with the range as named."""
+    td = TD("ept4", 721)
+    both = [g for i, g in enumerate(td.gfns[:24]) if i % 3 == 2]
+    gfn = both[0]
+    far = next(g for g in both if g >> 9 != gfn >> 9)
+    script, expect = [], []
+
+    def req(g, private, hpa):
+        script.append(("req", td.gpa(g, private) | 0x18, "read", 0))
+        expect.append((g, private, hpa))
+
+    old = {(g, p): (PRIVATE_HPA if p else SHARED_HPA) + (g << 12)
+           for g in (gfn, far) for p in (True, False)}
+    for g in (gfn, far):
+        for private in (True, False):
+            req(g, private, old[g, private])
+    script.append(("drain",))
+    script.append(("mem", lambda mem: [_remap_region(td, g, p) for g in (gfn, far)
+                                       for p in (True, False)]))
+    script.append(("inval", "range", 0, gfn, 1, space))
+    for g in (gfn, far):
+        for private in (True, False):
+            gone = g == gfn and (space == "both" or (space == "private") == private)
+            req(g, private, old[g, private] + ((1 << 30) if gone else 0))
+    run = run_mmu(td.mem, [td.ctx], script, latency=3, seed=721)
+    for index, (g, private, hpa) in enumerate(expect):
+        got = run.results[index]
+        assert got.ok and got.hpa == hpa + 0x18, (
+            f"{space}: request {index} ({'private' if private else 'shared'} gfn "
+            f"{g:#x}) -> {got.to_json()}, expected {hpa + 0x18:#x}")
