@@ -21,7 +21,7 @@ help:
 	@echo "make regress   long randomized regressions on a Dask cluster (many seeds, slow)"
 	@echo "make lint      Verilator lint of the generated Verilog"
 	@echo "make bench     benchmarks; prints tables"
-	@echo "make formal    bounded model checking of the RTL's properties"
+	@echo "make formal    the RTL's formal properties (k-induction proofs, bounded model checks)"
 	@echo "make mutate    the mutation catalogue: each planted bug and the test that catches it"
 	@echo "make clean     remove build outputs; make distclean also removes .venv"
 	@echo "variables: SIM=icarus|verilator  JOBS=N (parallel test workers, default 2)"
