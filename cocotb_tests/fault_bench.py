@@ -34,6 +34,13 @@ Faults (docs/verification.md says what each one catches):
     Software rewrites the PTE between the walker's read and its A/D compare (sets A,
     unmaps, removes write permission, remaps). The compare fails, the walk restarts, and
     the answer and the memory afterwards equal the reference walker's on the new word.
+    The scoreboard checks the walk's reads and compares, before and after the restart,
+    the change counting as a model step the request raced.
+
+Each result has the scoreboard's counts (:func:`cocotb_tests.report.scoreboard_counts`:
+the answers it checked, each walk's traffic checked, what it accepted), judged by
+:func:`cocotb_tests.report.bound_problems`, and ``fault_checks``, the fault test's own
+comparisons of the answers the scoreboard leaves to it.
 """
 
 import collections
@@ -51,6 +58,7 @@ from sw_model.memory import HostMemory, MemoryAccessError
 from sw_model.walker import translate
 
 from .mmu_tb import MmuTB, _key, record_result
+from .report import scoreboard_counts
 from .scenarios import SCENARIOS, SLOT0_PAGES, Env, Guest, pick_formats
 
 __all__ = ["FAULTS", "FaultTB", "FaultView"]
@@ -201,6 +209,16 @@ class Checker:
             if len(self.mismatches) <= 5:
                 self.tb.log.error("seed %d: %s failed: %s", self.seed, what, details)
         return condition
+
+
+def _software_changed(tb):
+    """Software changed the tables while the simulator runs, outside a model step: the
+    scoreboard takes new references of the requests in flight, which race the change
+    as they would race a model step."""
+    tb.scoreboard.changed()
+    for req in tb.in_flight():
+        req.raced = True
+        tb.scoreboard.take(req, tb.cycle())
 
 
 async def _unchecked_access(tb, vm_index, gpa, access):
@@ -456,6 +474,7 @@ async def ad_race(tb, env, chk, formats):
             leaf_only = rng.random() < 0.5
             for addr in walk.pte_addrs[-1:] if leaf_only else walk.pte_addrs:
                 tb.memory.write64(addr, tb.memory.read64(addr) & ~_ad_mask(fmt))
+            tb.scoreboard.changed()
             await tb.flush_vm(guest.index)
             changes = ["set_ad", "unmap"] + (["readonly", "remap"] if leaf_only else [])
             change = rng.choice(changes)
@@ -476,10 +495,13 @@ async def ad_race(tb, env, chk, formats):
                     word = fmt.frame_field.put(word, frame >> fmt.frame_shift)
                 memory.write64(addr, word)
                 fired["addr"], fired["memory"] = addr, memory.copy()
+                _software_changed(tb)
 
+            # Checked by the scoreboard too: the restarted walk's reads and compares are
+            # those of a walk of the changed tables.
             axi.on_atomic = software
             mark = len(axi.transactions)
-            req = await _unchecked_access(tb, guest.index, gpa, access)
+            req = await tb.access(guest.index, gpa, access)
             axi.on_atomic = None
             after = tb.memory.words.copy()
             tb.memory.words[:] = saved
@@ -546,7 +568,8 @@ async def run_fault(dut, fault):
     sb = tb.scoreboard
     extra.pop("guests", None)
     result = {"scenario": fault, "seed": seed, "size": size, **extra,
-              "translations": tb.answered, "checked": sb.checked + chk.checked,
+              "translations": tb.answered, **scoreboard_counts(tb),
+              "fault_checks": chk.checked,
               "mismatches": len(sb.mismatches) + len(chk.mismatches),
               "mismatch_list": (chk.mismatches + sb.mismatches)[:10],
               "resets": tb.resets, "lost": tb.lost, "axi_resets": tb.axi.resets,

@@ -26,18 +26,17 @@ from cocotb.clock import Clock
 from cocotb.triggers import Event, RisingEdge
 from cocotb.utils import get_sim_time
 
-from hw.decode import ACCESS_IDS, EXIT_IDS
-from hw.sim import INVAL_SPACES, VmContext, unpack_response
+from hw.decode import ACCESS_IDS
+from hw.sim import INVAL_SPACES, ResponseDecoder, VmContext
+from hw.sim_axi import OKAY, PteRead
 from hw.mmu import inval_layout
 from hw.sv import WRAPPER, port_name
 from hw.tlb import InvalKind, InvalSpace
-from hw.walker import response_layout
-from sw_model.formats import FAULT_KINDS
 from sw_model.tdp import FlushSink, PfResult
 from sw_model.tdp.obligations import FlushObligations
-from sw_model.walker import Fault, Translation, translate
+from sw_model.walker import Translation, translate
 
-from .axi_memory import OKAY, HostMemoryAxi, PteRead
+from .axi_memory import HostMemoryAxi
 from .batch_shell import STAMP_BITS
 
 __all__ = ["MmuTB", "Response", "RtlFlushSink", "checked_flush_sink", "Scoreboard",
@@ -342,9 +341,11 @@ class WalkTrafficChecker:
     * a translation a walk answered (not a TLB hit) leaves no A/D update owed: a fresh
       reference walk on the memory now writes none. Not checked when a model step may
       have run since the walk (the request raced one, or was accepted beside a request
-      that did, whose walk it may have joined), nor at an entry the RTL has not read or
-      updated since the last model step (the model may have cleared its A/D bits since:
-      aging, dirty logging).
+      that did, whose walk it may have joined), nor at an entry the RTL never read, or
+      that a model step changed since the RTL last read or updated it (the model may
+      have cleared its A/D bits: aging, dirty logging). An entry the RTL read with A
+      clear and the model left alone is owed its A by a walk through it, even one that
+      did not read it again (a walk cache keeps an entry only once its A is set).
 
     Traffic is not checked while a request without a reference walk is in flight (one
     sent with the scoreboard off: its walk's entries are unknown). A violation is a
@@ -370,15 +371,20 @@ class WalkTrafficChecker:
         self.scoreboard, self.in_flight = scoreboard, in_flight
         self.reads = self.compares = self.walked = 0
         self._words = {}        # (AXI ID, address) -> the word that ID last read there
-        self._touched = {}      # address -> Scoreboard.generation of its last transaction
+        # address -> (Scoreboard.generation, word) of its last transaction: the word
+        # read, or written by a compare (None: unknown, after an error or a failed one)
+        self._touched = {}
 
     def observe(self, event):
-        """A :class:`~cocotb_tests.axi_memory.PteRead` or
-        :class:`~cocotb_tests.axi_memory.AtomicCompare` as the memory served it."""
-        self._touched[event.addr] = self.scoreboard.generation
+        """A :class:`~hw.sim_axi.PteRead` or :class:`~hw.sim_axi.AtomicCompare` as
+        the memory served it."""
+        generation = self.scoreboard.generation
         if isinstance(event, PteRead):
+            self._touched[event.addr] = (generation,
+                                         event.word if event.resp == OKAY else None)
             self._read(event)
         else:
+            self._touched[event.addr] = (generation, event.swap if event.ok else None)
             self._compare(event)
 
     def _requests(self):
@@ -432,8 +438,11 @@ class WalkTrafficChecker:
         self.walked += 1
         now = self.scoreboard.walk_now(req)
         generation = self.scoreboard.generation
-        owed = [update for update in (now.ad_writes if now.ok else ())
-                if self._touched.get(update[0]) == generation]
+        owed = []
+        for addr, old, new in now.ad_writes if now.ok else ():
+            touched_in, word = self._touched.get(addr, (None, None))
+            if touched_in == generation or word == old:    # no model step changed it
+                owed.append((addr, old, new))
         if owed:
             addr, old, new = owed[0]
             self.scoreboard.mismatch(
@@ -518,7 +527,8 @@ class MmuPorts:
     """The MMU's ports by their Amaranth names (``req__payload``, ``inval_done``), on the
     generated ``tdpwalk_mmu`` or on the typed SystemVerilog wrapper (:mod:`hw.sv`), whose
     ports are named otherwise (``req``, ``m_axi_arvalid``): a test reads the same names
-    on both. ``axi_prefix`` is the AXI ports' prefix for cocotbext-axi's ``from_prefix``."""
+    on both. ``axi_prefix`` is the AXI ports' prefix for
+    :class:`~cocotb_tests.axi_memory.HostMemoryAxi`."""
 
     def __init__(self, dut):
         self.dut = dut
@@ -578,7 +588,7 @@ class MmuTB:
         self._resp_rng = random.Random(seed)
         self.ports = ports = MmuPorts(dut)
         self.log = logging.getLogger("cocotb.tdpwalk")
-        for channel in ("axi_", "req", "resp", "inval"):
+        for channel in ("req", "resp", "inval"):
             logging.getLogger(f"cocotb.{dut._name}.{channel}").setLevel(logging.WARNING)
         cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
         self.axi = HostMemoryAxi(dut, ports.axi_prefix, dut.clk, dut.rst, memory,
@@ -586,9 +596,7 @@ class MmuTB:
                                  latency=latency, stall=stall, seed=seed)
         self.vm_bits = len(ports.ctx__index)
         self.tag_bits = len(ports.req__payload) - 66 - self.vm_bits
-        self.resp_layout = response_layout(self.tag_bits)
-        self._ok_fields = {name: field.offset for name, field in self.resp_layout}
-        self._hpa_mask = (1 << self.resp_layout["hpa"].width) - 1
+        self.decoder = ResponseDecoder(self.tag_bits)
         self.inval_layout = inval_layout(self.vm_bits)
         self.guests = {}
         self.contexts = {}
@@ -752,7 +760,8 @@ class MmuTB:
         """Record the response word ``raw`` of ``req`` answered at ``cycle``: decode,
         check, keep, call back, wake the waiter."""
         req.answered = cycle
-        req.result = self._decode(req, raw)
+        req.result = self.decoder.result(raw, req.gpa, req.access,
+                                         self.guests[req.vm_index].vm.fmt.arch)
         if self.check:
             self.scoreboard.check(req)
             self.traffic.answered(req)
@@ -804,44 +813,14 @@ class MmuTB:
         first = self.batch_depth - len(reqs)     # the shell's buffers shift in from the top
         for slot, req in enumerate(reqs, first):
             req.accepted = base + ((accepted >> (slot * STAMP_BITS)) & stamp_mask)
-        size = self.resp_layout.size
-        tag_shift, tag_mask = size - self.tag_bits, (1 << self.tag_bits) - 1
+        size = self.decoder.layout.size
         for j in range(first, self.batch_depth):
             answer = answers >> (j * (size + STAMP_BITS))
             raw = answer & ((1 << size) - 1)
-            self._answered(reqs[(raw >> tag_shift) & tag_mask], raw,
+            self._answered(reqs[self.decoder.tag(raw)], raw,
                            base + ((answer >> size) & stamp_mask))
         self._batch = ()
         return reqs
-
-    def _decode(self, req, raw):
-        fmt = self.guests[req.vm_index].vm.fmt
-        if raw & 1:     # ok: the fast path, straight from the layout's offsets
-            lay = self._ok_fields
-            perms = (raw >> lay["perms"]) & 0xf
-            perms = {"r": bool(perms & 1), "w": bool(perms & 2), "x": bool(perms & 4)} \
-                if fmt.arch == "ept" else \
-                {"r": bool(perms & 1), "w": bool(perms & 2), "x": bool(perms & 4),
-                 "u": bool(perms & 8)}
-            return Translation(gpa=req.gpa, access=req.access,
-                               hpa=(raw >> lay["hpa"]) & self._hpa_mask,
-                               level=(raw >> lay["level"]) & 7, perms=perms,
-                               memtype=(raw >> lay["memtype"]) & 7, pte_addrs=(), ad_writes=())
-        fields = unpack_response(self.resp_layout, raw)
-        kind = FAULT_KINDS[fields["kind"]]
-        rep = fields["report"]
-        exit_name = {v: k for k, v in EXIT_IDS[fmt.arch].items()}.get(rep["exit"])
-        if fmt.arch == "gstage":
-            report = {"cause": rep["code"], "htval": rep["htval"]}
-        elif exit_name == "ept_violation":
-            report = {"exit": exit_name, "qualification": rep["code"]}
-        elif exit_name == "npf":
-            report = {"exit": exit_name, "error_code": rep["code"]}
-        else:
-            report = {"exit": exit_name}
-        return Fault(gpa=req.gpa, access=req.access, kind=kind, level=fields["level"],
-                     pte_addr=fields["pte_addr"] if fields["pte_addr_valid"] else None,
-                     report=report, pte_addrs=())
 
     async def _pump(self):
         dut = self.ports
@@ -851,8 +830,7 @@ class MmuTB:
         inval_valid, inval_ready = dut.inval__valid, dut.inval__ready
         inval_payload, inval_done = dut.inval__payload, dut.inval_done
         ctx_valid, ctx_index, ctx_data = dut.ctx__valid, dut.ctx__index, dut.ctx__data
-        tag_shift = self.resp_layout.size - self.tag_bits
-        tag_mask = (1 << self.tag_bits) - 1
+        tag_of = self.decoder.tag
         resp_ready = dut.resp__ready
         ready = True            # resp.ready as driven for the coming edge
         resp_ready.value = 1
@@ -872,7 +850,7 @@ class MmuTB:
                 ctx_on = False
             if ready and int(resp_valid.value):
                 raw = resp_payload.value.to_unsigned()
-                req = self._outstanding.pop((raw >> tag_shift) & tag_mask)
+                req = self._outstanding.pop(tag_of(raw))
                 self._free_tags.append(req.tag)
                 self._answered(req, raw, cycle)
             if self.resp_stall:

@@ -5,10 +5,12 @@ The stream (a cocotb test, run by tests/test_regress.py through
 VMs of one format (``TDPWALK_FORMAT``) with different A/D modes where the format has
 two, their slot 0 mapped by the model before traffic with 4 KiB and huge pages and
 holes, then ``TDPWALK_COUNT`` random reads, writes and fetches with locality, many in
-flight, every answer checked by the scoreboard against the reference walker. Every
-``TDPWALK_CHURN`` requests the model zaps and remaps a random range (a range
-invalidation racing the stream), so stale hits would show. The fast path is
-:mod:`cocotb_tests.speed_bench`'s: tables built up front, requests queued in chunks.
+flight, every answer checked by the scoreboard against the reference walker and every
+walk's PTE reads and A/D updates by its traffic checker (the result has their counts,
+:func:`cocotb_tests.report.scoreboard_counts`). Every ``TDPWALK_CHURN`` requests the
+model zaps and remaps a random range (a range invalidation racing the stream), so stale
+hits would show. The fast path is :mod:`cocotb_tests.speed_bench`'s: tables built up
+front, requests queued in chunks.
 
 ``make regress`` runs it with every other slow test as tasks on a Dask cluster
 (:mod:`cocotb_tests.regress_cluster`).
@@ -24,6 +26,7 @@ import cocotb
 from sw_model.memory import HostMemory
 
 from .mmu_tb import MmuTB
+from .report import scoreboard_counts
 from .scenarios import SLOT0_PAGES, Guest
 
 __all__ = ["stream"]
@@ -100,11 +103,10 @@ async def stream(dut):
     sb = tb.scoreboard
     counters = tb.counters()
     result = {"scenario": "stream", "format": name, "seed": seed, "translations": tb.answered,
-              "checked": sb.checked, "mismatches": len(sb.mismatches),
-              "mismatch_list": sb.mismatches[:10], "stale_hits_allowed": sb.stale_hits,
+              "mismatches": len(sb.mismatches), "mismatch_list": sb.mismatches[:10],
+              **scoreboard_counts(tb),
               "tlb_hit_rate": counters["tlb_hits"] / max(counters["requests"], 1),
-              "flushes": tb.flushes, "ad_modes": [g.vm.opts.ad for g in guests],
-              "seconds": time.monotonic() - start}
+              "flushes": tb.flushes, "seconds": time.monotonic() - start}
     out = os.environ.get("TDPWALK_RESULTS")
     if out:
         with open(out, "w") as f:

@@ -8,11 +8,15 @@ with this plugin, which talks to the task through files named by environment var
   from that list.
 - ``TDPWALK_REGRESS_RECORD=FILE``: append one JSON line per finished test: its outcome,
   its duration, the last line of a failure, and every MMU co-simulation run it made
-  (simulator, scenario or format, translations, mismatches, seconds, seed), recorded by
-  wrapping :func:`cocotb_tests.runner.run_mmu`. A line is written as soon as its test
-  ends, so a task killed at its time limit still reports the tests it finished. The
-  process also kills itself (and the simulators it started) when the worker that started
-  it dies, instead of running on as an orphan.
+  (simulator, scenario or format, translations, mismatches, what the scoreboard checked
+  and accepted, seconds, seed), recorded by wrapping :func:`cocotb_tests.runner.run_mmu`.
+  A run fails when the simulator run does, or when what its scoreboard checked and
+  accepted breaks the bounds (:func:`cocotb_tests.report.bound_problems`: no PTE read
+  checked, no A/D update checked with hardware A/D, too many stale hits or raced faults
+  accepted). A line is written as soon as its test ends, so a task killed at its time
+  limit still reports the tests it finished. The process also kills itself (and the
+  simulators it started) when the worker that started it dies, instead of running on
+  as an orphan.
 """
 
 import json
@@ -22,6 +26,8 @@ import threading
 import time
 
 import pytest
+
+from .report import TRAFFIC_COUNTS, bound_problems
 
 COLLECT = "TDPWALK_REGRESS_COLLECT"
 RECORD = "TDPWALK_REGRESS_RECORD"
@@ -37,6 +43,17 @@ def _row(item):
     return item.get("scenario", "?")
 
 
+def _problems(data):
+    """For each result of one simulator run, why the bounds fail it (empty: they do not).
+    Judged are the results that report what their scoreboard checked: the scenarios,
+    the fault tests and the streams (a speed bench's batches have no traffic checker)."""
+    judged = [i for i, item in enumerate(data) if "pte_reads_checked" in item]
+    why = [[] for _ in data]
+    for index, message in bound_problems([data[i] for i in judged]):
+        why[judged[index]].append(message)
+    return why
+
+
 def _recording(run_mmu):
     """``run_mmu`` that appends each of its runs to the running test's record."""
     def recorded(sim, scenarios, *args, **kwargs):
@@ -47,10 +64,12 @@ def _recording(run_mmu):
             _runs.append({"sim": sim, "row": ",".join(scenarios), "failed": True,
                           "seconds": time.monotonic() - wall, "seed": kwargs.get("seed", 0)})
             raise
-        for item in data:
-            _runs.append({"sim": sim, "row": _row(item), "failed": False,
+        for item, problems in zip(data, _problems(data)):
+            _runs.append({"sim": sim, "row": _row(item), "failed": bool(problems),
+                          "problems": problems,
                           "translations": item.get("translations", item.get("responses", 0)),
                           "mismatches": item.get("mismatches", 0),
+                          **{name: item.get(name, 0) for name in TRAFFIC_COUNTS},
                           "seconds": item.get("seconds", 0.0), "seed": item.get("seed")})
         return data
 

@@ -10,6 +10,8 @@ import collections
 import json
 import os
 
+from .report import TRAFFIC_COUNTS
+
 __all__ = ["ResultsFile", "ResultsError", "table", "durations"]
 
 FORMAT = 1
@@ -94,12 +96,18 @@ def durations(path):
         return {}
 
 
+#: The table's columns of what the runs' scoreboards checked and accepted.
+_TRAFFIC_HEADS = dict(zip(TRAFFIC_COUNTS, ("PTE reads", "compares", "A/D done", "stale",
+                                           "raced")))
+
+
 def _rows(results):
     """``{(simulator, row): counts}``: an MMU run counts in its simulator and scenario
     or format; a test without MMU runs in ``python`` (or its simulator, when it never
     finished) and its file."""
     rows = collections.defaultdict(
-        lambda: {"runs": 0, "failed": 0, "translations": 0, "mismatches": 0, "seconds": 0.0})
+        lambda: {"runs": 0, "failed": 0, "translations": 0, "mismatches": 0,
+                 **dict.fromkeys(TRAFFIC_COUNTS, 0), "seconds": 0.0})
     for result in results:
         for test in result["tests"]:
             if test["outcome"] == "skipped":
@@ -114,6 +122,8 @@ def _rows(results):
                 row["failed"] += run["failed"]
                 row["translations"] += run.get("translations", 0)
                 row["mismatches"] += run.get("mismatches", 0)
+                for name in TRAFFIC_COUNTS:
+                    row[name] += run.get(name, 0)
                 row["seconds"] += run["seconds"]
     return rows
 
@@ -128,20 +138,25 @@ def totals(results):
 
 def table(results):
     """The summary table's lines: a row per simulator × scenario/format (runs, failed
-    runs, translations, mismatches, seconds of simulation or test time), the totals,
-    and every failure with its seeds and replay command."""
+    runs, translations, mismatches, what the scoreboards checked and accepted: PTE
+    reads, AtomicCompares, walked answers checked for owed A/D updates, stale hits,
+    raced faults; seconds of simulation or test time), the totals, and every failure
+    with its seeds and replay command."""
     head = f"{'simulator':<10} {'scenario / format':<28} {'runs':>5} {'failed':>6} " \
-           f"{'translations':>13} {'mismatches':>10} {'time (s)':>9}"
+           f"{'translations':>13} {'mismatches':>10} " \
+           + "".join(f"{h:>11}" for h in _TRAFFIC_HEADS.values()) + f" {'time (s)':>9}"
+
+    def counts(v):
+        return f"{v['runs']:>5} {v['failed']:>6} {v['translations']:>13,} " \
+               f"{v['mismatches']:>10} " + "".join(f"{v[k]:>11,}" for k in _TRAFFIC_HEADS) \
+               + f" {v['seconds']:>9.0f}"
+
     lines = [head, "-" * len(head)]
     total = collections.Counter()
     for (sim, row), v in sorted(_rows(results).items()):
-        lines.append(f"{sim:<10} {row:<28} {v['runs']:>5} {v['failed']:>6} "
-                     f"{v['translations']:>13,} {v['mismatches']:>10} {v['seconds']:>9.0f}")
+        lines.append(f"{sim:<10} {row:<28} {counts(v)}")
         total.update(v)
-    lines += ["-" * len(head),
-              f"{'total':<39} {total['runs']:>5} {total['failed']:>6} "
-              f"{total['translations']:>13,} {total['mismatches']:>10} "
-              f"{total['seconds']:>9.0f}"]
+    lines += ["-" * len(head), f"{'total':<39} {counts(total)}"]
     for result in results:
         for failure in result["failures"]:
             seeds = f" (seed {', '.join(map(str, failure['seeds']))})" if failure["seeds"] \

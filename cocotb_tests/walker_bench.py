@@ -18,8 +18,8 @@ from cocotb.triggers import RisingEdge
 from cocotbext.axi.stream import define_stream
 
 from hw.decode import ACCESS_IDS
-from hw.sim import VmContext, response_to_model, unpack_response
-from hw.walker import request_layout, response_layout
+from hw.sim import ResponseDecoder, VmContext, WalkLog
+from hw.walker import request_layout
 from sw_model.vectors import load_vectors
 from sw_model.walker import translate
 
@@ -36,7 +36,7 @@ class WalkerTB:
 
     def __init__(self, dut, memory, *, latency=1, stall=0.0, seed=0):
         self.dut = dut
-        for channel in ("axi_", "req", "resp"):     # cocotbext-axi is chatty at INFO
+        for channel in ("req", "resp"):     # cocotbext-axi is chatty at INFO
             logging.getLogger(f"cocotb.{dut._name}.{channel}").setLevel(logging.WARNING)
         cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
         self.axi = HostMemoryAxi(dut, "axi_", dut.clk, dut.rst, memory, period_ns=PERIOD_NS,
@@ -45,6 +45,9 @@ class WalkerTB:
         self.resp = WalkResponseSink(_Bus(dut, "resp"), dut.clk, dut.rst)
         self.vm_bits = len(dut.ctx__index)
         self.tag_bits = len(dut.req__payload) - 66 - self.vm_bits
+        self.decoder = ResponseDecoder(self.tag_bits)
+        self.walk = WalkLog()
+        self.axi.on_transaction.append(self.walk)
 
     async def reset(self):
         for name in ("ctx__valid", "ctx__index", "ctx__data", "req__payload", "axi__rdata",
@@ -63,14 +66,18 @@ class WalkerTB:
         await RisingEdge(self.dut.clk)
         self.dut.ctx__valid.value = 0
 
-    async def translate(self, gpa, access, vm_index, tag):
+    async def translate(self, gpa, access, vm_index, tag, context):
+        """The walker's answer to one request, with the PTE reads and A/D writes of its
+        last walk (a failed compare restarts it)."""
         payload = request_layout(self.vm_bits, self.tag_bits).const(
             {"gpa": gpa, "access": ACCESS_IDS[access], "vm": vm_index, "tag": tag})
         frame = self.req._transaction_obj()
         frame.payload = payload.as_value().value
         await self.req.send(frame)
         answer = await self.resp.recv()
-        return unpack_response(response_layout(self.tag_bits), int(answer.payload))
+        reads, writes, _ = self.walk.take()
+        return self.decoder.result(int(answer.payload), gpa, access, context.fmt.arch,
+                                   reads, writes)
 
 
 class _Bus:
@@ -90,19 +97,6 @@ class _Bus:
         obj.payload = self.payload.value
 
 
-def _walk_log(transactions):
-    """PTE reads and A/D writes of the last walk: a failed compare restarts the walk."""
-    reads, writes = [], []
-    for item in transactions:
-        if item[0] == "read":
-            reads.append(item[1])
-        elif item[4]:
-            writes.append(item[1:4])
-        else:
-            reads, writes = [], []
-    return reads, writes
-
-
 @cocotb.test()
 async def replay_vectors(dut):
     """Every access of TDPWALK_VECTORS through the walker, compared with the model
@@ -118,10 +112,8 @@ async def replay_vectors(dut):
     await tb.write_context(0, context)
     mismatches, lines = [], []
     for index, (gpa, access) in enumerate(vectors.accesses):
-        start = len(tb.axi.transactions)
-        fields = await tb.translate(gpa, access, 0, index & ((1 << tb.tag_bits) - 1))
-        reads, writes = _walk_log(tb.axi.transactions[start:])
-        got = response_to_model(fields, gpa, access, context, reads, writes).to_json()
+        got = (await tb.translate(gpa, access, 0, index & ((1 << tb.tag_bits) - 1),
+                                  context)).to_json()
         lines.append(json.dumps({"index": index, **got}))
         if not check:
             continue

@@ -3,15 +3,20 @@ by HostMemory.
 
 :func:`run_walker` is the one harness used by the tests and by ``python -m hw run``: it
 writes the context table, streams the accesses through the walker back to back, serves
-its AXI transactions from a :class:`~sw_model.memory.HostMemory` (PTE reads; AXI5
+its AXI transactions with the subordinate model of :mod:`hw.sim_axi` (PTE reads; AXI5
 AtomicCompare for A/D updates applied with ``cmpxchg64``; DECERR outside the memory,
 SLVERR on poisoned words) and turns every response into the model's own
-:class:`~sw_model.walker.Translation` / :class:`~sw_model.walker.Fault`, so results
-compare field by field with :func:`sw_model.walker.translate` and print in the same JSON.
+:class:`~sw_model.walker.Translation` / :class:`~sw_model.walker.Fault`
+(:class:`ResponseDecoder`), so results compare field by field with
+:func:`sw_model.walker.translate` and print in the same JSON.
 
 :func:`run_mmu` does the same for the MMU top (:mod:`hw.mmu`): several transactions
 outstanding by AXI ID, with optional response jitter, invalidations and software edits
 scripted between requests.
+
+The cocotb benches use the same subordinate model (:mod:`cocotb_tests.axi_memory`) and
+the same decoder, so a walk meets the same memory and its answer reads the same on
+every simulator.
 
 A single testbench coroutine does everything per cycle, sampling the DUT's outputs at
 the clock edge (``ctx.tick().sample``), which keeps the Python cost per cycle low.
@@ -21,25 +26,26 @@ run (:func:`_simulation`).
 """
 
 import random
-from collections import deque
 from dataclasses import dataclass
 
 from amaranth.sim import Simulator
 
 from sw_model.formats import ACCESSES, FAULT_KINDS, get_format
-from sw_model.memory import HostMemory, MemoryAccessError
+from sw_model.memory import HostMemory
 from sw_model.walker import Fault, Translation, translate
 
-from .axi import Atop, Burst, Resp
+from .axi import Resp
 from .decode import ACCESS_IDS, AD_IDS, EXIT_IDS, FORMAT_IDS
 from .mmu import COUNTERS, MMU
 from .tlb import InvalKind, InvalSpace
 from .context import CONTEXT_LAYOUT
+from .sim_axi import (MANAGER_OUTPUTS, READIES, AxiSubordinate, ManagerOutputs,
+                      ProtocolError, PteRead, beat_signals)
 from .walker import Walker, response_layout
 
 __all__ = ["VmContext", "WalkResult", "run_walker", "run_mmu", "MmuRun", "ProtocolError",
            "INVAL_KINDS", "INVAL_SPACES", "check_against_model", "walk_latency",
-           "unpack_response", "response_to_model"]
+           "ResponseDecoder", "WalkLog"]
 
 
 #: Simulators kept for reuse, by design: ``(factory, params) -> (dut, sim, slot)``.
@@ -80,10 +86,6 @@ def _simulation(factory, *, fresh=False, **params):
             while len(_SIMULATORS) > _KEEP:
                 _SIMULATORS.pop(next(iter(_SIMULATORS)))
     return dut, run
-
-
-class ProtocolError(AssertionError):
-    """The walker broke an AXI rule the memory model checks, or stopped answering."""
 
 
 @dataclass(frozen=True)
@@ -148,17 +150,26 @@ class WalkResult:
     cycles: int
 
 
-def unpack_response(layout, value):
-    """The integer ``value`` of a response payload as nested dicts of field values."""
+def _unpack(layout, value):
+    """The integer ``value`` of a ``layout`` as nested dicts of field values."""
     out = {}
     for name, field in layout:
         part = (value >> field.offset) & ((1 << field.width) - 1)
         shape = field.shape
-        out[name] = unpack_response(shape, part) if hasattr(shape, "members") else part
+        out[name] = _unpack(shape, part) if hasattr(shape, "members") else part
     return out
 
 
-def _report(arch, kind, access, code, htval, exit_id):
+def _field(layout, *path):
+    """``(offset, mask)`` of the field of ``layout`` at ``path``."""
+    offset = 0
+    for name in path:
+        field = layout[name]
+        offset, layout = offset + field.offset, field.shape
+    return offset, (1 << field.width) - 1
+
+
+def _report(arch, code, htval, exit_id):
     exits = {v: k for k, v in EXIT_IDS[arch].items()}
     exit_name = exits.get(exit_id)
     if exit_name is None:
@@ -172,24 +183,109 @@ def _report(arch, kind, access, code, htval, exit_id):
     return {"exit": exit_name}
 
 
-def response_to_model(payload, gpa, access, ctx, pte_addrs, ad_writes):
-    """An unpacked response as the model's :class:`Translation` or :class:`Fault`, with
-    the PTE reads and A/D writes the bus saw, so it compares with the model's JSON."""
-    fmt = ctx.fmt
-    if payload["ok"]:
-        p = payload["perms"]
-        perms = {"r": bool(p["r"]), "w": bool(p["w"]), "x": bool(p["x"])}
-        if fmt.arch != "ept":
-            perms["u"] = bool(p["u"])
-        return Translation(gpa=gpa, access=access, hpa=payload["hpa"], level=payload["level"],
-                           perms=perms, memtype=payload["memtype"], pte_addrs=tuple(pte_addrs),
-                           ad_writes=tuple(ad_writes))
-    kind = FAULT_KINDS[payload["kind"]]
-    rep = payload["report"]
-    return Fault(gpa=gpa, access=access, kind=kind, level=payload["level"],
-                 pte_addr=payload["pte_addr"] if payload["pte_addr_valid"] else None,
-                 report=_report(fmt.arch, kind, access, rep["code"], rep["htval"], rep["exit"]),
-                 pte_addrs=tuple(pte_addrs))
+class ResponseDecoder:
+    """Reads the response words of the walker and of the MMU
+    (:func:`hw.walker.response_layout`) as the model's :class:`Translation` or
+    :class:`Fault`, for every bench on every simulator, so an RTL answer compares field
+    by field with :func:`sw_model.walker.translate` and prints in the same JSON. A
+    translation, most of a long co-simulation's answers, is read straight from the
+    layout's offsets.
+
+    Members
+    -------
+    layout : StructLayout
+        The response layout for ``tag_bits``.
+    """
+
+    def __init__(self, tag_bits):
+        self.layout = layout = response_layout(tag_bits)
+        self._tag = _field(layout, "tag")
+        self._ok = _field(layout, "ok")
+        self._hpa, self._level = _field(layout, "hpa"), _field(layout, "level")
+        self._memtype = _field(layout, "memtype")
+        self._perms = {name: _field(layout, "perms", name) for name in ("r", "w", "x", "u")}
+
+    def tag(self, raw):
+        """The request tag of response word ``raw``."""
+        return self._get(raw, self._tag)
+
+    def result(self, raw, gpa, access, arch, pte_addrs=(), ad_writes=()):
+        """Response word ``raw`` to the request ``(gpa, access)`` of a VM of architecture
+        ``arch``, as a :class:`Translation` or :class:`Fault`, with the PTE reads and A/D
+        writes the bus saw (none for the MMU, whose answers may come from its TLB)."""
+        if self._get(raw, self._ok):
+            perms = {name: bool(self._get(raw, field)) for name, field in self._perms.items()
+                     if name != "u" or arch != "ept"}
+            return Translation(gpa=gpa, access=access, hpa=self._get(raw, self._hpa),
+                               level=self._get(raw, self._level), perms=perms,
+                               memtype=self._get(raw, self._memtype),
+                               pte_addrs=tuple(pte_addrs), ad_writes=tuple(ad_writes))
+        fields = _unpack(self.layout, raw)
+        rep = fields["report"]
+        return Fault(gpa=gpa, access=access, kind=FAULT_KINDS[fields["kind"]],
+                     level=fields["level"],
+                     pte_addr=fields["pte_addr"] if fields["pte_addr_valid"] else None,
+                     report=_report(arch, rep["code"], rep["htval"], rep["exit"]),
+                     pte_addrs=tuple(pte_addrs))
+
+    @staticmethod
+    def _get(raw, field):
+        offset, mask = field
+        return (raw >> offset) & mask
+
+
+class WalkLog:
+    """The PTE reads and A/D writes of the walk in progress, from the AXI subordinate's
+    transactions (an :attr:`~hw.sim_axi.AxiSubordinate.on_transaction` callback): what
+    the model's own walk reports. A compare that fails restarts the walk, so it forgets
+    what came before and counts a restart."""
+
+    def __init__(self):
+        self.reads, self.writes, self.restarts = [], [], 0
+
+    def __call__(self, event):
+        if isinstance(event, PteRead):
+            self.reads.append(event.addr)
+        elif event.ok:
+            self.writes.append((event.addr, event.compare, event.swap))
+        elif event.resp == Resp.OKAY.value:
+            self.reads, self.writes = [], []
+            self.restarts += 1
+
+    def take(self):
+        """``(reads, writes, restarts)`` of the walk just answered; the next walk starts."""
+        walk = self.reads, self.writes, self.restarts
+        self.reads, self.writes, self.restarts = [], [], 0
+        return walk
+
+
+class _AxiPort:
+    """An :class:`~hw.sim_axi.AxiSubordinate` on a design's ``axi`` port in Amaranth's
+    simulator: the manager outputs to sample at each edge (:attr:`sampled`), and the
+    subordinate's answers driven, each signal only when it changes (a ``ctx.set`` costs
+    time)."""
+
+    def __init__(self, ctx, axi, subordinate):
+        self.ctx, self.axi, self.subordinate = ctx, axi, subordinate
+        self.sampled = tuple(getattr(axi, name) for name in MANAGER_OUTPUTS)
+        self._driven = {}
+
+    def edge(self, cycle, values):
+        """The edge ending ``cycle``, ``values`` sampled from :attr:`sampled`."""
+        self.subordinate.edge(cycle, ManagerOutputs(*values))
+
+    def drive_readies(self):
+        for name, ready in zip(READIES, self.subordinate.readies()):
+            self._set(name, int(ready))
+
+    def drive_beats(self):
+        for name, value in beat_signals(*self.subordinate.beats()):
+            self._set(name, value)
+
+    def _set(self, name, value):
+        if self._driven.get(name) != value:
+            self._driven[name] = value
+            self.ctx.set(getattr(self.axi, name), value)
 
 
 def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_atomic=None,
@@ -218,10 +314,9 @@ def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_a
     timeout : int
         Cycles a walk may take before the walker is declared hung.
     """
-    if not isinstance(latency, int) or latency < 1:
-        raise ValueError(f"latency must be an integer >= 1, got {latency!r}")
-    if not 0.0 <= stall < 1.0:
-        raise ValueError(f"stall must be a probability in [0, 1), got {stall!r}")
+    rng = random.Random(seed)
+    subordinate = AxiSubordinate(memory, latency=latency, stall=stall, stall_rng=rng)
+    subordinate.on_atomic = on_atomic
     if not contexts:
         raise ValueError("contexts: at least one VM context is needed")
     num_vms = 1 << max(0, (len(contexts) - 1).bit_length())
@@ -237,9 +332,10 @@ def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_a
         return []
 
     dut, run = _simulation(Walker, fresh=bool(waves), num_vms=num_vms, tag_bits=tag_bits)
-    layout = response_layout(tag_bits)
-    rng = random.Random(seed)
-    axi, req, resp = dut.axi, dut.req, dut.resp
+    decoder = ResponseDecoder(tag_bits)
+    walk = WalkLog()
+    subordinate.on_transaction.append(walk)
+    req, resp = dut.req, dut.resp
     results = []
 
     async def bench(ctx):
@@ -250,14 +346,9 @@ def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_a
             await ctx.tick()
         ctx.set(dut.ctx.valid, 0)
 
-        rq = deque()                # (due cycle, rdata, rresp)
-        bq = deque()                # (due cycle, bresp)
-        aw = None
-        wbeats = []
-        reads, writes, restarts = [], [], 0
+        axi = _AxiPort(ctx, dut.axi, subordinate)
         next_job, accepted_at = 0, None
-        drive = dict(arready=0, awready=0, wready=0, rvalid=0, bvalid=0, req_valid=0,
-                     resp_ready=0)
+        drive = dict(req_valid=0, resp_ready=0)
         t = 0
         last_progress = 0
 
@@ -278,105 +369,40 @@ def run_walker(memory, contexts, accesses, *, latency=1, stall=0.0, seed=0, on_a
                 set_if("req_valid", req.valid, 0)
 
         present_request()
-        sampled = (axi.arvalid, axi.araddr, axi.arlen, axi.arsize, axi.arburst, axi.rready,
-                   axi.awvalid, axi.awaddr, axi.awatop, axi.awlen, axi.awsize, axi.awburst,
-                   axi.wvalid, axi.wdata, axi.wlast, axi.wstrb, axi.bready,
-                   req.ready, resp.valid, resp.payload.as_value())
-        async for (_, _, arvalid, araddr, arlen, arsize, arburst, rready,
-                   awvalid, awaddr, awatop, awlen, awsize, awburst,
-                   wvalid, wdata, wlast, wstrb, bready,
-                   req_ready, resp_valid, payload) in ctx.tick().sample(*sampled):
+        sampled = (*axi.sampled, req.ready, resp.valid, resp.payload.as_value())
+        async for (_, _, *values, req_ready, resp_valid,
+                   payload) in ctx.tick().sample(*sampled):
             t += 1
             edge = t - 1            # the cycle whose closing edge was just sampled
             if drive["req_valid"] and req_ready:
                 accepted_at = edge
                 next_job += 1
                 present_request()
-            if arvalid and drive["arready"]:
-                if arlen != 0 or arsize != 3 or arburst != Burst.INCR.value:
-                    raise ProtocolError(f"PTE read at {araddr:#x}: ARLEN={arlen} "
-                                        f"ARSIZE={arsize} ARBURST={arburst}, expected a "
-                                        f"single 8-byte INCR beat")
-                reads.append(araddr)
-                try:
-                    rq.append((edge + latency, memory.read64(araddr), Resp.OKAY.value))
-                except MemoryAccessError:
-                    code = Resp.SLVERR if memory.contains(araddr) else Resp.DECERR
-                    rq.append((edge + latency, 0, code.value))
-            if drive["rvalid"] and rready:
-                rq.popleft()
-            if awvalid and drive["awready"]:
-                if aw is not None:
-                    raise ProtocolError("a second AW before the first AtomicCompare finished")
-                want_burst = Burst.WRAP if awaddr & 8 else Burst.INCR
-                if (awatop != Atop.COMPARE.value or awlen != 1 or awsize != 3
-                        or awburst != want_burst.value):
-                    raise ProtocolError(
-                        f"A/D update at {awaddr:#x}: AWATOP={awatop:#b} AWLEN={awlen} "
-                        f"AWSIZE={awsize} AWBURST={awburst}, expected an AtomicCompare of "
-                        f"two 8-byte beats, burst {want_burst.name}")
-                aw = awaddr
-            if wvalid and drive["wready"]:
-                if wstrb != 0xff or bool(wlast) != (len(wbeats) == 1):
-                    raise ProtocolError(f"W beat {len(wbeats)}: WSTRB={wstrb:#x} WLAST={wlast}")
-                wbeats.append(wdata)
-            if aw is not None and len(wbeats) == 2:
-                compare, swap = wbeats
-                if on_atomic is not None:
-                    on_atomic(aw, memory)
-                try:
-                    ok, current = memory.cmpxchg64(aw, compare, swap)
-                    code = Resp.OKAY.value
-                except MemoryAccessError:
-                    ok, current = False, 0
-                    code = (Resp.SLVERR if memory.contains(aw) else Resp.DECERR).value
-                rq.append((edge + latency, current, code))
-                bq.append((edge + latency, code))
-                if ok:
-                    writes.append((aw, compare, swap))
-                elif code == Resp.OKAY.value:
-                    # The compare failed: the walker restarts; the model reports only
-                    # the reads and writes of the last walk.
-                    reads, writes = [], []
-                    restarts += 1
-                aw, wbeats = None, []
-            if drive["bvalid"] and bready:
-                bq.popleft()
+            axi.edge(edge, values)
             if resp_valid and drive["resp_ready"]:
-                fields = unpack_response(layout, payload)
                 index = len(results)
-                if fields["tag"] != index & ((1 << tag_bits) - 1):
-                    raise ProtocolError(f"response {index} carries tag {fields['tag']}")
+                tag = decoder.tag(payload)
+                if tag != index & ((1 << tag_bits) - 1):
+                    raise ProtocolError(f"response {index} carries tag {tag}")
                 gpa, access, vm_index = jobs[index]
+                reads, writes, restarts = walk.take()
                 results.append(WalkResult(
-                    result=response_to_model(fields, gpa, access, contexts[vm_index], reads, writes),
+                    result=decoder.result(payload, gpa, access, contexts[vm_index].fmt.arch,
+                                          reads, writes),
                     restarts=restarts, cycles=edge - accepted_at))
-                reads, writes, restarts = [], [], 0
                 last_progress = t
                 if len(results) == len(jobs):
                     return
             if t - last_progress > timeout:
                 raise ProtocolError(f"no response for {timeout} cycles (access {len(results)}, "
-                                    f"state: {len(rq)} R and {len(bq)} B beats queued)")
+                                    f"state: {subordinate.queued('r')} R and "
+                                    f"{subordinate.queued('b')} B beats queued)")
 
-            # Drive this cycle.
-            set_if("arready", axi.arready, 0 if stall and rng.random() < stall else 1)
-            set_if("awready", axi.awready, 0 if stall and rng.random() < stall else 1)
-            set_if("wready", axi.wready, 0 if stall and rng.random() < stall else 1)
+            # Drive this cycle; the response port's back-pressure is drawn from the same
+            # generator, between the subordinate's readies and its beats.
+            axi.drive_readies()
             set_if("resp_ready", resp.ready, 0 if stall and rng.random() < stall else 1)
-            # A subordinate may delay a beat but never withdraw one it presented.
-            if rq and rq[0][0] <= t and (drive["rvalid"] or not (stall and rng.random() < stall)):
-                _, rdata, rresp = rq[0]
-                ctx.set(axi.rdata, rdata)
-                ctx.set(axi.rresp, rresp)
-                set_if("rvalid", axi.rvalid, 1)
-            else:
-                set_if("rvalid", axi.rvalid, 0)
-            if bq and bq[0][0] <= t and (drive["bvalid"] or not (stall and rng.random() < stall)):
-                ctx.set(axi.bresp, bq[0][1])
-                set_if("bvalid", axi.bvalid, 1)
-            else:
-                set_if("bvalid", axi.bvalid, 0)
+            axi.drive_beats()
 
     if waves:
         # A GTKWave save file next to the VCD opens with the ports already grouped.
@@ -474,11 +500,18 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
     num_vms = 1 << max(0, (len(contexts) - 1).bit_length())
     dut, run = _simulation(MMU, fresh=bool(waves), num_vms=max(2, num_vms), tag_bits=TAG_BITS,
                            **mmu_kwargs)
-    layout = response_layout(TAG_BITS)
+    decoder = ResponseDecoder(TAG_BITS)
     rng = random.Random(seed)
     out = MmuRun()
+    subordinate = AxiSubordinate(memory, latency=latency, max_latency=latency + jitter,
+                                 stall=stall, stall_rng=rng, rng=rng)
+
+    def note_read(event):
+        if isinstance(event, PteRead):
+            out.reads.append((event.cycle, event.addr))
+    subordinate.on_transaction.append(note_read)
     reqs = []                   # (gpa, access, vm) per request index
-    axi, req, resp = dut.axi, dut.req, dut.resp
+    req, resp = dut.req, dut.resp
 
     async def bench(ctx):
         for index, context in enumerate(contexts):
@@ -487,9 +520,7 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
             ctx.set(dut.ctx.data.as_value(), context.raw())
             await ctx.tick()
         ctx.set(dut.ctx.valid, 0)
-        rq, bq = [], []         # [due, id, data, resp] / [due, id, resp]
-        r_cur = b_cur = None
-        aw, wbeats = None, []
+        axi = _AxiPort(ctx, dut.axi, subordinate)
         outstanding = {}        # tag -> request index
         accepted = {}
         cursor, wait_until, in_inval, inval_at = 0, 0, None, 0
@@ -501,15 +532,10 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
                 drive[name] = value
                 ctx.set(signal, value)
 
-        sampled = (axi.arvalid, axi.araddr, axi.arid, axi.arlen, axi.arsize, axi.arburst,
-                   axi.rready, axi.awvalid, axi.awaddr, axi.awid, axi.awatop, axi.awlen,
-                   axi.awburst, axi.wvalid, axi.wdata, axi.wlast, axi.bready,
-                   req.ready, resp.valid, resp.payload.as_value(), dut.inval.ready,
-                   dut.inval_done)
+        sampled = (*axi.sampled, req.ready, resp.valid, resp.payload.as_value(),
+                   dut.inval.ready, dut.inval_done)
         put("resp_ready", resp.ready, 1)
-        async for (_, _, arvalid, araddr, arid, arlen, arsize, arburst, rready, awvalid,
-                   awaddr, awid, awatop, awlen, awburst, wvalid, wdata, wlast, bready,
-                   req_ready, resp_valid, payload, inval_ready,
+        async for (_, _, *values, req_ready, resp_valid, payload, inval_ready,
                    inval_done) in ctx.tick().sample(*sampled):
             edge, t = t, t + 1
             # -- handshakes of the cycle that just ended ---------------------------------
@@ -529,51 +555,15 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
             elif in_inval == "wait" and inval_done:
                 out.inval_cycles.append(edge - inval_at)
                 in_inval = False
-            if arvalid and drive.get("arready"):
-                if (arlen, arsize, arburst) != (0, 3, Burst.INCR.value):
-                    raise ProtocolError(f"read {araddr:#x}: not a single 8-byte beat")
-                out.reads.append((edge, araddr))
-                try:
-                    word, code = memory.read64(araddr), Resp.OKAY.value
-                except MemoryAccessError:
-                    word = 0
-                    code = (Resp.SLVERR if memory.contains(araddr) else Resp.DECERR).value
-                rq.append([edge + latency + rng.randint(0, jitter), arid, word, code])
-            if r_cur is not None and rready:
-                rq.remove(r_cur)
-                r_cur = None
-            if awvalid and drive.get("awready"):
-                if aw is not None or awatop != Atop.COMPARE.value or awlen != 1:
-                    raise ProtocolError(f"bad AtomicCompare AW at {awaddr:#x}")
-                want = Burst.WRAP if awaddr & 8 else Burst.INCR
-                if awburst != want.value:
-                    raise ProtocolError(f"AtomicCompare at {awaddr:#x}: burst {awburst}")
-                aw = (awaddr, awid)
-            if wvalid and drive.get("wready"):
-                if bool(wlast) != (len(wbeats) == 1):
-                    raise ProtocolError("WLAST on the wrong beat")
-                wbeats.append(wdata)
-            if aw is not None and len(wbeats) == 2:
-                try:
-                    _, current = memory.cmpxchg64(aw[0], wbeats[0], wbeats[1])
-                    code = Resp.OKAY.value
-                except MemoryAccessError:
-                    current = 0
-                    code = (Resp.SLVERR if memory.contains(aw[0]) else Resp.DECERR).value
-                due = edge + latency + rng.randint(0, jitter)
-                rq.append([due, aw[1], current, code])
-                bq.append([due, aw[1], code])
-                aw, wbeats = None, []
-            if b_cur is not None and bready:
-                bq.remove(b_cur)
-                b_cur = None
+            axi.edge(edge, values)
             if resp_valid and drive["resp_ready"]:
-                fields = unpack_response(layout, payload)
-                index = outstanding.pop(fields["tag"], None)
+                tag = decoder.tag(payload)
+                index = outstanding.pop(tag, None)
                 if index is None:
-                    raise ProtocolError(f"response with unknown tag {fields['tag']}")
+                    raise ProtocolError(f"response with unknown tag {tag}")
                 gpa, access, vm = reqs[index]
-                out.results[index] = response_to_model(fields, gpa, access, contexts[vm], (), ())
+                out.results[index] = decoder.result(payload, gpa, access,
+                                                    contexts[vm].fmt.arch)
                 out.cycles[index] = edge - accepted[index]
                 last_progress = t
             if t - last_progress > timeout and (outstanding or in_inval
@@ -625,29 +615,11 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
             if cursor >= len(script) and not outstanding and not in_inval:
                 break
 
-            # -- the subordinate's side ----------------------------------------------------
-            def stalled():
-                return stall and rng.random() < stall
-            put("arready", axi.arready, 0 if stalled() else 1)
-            put("awready", axi.awready, 0 if stalled() else 1)
-            put("wready", axi.wready, 0 if stalled() else 1)
-            put("resp_ready", resp.ready, 0 if stalled() else 1)
-            if r_cur is None:
-                ready = [x for x in rq if x[0] <= t]
-                if ready and not stalled():
-                    r_cur = min(ready)
-                    ctx.set(axi.rid, r_cur[1])
-                    ctx.set(axi.rdata, r_cur[2])
-                    ctx.set(axi.rresp, r_cur[3])
-                    ctx.set(axi.rlast, 1)
-            put("rvalid", axi.rvalid, int(r_cur is not None))
-            if b_cur is None:
-                ready = [x for x in bq if x[0] <= t]
-                if ready and not stalled():
-                    b_cur = min(ready)
-                    ctx.set(axi.bid, b_cur[1])
-                    ctx.set(axi.bresp, b_cur[2])
-            put("bvalid", axi.bvalid, int(b_cur is not None))
+            # -- the subordinate's side; the response port's back-pressure is drawn from
+            # the same generator, between the subordinate's readies and its beats -------
+            axi.drive_readies()
+            put("resp_ready", resp.ready, 0 if stall and rng.random() < stall else 1)
+            axi.drive_beats()
         out.total = t
         for name in COUNTERS:
             out.counters[name] = ctx.get(getattr(dut.counters, name))

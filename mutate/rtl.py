@@ -73,4 +73,27 @@ RTL = [
          new="self.wants_fill.eq(self.done & self.ok & ~fill_taken)",
          bug="a walk that began before an invalidation still fills the TLB after it",
          tests=("tests/test_mmu_top.py::test_invalidation_at_every_offset_of_a_walk[npt4-all]",)),
+
+    # -- bugs around the walks that leave the answers right (or nearly), seen by the
+    # co-simulation's traffic rules (cocotb_tests/mmu_tb.py, WalkTrafficChecker). Not
+    # listed: a walk that re-reads a level its walk cache holds (pwc.py choosing the
+    # highest hit) reads only entries its reference walk visits, which no traffic rule
+    # can tell from a right walk (it costs reads; tests/test_pwc_rtl.py's model of the
+    # walk cache catches it); an A/D compare of another walk's word fails and restarts
+    # the walk again and again, a hang rather than a wrong transaction ----------------
+    dict(name="pool-caches-table-before-a", area="rtl", path="hw/walkers.py",
+         old="cached.valid.eq(pipe.rec_valid & pipe.rec_table & ~pipe.step.need)",
+         new="cached.valid.eq(pipe.rec_valid & pipe.rec_table)",
+         bug="the walk cache takes a table entry as it is read, before its A bit is set",
+         tests=("tests/test_cocotb_faults.py::test_faults_short[verilator]",)),
+    dict(name="engine-restart-keeps-owed", area="rtl", path="hw/engine.py",
+         old="need.eq(0), top.eq(params.levels)]",
+         new="top.eq(params.levels)]",
+         bug="a walk restarted by a failed A/D compare redoes the updates it made before",
+         tests=("tests/test_cocotb_faults.py::test_faults_short[verilator]",)),
+    dict(name="mmu-join-any-access", area="rtl", path="hw/mmu.py",
+         old="& (vpn_of(gpa) == vpn_of(other.req.gpa)) & (access == other.req.access))",
+         new="& (vpn_of(gpa) == vpn_of(other.req.gpa)))",
+         bug="a miss joins a walk of its page whatever the access (a write gets a read's walk)",
+         tests=("tests/test_cocotb_mmu.py::test_scenarios_short[verilator]",)),
 ]

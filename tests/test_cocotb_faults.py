@@ -8,6 +8,7 @@ short on both simulators; `make regress` (-m slow) runs every format over more s
 import pytest
 
 from cocotb_tests.fault_bench import FAULTS
+from cocotb_tests.report import bound_problems
 from cocotb_tests.runner import SIMULATORS, run_mmu
 
 ALL = list(FAULTS)
@@ -20,6 +21,10 @@ def run_faults(sim, names, seed, size):
     for r in results:
         assert r["mismatches"] == 0, f"{r['scenario']} seed {r['seed']}: {r['mismatch_list'][:3]}"
         assert r["checked"] > 0 and r["translations"] > 0, f"{r['scenario']} seed {r['seed']}"
+    # The scoreboard checks what no fault decides, and each walk's traffic (a request
+    # whose answer a fault decides pauses it): traffic checked, acceptances within bounds.
+    problems = bound_problems(results)
+    assert not problems, [message for _, message in problems]
     return {r["scenario"]: r for r in results}
 
 
@@ -42,6 +47,8 @@ def _check_coverage(by_name):
         races = by_name["ad_race"]["details"]["A/D races"]
         fired = sum(v for k, v in races.items() if k not in ("no A/D update", "no translation"))
         assert fired >= 8, races
+        # Each raced compare, and the restarted walks', checked by the scoreboard.
+        assert by_name["ad_race"]["atomic_compares_checked"] >= fired, by_name["ad_race"]
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)

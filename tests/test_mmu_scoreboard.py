@@ -14,8 +14,8 @@ import types
 
 import pytest
 
-from cocotb_tests.axi_memory import AtomicCompare, PteRead
 from cocotb_tests.mmu_tb import HIT_CYCLES, Response, Scoreboard, WalkTrafficChecker
+from hw.sim_axi import AtomicCompare, PteRead
 from hw.tlb import InvalSpace
 from sw_model.memory import HostMemory
 from sw_model.tdp import PfResult, Vm
@@ -226,3 +226,38 @@ def test_a_walked_answer_whose_a_bit_was_never_set_is_a_mismatch(answer, checked
         [WalkTrafficChecker.UPDATE_OWED] * checked
     if checked:
         assert sb.mismatches[0]["addr"] == hex(leaf)
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["left alone", "changed"])
+def test_an_entry_read_with_a_clear_is_owed_its_a_after_a_model_step(changed):
+    """A walk read every entry with A clear and set none (it faulted below, say); after
+    a model step that left those entries alone, a walk that reads the leaf only (its
+    walk cache served the rest) owes their A bits: a walk cache keeps an entry only once
+    its A is set. Not where the model changed the entry since the RTL read it (aging
+    and dirty logging clear bits that a cached entry may keep)."""
+    vm, sb = _bench()
+    traffic, req, in_flight = _traffic(vm, sb)
+    path = _path(req)
+    for cycle, addr in enumerate(path, 12):
+        traffic.observe(PteRead(addr, 1, vm.mem.read64(addr), 0, cycle))
+    in_flight.clear()
+    if changed:
+        software = vm.fmt.sw_fields["host_writable"].mask
+        for addr in path[:-1]:
+            vm.mem.write64(addr, vm.mem.read64(addr) | software)
+    sb.changed()
+    again = _request(vm, sb, BASE + 3, 50)
+    in_flight.append(again)
+    leaf = path[-1]
+    [(_, old, new)] = [w for w in again.ad_writes if w[0] == leaf]
+    traffic.observe(PteRead(leaf, 2, old, 0, 52))
+    ok, _ = vm.mem.cmpxchg64(leaf, old, new)
+    traffic.observe(AtomicCompare(leaf, 2, old, new, ok, 0, 60))
+    assert _answer(sb, again, sb.reference(again), 70)
+    traffic.answered(again)
+    rule = WalkTrafficChecker.UPDATE_OWED
+    assert [m["rule"] for m in sb.mismatches] == [rule] * (not changed)
+    if not changed:
+        assert sb.mismatches[0]["reason"] == \
+            f"{rule}: address {path[0]:#x}, vm 0 read {again.gpa:#x}, cycles 50..70"
+        assert [a for a, _, _ in sb.mismatches[0]["owed"]] == [hex(a) for a in path[:-1]]

@@ -1,9 +1,9 @@
 """hw.mmu.MMU in Amaranth's simulator: TLB and walk cache on, several walkers, against
 the reference walker :func:`sw_model.walker.translate` on the same memory.
 
-The AXI subordinate here serves several outstanding transactions by ID (hw.sim's memory
-model is written for one walker with one transaction and lives inside ``run_walker``);
-the response conversion and the context encoding are hw.sim's own.
+``hw.sim.run_mmu`` serves several outstanding transactions by AXI ID with the AXI
+subordinate model every bench uses (hw/sim_axi.py); the response decoder and the
+context encoding are hw.sim's own.
 """
 
 import random

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from cocotb_tests.report import bound_problems
 from cocotb_tests.runner import run_mmu
 from sw_model.formats import FORMAT_NAMES
 
@@ -21,6 +22,8 @@ def run_stream(fmt, count, seed, sim="verilator"):
                               "TDPWALK_PROGRESS": str(max(count // 10, 4096))})
     assert result["mismatches"] == 0, f"{fmt} seed {seed}: {result['mismatch_list'][:3]}"
     assert result["translations"] == result["checked"] >= count, f"{fmt} seed {seed}"
+    problems = bound_problems([result])     # traffic checked, acceptances within bounds
+    assert not problems, [message for _, message in problems]
     # The stream must exercise both the TLB and the walkers: hits, and at least a few
     # hundred walks (a G-stage stream over 2 MiB pages hits 99.9 % of the time).
     walks = round((1 - result["tlb_hit_rate"]) * result["translations"])

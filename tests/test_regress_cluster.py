@@ -2,7 +2,8 @@
 started with the `dask` command on 127.0.0.1, one of them killed in the middle of a
 task; an interrupted regression resumed; a task past its time limit; a scheduler that
 goes away; bad input. The regressions are small: three short scoreboarded streams, or
-tests written here that sleep."""
+tests written here that sleep. Also the summary table and the record's verdict on each
+co-simulation run, on results made up here."""
 
 import json
 import os
@@ -120,7 +121,11 @@ def test_killed_worker_task_reruns_and_counts_once(dask_cluster, tmp_path):
     reference = regress("--jobs", "1", "--results", str(local), *STREAMS, env=STREAM_ENV)
     assert reference.returncode == 0, reference.stdout_text + reference.stderr_text
     assert summary(stdout) == summary(reference.stdout_text)
-    assert summary(stdout)[-1].split() == ["total", "3", "0", "6,000", "0"]
+    total = summary(stdout)[-1].split()
+    assert total[:5] == ["total", "3", "0", "6,000", "0"]
+    # Every stream's scoreboard checked PTE reads, AtomicCompares (ept4 and npt4 have a
+    # VM whose hardware sets A/D bits) and walked answers for the A/D updates they owe.
+    assert all(int(n.replace(",", "")) > 0 for n in total[5:8]), total
     # Every task once (none lost, none counted twice); the tasks after the kill on w2.
     tasks = [r["task"] for r in results_of(out)]
     assert sorted(tasks) == sorted(r["task"] for r in results_of(local)) and len(tasks) == 3
@@ -186,7 +191,8 @@ def test_interrupt_and_resume(tmp_path):
     assert out.read_text().startswith(before)      # appended, nothing redone
     assert sorted(r["task"] for r in results_of(out)) == \
         [f"test_sleepy.py::test_sleep[{i}]" for i in range(4)]
-    assert summary(resumed.stdout_text)[-1].split() == ["total", "4", "0", "0", "0"]
+    assert summary(resumed.stdout_text)[-1].split() == ["total", "4", "0", "0", "0"] + \
+        ["0"] * 5
 
 
 def test_hung_task_fails_with_its_seed(tmp_path):
@@ -310,10 +316,13 @@ def test_order_follows_the_last_runs_durations(tmp_path):
 
 
 def test_summary_counts_mismatches_and_failures():
-    """The table adds each run's translations and mismatches in its simulator and
-    format, lists every failure with its seeds and replay, and totals them."""
+    """The table adds each run's translations, mismatches and what its scoreboard
+    checked and accepted in its simulator and format, lists every failure with its
+    seeds and replay, and totals them."""
     from cocotb_tests.regress_results import table, totals
-    run = {"sim": "verilator", "row": "stream ept4", "translations": 1000, "seconds": 2.0}
+    run = {"sim": "verilator", "row": "stream ept4", "translations": 1000, "seconds": 2.0,
+           "pte_reads_checked": 700, "atomic_compares_checked": 40, "ad_done_checked": 9,
+           "stale_hits_allowed": 5, "raced_faults": 1}
     results = [{"tests": [{"node": "t.py::a", "outcome": "passed", "seconds": 2.0,
                            "runs": [dict(run, failed=False, mismatches=0)]},
                           {"node": "t.py::b", "outcome": "failed", "seconds": 2.0,
@@ -324,6 +333,51 @@ def test_summary_counts_mismatches_and_failures():
                                      "mismatches": 3}
     lines = table(results)
     row = next(l for l in lines if l.startswith("verilator"))
-    assert row.split()[-5:] == ["2", "1", "2,000", "3", "4"]
+    assert row.split()[-10:] == ["2", "1", "2,000", "3", "1,400", "80", "18", "10", "2", "4"]
     assert lines[-2:] == ["FAILED t.py::b (seed 7): 3 mismatches",
                           "  replay: TDPWALK_FUZZ_SEED=1 pytest t.py::b"]
+
+
+def _result(scenario, **counts):
+    """A co-simulation run's result that keeps every bound, but ``counts``."""
+    return {"scenario": scenario, "seed": 3, "translations": 100, "mismatches": 0,
+            "checked": 100, "pte_reads_checked": 80, "atomic_compares_checked": 20,
+            "ad_done_checked": 4, "stale_hits_allowed": 10, "raced_faults": 1,
+            "stale_kinds": {"split": 10}, "ad_modes": [["ept4", "hardware"]],
+            "seconds": 1.0, **counts}
+
+
+@pytest.mark.parametrize("results, failed", [
+    ([_result("boot")], [[]]),
+    ([_result("boot", pte_reads_checked=0)], [["boot (seed 3): no PTE read checked"]]),
+    ([_result("boot", raced_faults=2), _result("mixed", stale_hits_allowed=51)],
+     [["boot (seed 3): 2 raced faults accepted in 100 answers checked, above 1%"],
+      ["mixed (seed 3): 51 stale hits accepted in 100 answers checked, above 50% "
+       "({'split': 10})"]]),
+    ([_result("steady", atomic_compares_checked=0),
+      _result("aging", atomic_compares_checked=0, ad_modes=[["sv48x4", "hardware"]])],
+     [["steady (seed 3): no AtomicCompare checked, with x86 hardware A/D "
+       "([['ept4', 'hardware']])"], []]),
+    ([_result("boot", ad_done_checked=0, ad_modes=[["ept4", "off"]]),
+      _result("steady", ad_done_checked=0), _result("aging", ad_done_checked=0)],
+     [[]] + [[f"{name} (seed 3): no walked answer checked for the A/D updates it owes, "
+              f"in any of the run's 2 results with hardware A/D"]
+             for name in ("steady", "aging")]),
+    ([{"stream": "hit", "translations": 300, "mismatches": 0, "seconds": 1.0}], [[]]),
+], ids=["kept", "no-reads", "raced-and-stale", "no-compares", "no-ad-done", "not-judged"])
+def test_a_run_breaking_the_scoreboard_bounds_fails_in_the_record(monkeypatch, results,
+                                                                   failed):
+    """The record judges each co-simulation run by the bounds of
+    :func:`cocotb_tests.report.bound_problems` and names why one fails: no A/D update
+    checked over the runs with hardware A/D fails each of them; a result without the
+    counts (a bench without the traffic checker) is not judged. The counts are recorded
+    for the summary table."""
+    from cocotb_tests import regress_record
+    monkeypatch.setattr(regress_record, "_runs", [])
+    regress_record._recording(lambda sim, scenarios, **kwargs: results)(
+        "verilator", [r.get("scenario", "stream") for r in results], seed=3)
+    runs = regress_record._runs
+    assert [run["problems"] for run in runs] == failed
+    assert [run["failed"] for run in runs] == [bool(f) for f in failed]
+    assert [run["pte_reads_checked"] for run in runs] == \
+        [r.get("pte_reads_checked", 0) for r in results]
