@@ -170,6 +170,28 @@ def _remap_region(td, gfn, private):
     mem.write64(addr, fmt.put_frame(mem.read64(addr), fmt.frame_of(mem.read64(addr)) + (2 << 30)))
 
 
+class _Requests:
+    """A run_mmu script of reads of a TD's GFNs, each expected to translate to the page's
+    first frame or, ``remapped``, to the frame a walk finds after :func:`_remap_region`
+    (1 GiB above)."""
+
+    def __init__(self, td):
+        self.td, self.script, self.expect = td, [], []
+
+    def req(self, gfn, private, remapped=False):
+        hpa = (PRIVATE_HPA if private else SHARED_HPA) + (gfn << 12) + (remapped << 30)
+        self.script.append(("req", self.td.gpa(gfn, private) | 0x18, "read", 0))
+        self.expect.append((gfn, private, hpa))
+
+    def check(self, label, seed):
+        run = run_mmu(self.td.mem, [self.td.ctx], self.script, latency=3, seed=seed)
+        for index, (gfn, private, hpa) in enumerate(self.expect):
+            got = run.results[index]
+            assert got.ok and got.hpa == hpa + 0x18, (
+                f"{label}: request {index} ({'private' if private else 'shared'} gfn "
+                f"{gfn:#x}) -> {got.to_json()}, expected {hpa + 0x18:#x}")
+
+
 @pytest.mark.parametrize("kind", ["all", "vm", "range"])
 @pytest.mark.parametrize("space", ["private", "shared", "both"])
 def test_mmu_invalidation_by_space(kind, space):
@@ -187,33 +209,21 @@ def test_mmu_invalidation_by_space(kind, space):
         other = (gfn & ~511) | ((gfn + 7) & 511)
         for private in (True, False):
             td.map(other, private)
-    script, expect = [], []
-
-    def req(g, private, hpa):
-        script.append(("req", td.gpa(g, private) | 0x18, "read", 0))
-        expect.append((g, private, hpa))
-
-    old = {(g, p): (PRIVATE_HPA if p else SHARED_HPA) + (g << 12)
-           for g in (gfn, other) for p in (True, False)}
+    rq = _Requests(td)
     for private in (True, False):
-        req(gfn, private, old[gfn, private])
-    script.append(("drain",))
-    script.append(("mem", lambda mem: [_remap_region(td, gfn, p) for p in (True, False)]))
+        rq.req(gfn, private)
+    rq.script.append(("drain",))
+    rq.script.append(("mem", lambda mem: [_remap_region(td, gfn, p) for p in (True, False)]))
     for private in (True, False):
-        req(gfn, private, old[gfn, private])        # TLB hits: stale, no flush yet
-    script.append(("drain",))
+        rq.req(gfn, private)        # TLB hits: stale, no flush yet
+    rq.script.append(("drain",))
     start, count = (gfn & ~511, 512) if kind == "range" else (0, 0)
-    script.append(("inval", kind, 0, start, count, space))
+    rq.script.append(("inval", kind, 0, start, count, space))
     for private in (True, False):
         hit = space == "both" or (space == "private") == private
         for g in (gfn, other):
-            req(g, private, old[g, private] + ((1 << 30) if hit else 0))
-    run = run_mmu(td.mem, [td.ctx], script, latency=3, seed=720)
-    for index, (g, private, hpa) in enumerate(expect):
-        got = run.results[index]
-        assert got.ok and got.hpa == hpa + 0x18, (
-            f"{kind}/{space}: request {index} ({'private' if private else 'shared'} gfn "
-            f"{g:#x}) -> {got.to_json()}, expected {hpa + 0x18:#x}")
+            rq.req(g, private, remapped=hit)
+    rq.check(f"{kind}/{space}", seed=720)
 
 
 def test_context_checks():
@@ -252,28 +262,16 @@ def test_mmu_range_of_one_gfn_in_a_td(space):
     both = [g for i, g in enumerate(td.gfns[:24]) if i % 3 == 2]
     gfn = both[0]
     far = next(g for g in both if g >> 9 != gfn >> 9)
-    script, expect = [], []
-
-    def req(g, private, hpa):
-        script.append(("req", td.gpa(g, private) | 0x18, "read", 0))
-        expect.append((g, private, hpa))
-
-    old = {(g, p): (PRIVATE_HPA if p else SHARED_HPA) + (g << 12)
-           for g in (gfn, far) for p in (True, False)}
+    rq = _Requests(td)
     for g in (gfn, far):
         for private in (True, False):
-            req(g, private, old[g, private])
-    script.append(("drain",))
-    script.append(("mem", lambda mem: [_remap_region(td, g, p) for g in (gfn, far)
-                                       for p in (True, False)]))
-    script.append(("inval", "range", 0, gfn, 1, space))
+            rq.req(g, private)
+    rq.script.append(("drain",))
+    rq.script.append(("mem", lambda mem: [_remap_region(td, g, p) for g in (gfn, far)
+                                          for p in (True, False)]))
+    rq.script.append(("inval", "range", 0, gfn, 1, space))
     for g in (gfn, far):
         for private in (True, False):
             gone = g == gfn and (space == "both" or (space == "private") == private)
-            req(g, private, old[g, private] + ((1 << 30) if gone else 0))
-    run = run_mmu(td.mem, [td.ctx], script, latency=3, seed=721)
-    for index, (g, private, hpa) in enumerate(expect):
-        got = run.results[index]
-        assert got.ok and got.hpa == hpa + 0x18, (
-            f"{space}: request {index} ({'private' if private else 'shared'} gfn "
-            f"{g:#x}) -> {got.to_json()}, expected {hpa + 0x18:#x}")
+            rq.req(g, private, remapped=gone)
+    rq.check(space, seed=721)
