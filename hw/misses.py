@@ -17,7 +17,9 @@ engine within a bounded number of walks, whatever the traffic. The MMU accepts a
 only while an entry is free for it and every lookup ahead of it, so a miss never
 waits in the pipeline for an engine (which could wait for a fill behind it).
 
-Walk responses leave through one register, ``resp``: a walk's own request first.
+Walk responses leave through one port, ``resp``, a walk's own request first; the answer
+is chosen into one-hot registers and read from the engine's and the entry's own
+registers, which stay put until it is taken.
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal
@@ -186,15 +188,22 @@ class MissTable(wiring.Component):
                 m.d.sync += replaying.bit_select(offer, 1).eq(1)
 
         # -- responses: a walk's own request, then the requests that joined it ----------
-        resp = self.resp
-        r = Signal(resp.payload.shape(), name="resp_payload", reset_less=True)
-        m.d.comb += resp.payload.eq(r)
         # A walk's own answer leaves once its TLB entry is on its way to the TLB (copied
         # for it, ahead of any later request), so software that sees the answer then
         # asks again finds the entry or joins the walk, and an invalidation it then
         # issues drops the entry. A walk whose fill is copied this cycle comes after
-        # those that could answer before it. The walk answered and the joined request
-        # answered are one-hot choices, so that their results are AND-ORs, not muxes.
+        # those that could answer before it.
+        # The answer is a choice held in one-hot registers: the walk (``answer_walk``)
+        # and either its own request (``answer_own``, that walk again) or a joined entry
+        # (``answer_entry``). The port reads the engine's and the entry's registers
+        # through them, which stay put until the answer is taken (the walk is not
+        # released, the entry not freed), so the choice loads a few bits rather than
+        # the whole answer, off the engines' path.
+        resp = self.resp
+        answer_walk = Signal(N, name="answer_walk", reset_less=True)
+        answer_own = Signal(N, name="answer_own", reset_less=True)
+        answer_entry = Signal(max(1, E), name="answer_entry", reset_less=True)
+        taken = resp.valid & resp.ready
         answerable = Signal(N, name="answerable")
         m.d.comb += answerable.eq(self.done & ~own_sent & (fill_taken | ~self.ok | stale))
         own_oh, own = Signal(N, name="own_walk"), Signal(name="own_any")
@@ -203,42 +212,45 @@ class MissTable(wiring.Component):
                      own.eq(answerable.any() | self.filled)]
         ans = Signal(max(1, E), name="answerable_entries")
         if E:
-            m.d.comb += ans.eq(Cat(valid[j] & joined[j] & (walker[j] & self.done).any()
+            held = Mux(resp.valid, answer_entry, 0)
+            m.d.comb += ans.eq(Cat(valid[j] & joined[j] & ~held[j] & (walker[j] & self.done).any()
                                    for j in range(E)))
-        ans_oh = lowest_onehot(m, ans, "answer_entry")
-        src = Signal(N, name="answer_walk")
-        m.d.comb += src.eq(Mux(own, own_oh, pick_onehot(ans_oh, walker) if E else 0))
-        result, walk = pick_onehot(src, list(self.results)), pick_onehot(src, list(self.walks))
+        ans_oh = lowest_onehot(m, ans, "joined_next")
         with m.If(resp.ready | ~resp.valid):
-            m.d.sync += [resp.valid.eq(own | ans.any()), r.result.eq(result),
-                         r.access.eq(walk.access), r.arch.eq(walk.params.arch),
-                         r.nxe.eq(walk.params.nxe)]
+            m.d.sync += [resp.valid.eq(own | ans.any()),
+                         answer_walk.eq(Mux(own, own_oh, pick_onehot(ans_oh, walker) if E else 0)),
+                         answer_own.eq(Mux(own, own_oh, 0)), answer_entry.eq(Mux(own, 0, ans_oh))]
             with m.If(own):
-                m.d.sync += [r.tag.eq(pick_onehot(own_oh, list(self.tags))), r.gpa.eq(walk.gpa)]
                 for i in range(N):
                     with m.If(own_oh[i]):
                         m.d.sync += own_sent[i].eq(1)
-            if E:
-                with m.Elif(ans.any()):
-                    req = pick_onehot(ans_oh, reqs)
-                    # A joined request shares the walk's 4 KiB page: only the page offset
-                    # of a translation (and a RISC-V htval, from ``gpa``) is its own.
-                    m.d.sync += [r.tag.eq(req.tag), r.gpa.eq(req.gpa),
-                                 r.result.hpa.eq(Cat(req.gpa[:12], result.hpa[12:]))]
-                    for j in range(E):
-                        with m.If(ans_oh[j]):
-                            m.d.sync += valid[j].eq(0)
+        # A joined request shares the walk's 4 KiB page: only the page offset of a
+        # translation (and a RISC-V htval, from ``gpa``) is its own.
+        req = pick_onehot(answer_entry, reqs) if E else data.View(self.record_req.shape(), 0)
+        result = pick_onehot(answer_walk, list(self.results))
+        walk = pick_onehot(answer_walk, list(self.walks))
+        own_offset = pick_onehot(answer_own, [r.hpa[:12] for r in self.results])
+        p = resp.payload
+        m.d.comb += [p.result.eq(result), p.access.eq(walk.access),
+                     p.arch.eq(walk.params.arch), p.nxe.eq(walk.params.nxe),
+                     p.tag.eq(pick_onehot(answer_own, list(self.tags)) | req.tag),
+                     p.gpa.eq(pick_onehot(answer_own, [w.gpa for w in self.walks]) | req.gpa),
+                     p.result.hpa.eq(Cat(own_offset | req.gpa[:12], result.hpa[12:]))]
+        for j in range(E):
+            with m.If(taken & answer_entry[j]):
+                m.d.sync += valid[j].eq(0)
 
         # -- release: answered, joiners answered, entry written (or nothing to write) --
         # Registered, so the engines' FSMs and the counters see a register: decided one
         # cycle, a one-cycle pulse the next; no request joins a walk in its release
         # cycle (the MMU masks ``release``).
         for i in range(N):
-            refs = Cat(valid[j] & joined[j] & walker[j][i] for j in range(E)).any() \
-                if E else Const(0)
+            refs = Cat(valid[j] & joined[j] & walker[j][i] & ~(taken & answer_entry[j])
+                       for j in range(E)).any() if E else Const(0)
             joining = self.joined & (self.record_walk == i)
             m.d.sync += self.release[i].eq(~self.release[i] & self.done[i] & own_sent[i]
                                            & ~refs & ~joining
+                                           & ~(resp.valid & ~resp.ready & answer_own[i])
                                            & (written[i] | ~self.ok[i] | stale[i]))
             with m.If(self.release[i]):
                 m.d.sync += busy[i].eq(0)
