@@ -106,14 +106,18 @@ def mmu_walk_latency(latencies):
 
 
 def tlb_hit_throughput(hits):
+    """``(hits, cycles, latency)``: ``hits`` back-to-back hits to a warm page, the cycles
+    they add, and the longest a hit took. The warm-up waits for the walk's TLB fill to
+    be written: a request right after the walk's answer finds the fill still on its way
+    and is replayed into it (a miss, not a hit)."""
     first = 0x40_0000
     memory, context = _mapped_vm("ept4", [first])
-    warm = [("req", first, "read", 0), ("drain",)]
+    warm = [("req", first, "read", 0), ("drain",), ("delay", 8), ("drain",)]
     base = run_mmu(memory.copy(), [context], warm, latency=MISS_LATENCY).total
     run = run_mmu(memory.copy(), [context],
                   warm + [("req", first + 8 * i, "read", 0) for i in range(hits)]
                   + [("drain",)], latency=MISS_LATENCY)
-    return hits, run.total - base, run.cycles[1]
+    return hits, run.total - base, max(run.cycles[i] for i in range(1, hits + 1))
 
 
 def miss_throughput(count, walker_counts, latency):
@@ -217,10 +221,12 @@ def main(quick=False):
     tables.append(Table("TLB hit throughput", ["hits", "cycles", "requests/cycle",
                                                "hit latency (cycles)"],
                         [[hits, cycles, f"{hits / cycles:.2f}", latency]],
-                        "back-to-back hits to one warm page (ept4), after the warm-up walk; "
-                        "cycles include draining the last response. The latency runs from the "
-                        "cycle a request is accepted (TLB lookup) to its response (hw/mmu.py "
-                        "answers a hit from S2, two cycles after it was accepted)."))
+                        "back-to-back hits to one warm page (ept4), after the warm-up walk and "
+                        "its TLB fill; cycles include draining the last response. The latency "
+                        "is the longest of the hits', from the cycle a request is accepted (TLB "
+                        "lookup) to its response (hw/mmu.py answers a hit from S2, two cycles "
+                        "after it was accepted). A request in the few cycles between a walk's "
+                        "answer and its TLB fill is replayed into the fill: 5 cycles."))
 
     walkers = (1, 2, 4, 8)
     count = 48 if quick else 256
