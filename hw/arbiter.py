@@ -1,11 +1,12 @@
-"""AXI read-address arbitration of several walkers onto one manager port, and the
-fixed-priority choices the MMU makes: as an index (a priority encoder) or one-hot."""
+"""AXI read-address arbitration of several walkers onto one manager port, the
+fixed-priority choices the MMU makes (as an index, a priority encoder, or one-hot), and
+the reads of one of several values by such a choice."""
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AxiArbiter", "lowest_set", "lowest_onehot", "pick_onehot"]
+__all__ = ["AxiArbiter", "lowest_set", "lowest_onehot", "pick", "pick_onehot"]
 
 
 def lowest_set(m, bits, width, name):
@@ -24,6 +25,19 @@ def lowest_onehot(m, bits, name):
     m.d.comb += out.eq(Cat(bits[i] & ~bits[:i].any() if i else bits[0]
                            for i in range(len(bits))))
     return out
+
+
+def pick(values, index):
+    """``values[index]`` of a list of same-shape values. One value is read as it is:
+    an index port is at least one bit wide, and an out-of-range index would otherwise
+    gate every bit."""
+    if len(values) == 1:
+        return values[0]
+    flat = Cat(v.as_value() if hasattr(v, "as_value") else v for v in values)
+    width = len(flat) // len(values)
+    picked = flat.word_select(index, width)
+    shape = values[0].shape() if hasattr(values[0], "shape") else None
+    return data.View(shape, picked) if isinstance(shape, data.Layout) else picked
 
 
 def pick_onehot(onehot, values):
@@ -81,8 +95,9 @@ class AxiArbiter(wiring.Component):
         m.d.comb += [
             self.grant.eq(Mux(asks, granted, self.start_id)),
             self.arvalid.eq(asks | self.start_valid),
-            self.araddr.eq(Mux(asks, Array(self.addr)[granted], self.start_addr)),
-            self.ready.eq(Mux(asks & self.arready, 1 << granted, 0)),
+            self.araddr.eq(Mux(asks, pick(list(self.addr), granted), self.start_addr)),
+            self.ready.eq(Mux(asks & self.arready, 1 << granted, 0) if self.ports > 1
+                           else asks & self.arready),
             self.start_ready.eq(self.arready & ~asks),
         ]
         m.d.sync += [locked.eq(self.arvalid & ~self.arready), held.eq(self.grant)]

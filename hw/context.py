@@ -5,7 +5,7 @@ One :class:`ContextTable` serves the MMU and every walker: a walk is started wit
 (:func:`walk_start`), so no walker keeps a copy of the table.
 """
 
-from amaranth import Array, Cat, Module, Mux, Signal
+from amaranth import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,7 +13,7 @@ from .arch import each_arch, format_table
 from .decode import AD_IDS, PA_WIDTH
 
 __all__ = ["CONTEXT_LAYOUT", "ContextWriteSignature", "ContextTable", "WALK_PARAMS",
-           "GPA_BITS", "ADDR_BITS", "walk_start", "is_private", "check_vm_count"]
+           "GPA_BITS", "ADDR_BITS", "walk_start", "is_private", "check_vm_count", "vm_index"]
 
 #: Per-VM context. ``format``: :data:`hw.decode.FORMAT_IDS`; ``ad``:
 #: :data:`hw.decode.AD_IDS`; ``root``: host-physical address of the root table (for a
@@ -55,6 +55,12 @@ def check_vm_count(num_vms):
                          f"got {num_vms!r}")
 
 
+def vm_index(vm, num_vms):
+    """The VM a port's ``vm`` field names. Ports are at least one bit wide; with one VM
+    that bit is ignored, so nothing compares or stores it."""
+    return vm if num_vms > 1 else Const(0, 1)
+
+
 class ContextWriteSignature(wiring.Signature):
     """Context table write port: when ``valid``, entry ``index`` becomes ``data``.
 
@@ -94,9 +100,9 @@ class ContextTable(wiring.Component):
         m = Module()
         table = Array(Signal(CONTEXT_LAYOUT, name=f"context{i}") for i in range(self.num_vms))
         with m.If(self.write.valid):
-            m.d.sync += table[self.write.index].eq(self.write.data)
+            m.d.sync += table[vm_index(self.write.index, self.num_vms)].eq(self.write.data)
         for vm, out in zip(self.read_vm, self.read):
-            m.d.comb += out.eq(table[vm])
+            m.d.comb += out.eq(table[vm_index(vm, self.num_vms)])
         return m
 
 

@@ -11,6 +11,8 @@ from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .context import vm_index
+
 __all__ = ["Generations", "GEN_BITS"]
 
 #: Generation id width: a VM is swept once every 2**GEN_BITS retirements.
@@ -43,7 +45,7 @@ class Generations(wiring.Component):
         gens = [Signal(GEN_BITS, name=f"vm{i // 2}_{'private' if i & 1 else 'shared'}")
                 for i in range(2 * self.num_vms)]
         for vm in range(self.num_vms):
-            with m.If(self.vm == vm):
+            with m.If(vm_index(self.vm, self.num_vms) == vm):
                 m.d.comb += [self.gen_shared.eq(gens[2 * vm]),
                              self.gen_private.eq(gens[2 * vm + 1])]
         m.d.comb += self.wrapped.eq(self.retire & Cat(g.all() for g in gens))

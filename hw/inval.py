@@ -23,7 +23,7 @@ from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .context import CONTEXT_LAYOUT
+from .context import CONTEXT_LAYOUT, vm_index
 from .tlb import VPN_BITS, InvalKind, InvalSpace, range_addends, sweep_layout
 
 __all__ = ["Invalidator"]
@@ -79,14 +79,15 @@ class Invalidator(wiring.Component):
             "first": VPN_BITS + 1, "last": VPN_BITS}), reset_less=True)
         shared_bit = Signal(VPN_BITS, reset_less=True)  # a TD's, as a page number
         shared_next = Signal()          # a TD's range: the shared entries' sweep follows
-        m.d.comb += self.vm.eq(p.vm)
+        port_vm = vm_index(p.vm, V)
+        m.d.comb += self.vm.eq(port_vm)
 
         # Retirements: a context write, and a VM invalidation when it is accepted.
         port_retire = Signal(2 * V)
         shared_space = p.space != InvalSpace.PRIVATE
         private_space = p.space != InvalSpace.SHARED
         m.d.comb += self.retire.eq(
-            Mux(self.ctx_write, 0b11 << (self.ctx_index * 2), 0) | port_retire)
+            Mux(self.ctx_write, 0b11 << (vm_index(self.ctx_index, V) * 2), 0) | port_retire)
         # A wrap is registered before it is counted, so that the exit from WAIT and
         # ``busy`` are a few LUT levels from registers; requests wait meanwhile.
         wrapped = Signal(2 * V, name="wrapped_r")
@@ -135,7 +136,7 @@ class Invalidator(wiring.Component):
                     m.next = "ISSUE"
                 with m.Elif(port.valid & self.idle):
                     m.d.comb += [port.ready.eq(1), self.stale.eq(1)]
-                    m.d.sync += [sweep.kind.eq(p.kind), sweep.vm.eq(p.vm),
+                    m.d.sync += [sweep.kind.eq(p.kind), sweep.vm.eq(port_vm),
                                  sweep.space.eq(p.space), sweep.first.eq(p.start[:VPN_BITS]),
                                  sweep.last.eq(Mux(last[VPN_BITS:] != 0,
                                                    (1 << VPN_BITS) - 1, last)),
@@ -144,7 +145,7 @@ class Invalidator(wiring.Component):
                     with m.Switch(p.kind):
                         with m.Case(InvalKind.VM):
                             m.d.comb += port_retire.eq(
-                                Cat(shared_space, private_space) << (p.vm * 2))
+                                Cat(shared_space, private_space) << (port_vm * 2))
                             # Its TLB entries are retired by the new generation; a
                             # generation that wraps is swept before the done.
                             m.d.sync += [tlb_wait.eq(0), pwc_wait.eq(1)]

@@ -26,7 +26,7 @@ from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arbiter import lowest_onehot, lowest_set, pick_onehot
+from .arbiter import lowest_onehot, lowest_set, pick, pick_onehot
 from .engine import RESULT_LAYOUT
 from .gens import GEN_BITS
 from .walkers import WALK_INFO
@@ -43,17 +43,6 @@ def walk_response_layout(tag_bits):
     return data.StructLayout({"result": RESULT_LAYOUT, "tag": tag_bits, "gpa": 64,
                               "access": 2, "arch": 2, "nxe": 1})
 
-
-
-def _pick(values, index):
-    """``values[index]`` of a list of same-shape values."""
-    if len(values) == 1:
-        return values[0]
-    flat = Cat(v.as_value() if hasattr(v, "as_value") else v for v in values)
-    width = len(flat) // len(values)
-    picked = flat.word_select(index, width)
-    shape = values[0].shape() if hasattr(values[0], "shape") else None
-    return data.View(shape, picked) if isinstance(shape, data.Layout) else picked
 
 
 class MissTable(wiring.Component):
@@ -174,12 +163,12 @@ class MissTable(wiring.Component):
             took = self.replay.valid & self.replay.ready
             # In turn: the lowest ready entry above the last offered, else the lowest.
             later = ready & Cat(Const(0, 1), *(offer < j for j in range(1, E)))
-            pick = lowest_set(m, Mux(later.any(), later, ready), E, "replay_next")
-            # The pick ignores the handshake (off its path): after a replay is taken
-            # nothing is offered for a cycle, as the pick may be the entry just taken.
+            following = lowest_set(m, Mux(later.any(), later, ready), E, "replay_next")
+            # The choice ignores the handshake (off its path): after a replay is taken
+            # nothing is offered for a cycle, as the choice may be the entry just taken.
             # (An entry ready to offer is not written until it is offered.)
-            m.d.sync += [offered.eq(ready.any() & ~took), offer.eq(pick),
-                         offer_req.eq(_pick(reqs, pick))]
+            m.d.sync += [offered.eq(ready.any() & ~took), offer.eq(following),
+                         offer_req.eq(pick(reqs, following))]
             # An entry offered stays ready until it is taken (nothing else writes it).
             m.d.comb += [self.replay.valid.eq(offered & ~busy.all()),
                          self.replay.payload.entry.eq(offer),

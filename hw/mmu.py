@@ -34,15 +34,15 @@ from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arbiter import lowest_set
+from .arbiter import lowest_set, pick
 from .arch import each_arch
 from .axi import AXI4Signature
-from .context import ContextTable, ContextWriteSignature, is_private, walk_start
+from .context import ContextTable, ContextWriteSignature, is_private, vm_index, walk_start
 from .decode import ACCESS_IDS, PA_WIDTH, page_shift
 from .engine import ALL_PERMS
 from .gens import GEN_BITS, Generations
 from .inval import Invalidator
-from .misses import MissTable, _pick
+from .misses import MissTable
 from .pwc import PageWalkCache
 from .tlb import TLB, VPN_BITS, InvalKind, InvalSpace, page_mask
 from .walker import answer, check_parameters, request_layout, response_layout
@@ -220,9 +220,11 @@ class MMU(wiring.Component):
         # selected by ``replay.valid`` alone, a LUT from registers.
         s0 = Signal(data.StructLayout({"vm": self.vm_bits, "gpa": 64, "access": 2,
                                        "tag": self.tag_bits}))
-        for name in ("vm", "gpa", "access", "tag"):
+        for name in ("gpa", "access", "tag"):
             m.d.comb += getattr(s0, name).eq(Mux(replay.valid, getattr(replay.payload.req, name),
                                                  getattr(req.payload, name)))
+        m.d.comb += s0.vm.eq(vm_index(Mux(replay.valid, replay.payload.req.vm, req.payload.vm),
+                                      self.num_vms))
         # Whether the GPA is a TD's private one: for the port's request and the replay
         # apart, so that only the last choice waits for ``replay.valid``.
         m.d.comb += [gens.vm.eq(s0.vm), contexts.read_vm[0].eq(req.payload.vm),
@@ -371,8 +373,8 @@ class MMU(wiring.Component):
 
         # -- walk-cache fills: table entries the walks read (and set A in) ---------------
         cached = pool.cached
-        key = _pick(list(misses.key), cached.id)
-        gpa = _pick([w.gpa for w in pool.walk], cached.id)
+        key = pick(list(misses.key), cached.id)
+        gpa = pick([w.gpa for w in pool.walk], cached.id)
         pwc_fill = pwc.fill
         m.d.comb += [
             pwc_fill.valid.eq(cached.valid & ~misses.stale.bit_select(cached.id, 1)
@@ -443,7 +445,7 @@ class MMU(wiring.Component):
                      fill.load_walk.eq(misses.fill_walk)]
         # The miss table notes a load (``filled``) at once, so no entry is copied twice.
         with m.If(~valid):
-            m.d.sync += [valid.eq(fill.load), entry.eq(_pick(entries, fill.load_walk))]
+            m.d.sync += [valid.eq(fill.load), entry.eq(pick(entries, fill.load_walk))]
         with m.If(fill.take | misses.retire):
             m.d.sync += valid.eq(0)
         return fill

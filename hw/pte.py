@@ -17,11 +17,12 @@ latency plus the AR cycle; in exchange no path runs from the AXI inputs through 
 decode. A beat answering the A/D unit's compare-exchange is passed to it instead.
 """
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .arbiter import pick
 from .arch import ARCHS, FORMATS, format_table
 from .decode import ACCESS_IDS, KIND_IDS, MAX_LEVELS, PA_WIDTH, page_shift
 from .context import WALK_PARAMS
@@ -101,7 +102,7 @@ class PtePipe(wiring.Component):
         m = Module()
         # -- R0: the beat, and its walk's decode inputs --------------------------------
         ad_beat = self.ad_expect & (self.r_id == self.ad_owner)
-        view = data.View(ENGINE_VIEW, Array(v.as_value() for v in self.views)[self.r_id])
+        view = pick(list(self.views), self.r_id)
         p = view.params
         # Only ``valid`` is reset: the rest of R0 and R1's registers is read when it is set.
         valid = Signal()

@@ -25,10 +25,11 @@ level's entries one per cycle (levels in parallel) and removes those whose regio
 a page in ``[first, last]``. Every kind honours ``space``.
 """
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, Value
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arbiter import pick
 from .context import ADDR_BITS
 from .decode import PA_WIDTH
 from .tlb import LEVEL_BITS, VPN_BITS, InvalKind, in_range, space_match, sweep_layout
@@ -220,8 +221,7 @@ class PageWalkCache(wiring.Component):
             with m.If(step == N):
                 m.d.sync += [sweeping.eq(0), self.inval_done.eq(1)]
         for l in self.levels:
-            e = data.View(self._entry_layout(l),
-                          Array(Value.cast(x) for x in ent[l])[step[:max(1, (N - 1).bit_length())]])
+            e = pick(ent[l], step[:max(1, (N - 1).bit_length())])
             # The region's pages run from its first to its last page number.
             shift = LEVEL_BITS * (l - 1)
             base = e.region

@@ -485,7 +485,7 @@ class MmuRun:
 
 
 def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
-            timeout=3000, waves=None, **mmu_kwargs):
+            timeout=3000, waves=None, num_vms=None, **mmu_kwargs):
     """Run ``script`` on a fresh MMU. Items, executed in order:
 
     ``("req", gpa, access, vm)``: present a request (back to back with the next one);
@@ -495,10 +495,12 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
     ``("ctx", index, VmContext)``: write a context (one per cycle);
     ``("delay", n)``: wait ``n`` cycles; ``("drain",)``: wait for every response.
     ``jitter`` adds 0..jitter random cycles to each memory response, reordering IDs.
-    ``waves``: write a VCD waveform of the run to this path.
+    ``waves``: write a VCD waveform of the run to this path. ``num_vms``: the context
+    table's size (default: the contexts' count rounded up to a power of two, at least 2).
     """
-    num_vms = 1 << max(0, (len(contexts) - 1).bit_length())
-    dut, run = _simulation(MMU, fresh=bool(waves), num_vms=max(2, num_vms), tag_bits=TAG_BITS,
+    if num_vms is None:
+        num_vms = max(2, 1 << max(0, (len(contexts) - 1).bit_length()))
+    dut, run = _simulation(MMU, fresh=bool(waves), num_vms=num_vms, tag_bits=TAG_BITS,
                            **mmu_kwargs)
     decoder = ResponseDecoder(TAG_BITS)
     rng = random.Random(seed)
@@ -563,7 +565,7 @@ def run_mmu(memory, contexts, script, *, latency=4, jitter=0, stall=0.0, seed=0,
                     raise ProtocolError(f"response with unknown tag {tag}")
                 gpa, access, vm = reqs[index]
                 out.results[index] = decoder.result(payload, gpa, access,
-                                                    contexts[vm].fmt.arch)
+                                                    contexts[vm & (num_vms - 1)].fmt.arch)
                 out.cycles[index] = edge - accepted[index]
                 last_progress = t
             if t - last_progress > timeout and (outstanding or in_inval

@@ -38,12 +38,12 @@ with a page in ``[first, last]``: a 1 GiB entry with one 4 KiB page in the range
 its neighbour stays. Every kind honours ``space`` (:class:`InvalSpace`).
 """
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, Value
+from amaranth import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .arbiter import lowest_set
+from .arbiter import lowest_set, pick
 from .context import GPA_BITS
 
 __all__ = ["TLB", "InvalKind", "InvalSpace", "VPN_BITS", "LEVEL_BITS", "key_layout",
@@ -470,7 +470,7 @@ class TLB(wiring.Component):
         m.d.comb += [self.inval.ready.eq(~busy & ~s1_valid & ~s2_valid),
                      sweep_go.eq(busy & (sweep_set < S))]
         m.d.sync += [self.inval_done.eq(0),
-                     he.eq(Array(Value.cast(h) for h in huge)[sweep_huge[:max(1, (H - 1).bit_length())]]),
+                     he.eq(pick(huge, sweep_huge[:max(1, (H - 1).bit_length())])),
                      he_valid.eq(busy & (sweep_huge < H)), he_index.eq(sweep_huge),
                      kill_huge.eq(he_valid & huge_valid.bit_select(he_index, 1)
                                   & self._covers(sw, he, he.level)),

@@ -265,6 +265,40 @@ def test_vm_isolation():
     assert run.counters["tlb_hits"] > 20, run.counters
 
 
+def test_one_vm_ignores_the_vm_bit():
+    """The small configuration (one walker, 8 + 2 TLB entries, ``num_vms=1``): the
+    ports' one-bit ``vm`` names VM 0 whatever its value. Requests naming VM 1 hit what
+    VM 0's filled, and invalidations and a context write naming VM 1 retire VM 0's
+    translations after its leaves change (a missed one would answer an old frame)."""
+    fmt = get_format("ept4")
+    mem = HostMemory(4 << 20)
+    root = mem.alloc_table(4096)
+    gpas = [0x4000_0000 + i * 0x20_0000 for i in range(2)]      # as many as huge entries
+    leaves = [leaf_addr(fmt, mem, root, gpa, 2) for gpa in gpas]
+    options = fmt.vm_options()
+
+    def remap(base):
+        return [("mem", lambda m, a=a, h=(base + i) << 21: m.write64(
+            a, fmt.make_leaf(h, 2, r=True, w=True, x=True))) for i, a in enumerate(leaves)]
+    rng = random.Random(12)
+    script = remap(0x100)
+    for turn, retire in enumerate((("inval", "vm", 1, 0, 0),
+                                   ("inval", "range", 1, gpas[0] >> 12, 2 << 9),
+                                   ("ctx", 1, VmContext(fmt, root, options)))):
+        script += [("req", rng.choice(gpas) + rng.randrange(0x1000), rng.choice(
+            ("read", "write")), rng.randrange(2)) for _ in range(24)]
+        script += [("drain",)] + remap(0x200 + 0x10 * turn) + [retire]
+    script += [("req", gpa + 8, "read", 1) for gpa in gpas]
+    before = mem.copy()
+    run = run_mmu(mem, [VmContext(fmt, root, options)], script, latency=4, seed=12,
+                  num_vms=1, num_walkers=1, tlb_sets=4, tlb_ways=2, tlb_huge=2,
+                  pwc_entries=1, pending=4, axi_id_width=1)
+    as_vm0 = [(*item[:3], 0) if item[0] == "req" else ("ctx", 0, item[2])
+              if item[0] == "ctx" else item for item in script]
+    check_results(run, before, [VmContext(fmt, root, options)], as_vm0)
+    assert run.counters["tlb_hits"] > 40, run.counters
+
+
 def test_roots_of_one_vm_across_generation_wraps():
     """Switching a VM between roots (same GPAs, different frames) through the context
     port needs no invalidation: the write retires the VM's cached translations (a new
