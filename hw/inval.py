@@ -76,7 +76,7 @@ class Invalidator(wiring.Component):
         # (:func:`hw.tlb.range_addends`) between this register and theirs.
         sweep = Signal(data.StructLayout({
             "kind": InvalKind, "vm": self.vm_bits, "space": InvalSpace,
-            "first": VPN_BITS + 1, "last": VPN_BITS}), reset_less=True)
+            "first": VPN_BITS + 1, "end": VPN_BITS + 1}), reset_less=True)
         shared_bit = Signal(VPN_BITS, reset_less=True)  # a TD's, as a page number
         shared_next = Signal()          # a TD's range: the shared entries' sweep follows
         port_vm = vm_index(p.vm, V)
@@ -96,9 +96,10 @@ class Invalidator(wiring.Component):
         new_wraps = wraps | wrapped
         m.d.sync += wraps.eq(new_wraps)
 
-        # The range, in page numbers: [start, start + count - 1], empty when count is 0
-        # or the range starts above any GPA.
-        last = p.start + p.count - 1
+        # The range, in page numbers: [start, start + count), empty when count is 0 or
+        # the range starts above any GPA. Bounds are kept as :func:`hw.tlb.range_addends`
+        # takes them: an end past the last page number has its top bit set.
+        end = p.start[:VPN_BITS] + p.count[:VPN_BITS]
         overflow = (p.start[VPN_BITS:] != 0)
         td = self.ctx.td
 
@@ -138,8 +139,8 @@ class Invalidator(wiring.Component):
                     m.d.comb += [port.ready.eq(1), self.stale.eq(1)]
                     m.d.sync += [sweep.kind.eq(p.kind), sweep.vm.eq(port_vm),
                                  sweep.space.eq(p.space), sweep.first.eq(p.start[:VPN_BITS]),
-                                 sweep.last.eq(Mux(last[VPN_BITS:] != 0,
-                                                   (1 << VPN_BITS) - 1, last)),
+                                 sweep.end.eq(Cat(end[:VPN_BITS],
+                                                  end[VPN_BITS] | (p.count[VPN_BITS:] != 0))),
                                  shared_bit.eq((Const(1, 64) << self.ctx.shared_bit)[12:]),
                                  answer.eq(1), busy.eq(1)]
                     with m.Switch(p.kind):
@@ -170,10 +171,13 @@ class Invalidator(wiring.Component):
             with m.State("SHIFT"):
                 # A TD's shared entries: the range moved up by the shared bit (its pages
                 # above the last page number are none).
-                first, last = sweep.first + shared_bit, sweep.last + shared_bit
+                moved_first = sweep.first[:VPN_BITS] + shared_bit
+                moved_end = sweep.end[:VPN_BITS] + shared_bit
                 m.d.sync += [sweep.space.eq(InvalSpace.SHARED), shared_next.eq(0),
-                             sweep.first.eq(Mux(first[VPN_BITS:] != 0, 1 << VPN_BITS, first)),
-                             sweep.last.eq(Mux(last[VPN_BITS:] != 0, (1 << VPN_BITS) - 1, last)),
+                             sweep.first.eq(Cat(moved_first[:VPN_BITS],
+                                                moved_first[VPN_BITS] | sweep.first[VPN_BITS])),
+                             sweep.end.eq(Cat(moved_end[:VPN_BITS],
+                                              moved_end[VPN_BITS] | sweep.end[VPN_BITS])),
                              tlb_wait.eq(1), pwc_wait.eq(1), busy.eq(1)]
                 m.next = "ISSUE"
 
@@ -182,7 +186,7 @@ class Invalidator(wiring.Component):
                 for cache in (self.tlb, self.pwc):
                     m.d.comb += [cache.payload.kind.eq(sweep.kind), cache.payload.vm.eq(sweep.vm),
                                  cache.payload.space.eq(sweep.space),
-                                 cache.payload.range.eq(range_addends(sweep.first, sweep.last))]
+                                 cache.payload.range.eq(range_addends(sweep.first, sweep.end))]
                 m.d.comb += [self.tlb.valid.eq(tlb_wait), self.pwc.valid.eq(pwc_wait)]
                 m.d.sync += busy.eq(1)
                 m.next = "WAIT"

@@ -174,12 +174,22 @@ class PageWalkCache(wiring.Component):
                     valid[l][i] & (e.vm == f1.key.vm) & (e.gen == f1.key.gen)
                     & (e.private == f1.key.private) & (e.region == region(f1.key.vpn, l))
                     for i, e in enumerate(ent[l])))
+        # The regions of f1 and f2, compared a level's slice of page-number bits at a
+        # time: a level's region is its slice and every slice above, so each bit is
+        # compared once.
+        same_slice = {l: (f1.key.vpn[LEVEL_BITS * (l - 1):LEVEL_BITS * l if l < self.max_level
+                                     else VPN_BITS]
+                          == f2.key.vpn[LEVEL_BITS * (l - 1):LEVEL_BITS * l
+                                        if l < self.max_level else VPN_BITS])
+                      for l in self.levels}
+        same_region = Cat((f1.level == l) & Cat(same_slice[k] for k in self.levels
+                                                if k >= l).all()
+                          for l in self.levels).any()
         m.d.sync += [
             f2.eq(f1), f2_valid.eq(f1_valid & ~busy & ~take_inval),
             f2_ahead.eq(f2_valid & (f2.level == f1.level) & (f2.key.vm == f1.key.vm)
                         & (f2.key.gen == f1.key.gen) & (f2.key.private == f1.key.private)
-                        & Cat((f1.level == l) & (region(f1.key.vpn, l) == region(f2.key.vpn, l))
-                              for l in self.levels).any()),
+                        & same_region),
         ]
         # f2 writes where the fill ahead wrote, else the entry holding its key, else an
         # invalid one (the fill ahead's write is visible by now), else the victim.

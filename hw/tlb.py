@@ -118,12 +118,15 @@ def range_value(first, last):
     return {"to_first": (1 << VPN_BITS) - first, "to_end": (1 << VPN_BITS) - last - 1}
 
 
-def range_addends(first, last):
-    """``first`` and ``last`` (inclusive page numbers) as :func:`range_layout`'s
-    addends, computed once per invalidation: comparing each entry with ``first`` and
-    ``last`` would put an inverter on every bit in front of each carry chain (ECP5)."""
-    top = Const(1 << VPN_BITS, VPN_BITS + 2)
-    return Cat((top - first)[:VPN_BITS + 1], (top - last - 1)[:VPN_BITS + 1])
+def range_addends(first, end):
+    """``first`` and ``end`` (the range is ``[first, end)``; ``VPN_BITS + 1`` bits each,
+    the top bit standing for ``2**VPN_BITS``, whatever the bits below it) as
+    :func:`range_layout`'s addends, computed once per invalidation: comparing each entry
+    with ``first`` and ``end`` would put an inverter on every bit in front of each carry
+    chain (ECP5)."""
+    top = Const(1 << VPN_BITS, VPN_BITS + 1)
+    return Cat(Mux(first[VPN_BITS], 0, top - first[:VPN_BITS])[:VPN_BITS + 1],
+               Mux(end[VPN_BITS], 0, top - end[:VPN_BITS])[:VPN_BITS + 1])
 
 
 def in_range(bounds, low, high):

@@ -236,6 +236,37 @@ def test_range_invalidation_partial_overlap(level):
     assert run.counters["tlb_hits"] == kept, "a kept neighbour did not hit"
 
 
+def test_range_invalidation_to_the_top():
+    """A range running to the last page number or past it (its end carries out of the
+    page number, or ``count`` alone is wider than one) removes every page from
+    ``start`` up and none below it."""
+    fmt = get_format("sv48x4")
+    mem = HostMemory(4 << 20)
+    root = mem.alloc_table(fmt.root_table_bytes)
+    g = 0x40_0000_0000
+    gpas = [g - 0x1000, g, g + (1 << 30)]
+    leaves = [leaf_addr(fmt, mem, root, gpa, 1) for gpa in gpas]
+    ctxs = [VmContext(fmt, root, fmt.vm_options(ad="hardware"))]
+    counts = ((1 << 47) - (g >> 12), (1 << 53) - 1, (1 << 47) + 5)
+    script = []
+    for turn, count in enumerate(counts):
+        for frame_base in (0x100 + 0x10 * turn, 0x400 + 0x10 * turn):
+            script += [("mem", lambda m, a=a, h=(frame_base + i) << 12: m.write64(
+                a, fmt.make_leaf(h, 1, r=True, w=True, x=True, a=True, d=True)))
+                for i, a in enumerate(leaves)]
+            if frame_base & 0x400:
+                script.append(("inval", "range", 0, g >> 12, count))
+            script += [("req", gpa + 8, "read", 0) for gpa in gpas] + [("drain",)]
+        script.append(("inval", "all", 0, 0, 0))
+    run = run_mmu(mem, ctxs, script, latency=2, tlb_sets=4)
+    for turn, count in enumerate(counts):
+        for i, gpa in enumerate(gpas):
+            got = run.results[6 * turn + 3 + i]
+            frame = (0x400 if gpa >= g else 0x100) + 0x10 * turn + i
+            assert got.ok and got.hpa == (frame << 12) + 8, \
+                f"range [{g >> 12:#x}+{count:#x}): page {gpa:#x} gave {got.hpa:#x}"
+
+
 # -- VM isolation ------------------------------------------------------------------------
 
 def test_vm_isolation():
