@@ -177,10 +177,9 @@ class PageWalkCache(wiring.Component):
         # The regions of f1 and f2, compared a level's slice of page-number bits at a
         # time: a level's region is its slice and every slice above, so each bit is
         # compared once.
-        same_slice = {l: (f1.key.vpn[LEVEL_BITS * (l - 1):LEVEL_BITS * l if l < self.max_level
-                                     else VPN_BITS]
-                          == f2.key.vpn[LEVEL_BITS * (l - 1):LEVEL_BITS * l
-                                        if l < self.max_level else VPN_BITS])
+        def level_slice(vpn, l):
+            return vpn[LEVEL_BITS * (l - 1):LEVEL_BITS * l if l < self.max_level else VPN_BITS]
+        same_slice = {l: level_slice(f1.key.vpn, l) == level_slice(f2.key.vpn, l)
                       for l in self.levels}
         same_region = Cat((f1.level == l) & Cat(same_slice[k] for k in self.levels
                                                 if k >= l).all()
