@@ -112,14 +112,17 @@ def is_private(ctx, gpa):
     return ctx.td & ~gpa.bit_select(ctx.shared_bit, 1)
 
 
-def walk_start(m, ctx, gpa):
+def walk_start(m, ctx, gpa, private=None):
     """What a walk of ``gpa`` under context ``ctx`` starts from, as signals:
     ``(params, root_addr, in_range)``: its :data:`WALK_PARAMS`, the address (without
     the low three bits) of the root entry it reads first, and whether ``gpa`` is inside
-    the format's GPA space."""
+    the format's GPA space. ``private`` is :func:`is_private` of ``ctx`` and ``gpa``
+    when the caller has it in a register already."""
     params = Signal(WALK_PARAMS)
     arch = format_table(m, ctx.format, 2, lambda c: c.arch_id)
-    root = Mux(is_private(ctx, gpa), ctx.ext_root, ctx.root)
+    if private is None:
+        private = is_private(ctx, gpa)
+    root = Mux(private, ctx.ext_root, ctx.root)
     # The root table is aligned to its size: address bits below it are not part of
     # the root (hgatp.PPN[1:0] read as zero, RISC-V priv. spec "Hypervisor Address
     # Translation and Protection Register"; EPTP/nCR3 bits 11:0 are not address bits).

@@ -366,6 +366,9 @@ class TLBHarness(_CacheHarness):
         s2_valid, s2_sweep = rtl["s2_valid"], rtl["s2_sweep"]
         s1_valid, s1_sweep = rtl.source_of(s2_valid), rtl.source_of(s2_sweep)
         s1_set, s2_set = rtl["s1_set"], rtl["s2_set"]
+        # The valid bits a fill or a sweep step in S2 writes are those of its set.
+        m.d.comb += Assert(rtl["s2_set_bit"] == (1 << s2_set)[:dut.sets],
+                           "S2's one-hot set differs from its set index")
         s2_late = data.View(late_layout(dut.gen_bits), rtl["s2_late"])
         sw = data.View(sweep_layout(dut.vm_bits), rtl["sw"])
         busy = dut.busy
@@ -480,8 +483,11 @@ class PWCHarness(_CacheHarness):
     def check(self, m, dut, g, rtl):
         # Lookups of the symbolic key only, taken only when the pipeline moves.
         m.d.comb += [
-            Assume(~dut.take | ((dut.key.vm == g.key0.vm) & (dut.key.vpn == g.key0.vpn))),
-            Assume((dut.key_late.gen == g.key0.gen) & (dut.key_late.private == g.key0.private)),
+            # The other VMs' and space's generations are left free.
+            Assume(~dut.take | ((dut.key.vm == g.key0.vm) & (dut.key.vpn == g.key0.vpn)
+                                & (dut.current[Cat(g.key0.private, g.key0.vm)]
+                                   == g.key0.gen))),
+            Assume(dut.private == g.key0.private),
             Assume(~dut.take | dut.adv),
         ]
         # The MMU invalidates only with no lookup in the pipeline (S1, S2).
@@ -542,8 +548,11 @@ class PWCHarness(_CacheHarness):
                 page = (e.vm == key0.vm) & (e.region == key0.vpn[shift:])
                 mine = valid[i] & page & (e.gen == key0.gen) & (e.private == key0.private)
                 m.d.comb += [
-                    # S1's page-match bits name entries of the symbolic page only.
-                    Assert(~(s1_valid & pm[i]) | page, f"S1 matched entry {i} of another page"),
+                    # S1's match bits name entries of the symbolic page only, and of
+                    # its generation when of its space.
+                    Assert(~(s1_valid & pm[i]) | (page & ((e.private != key0.private)
+                                                          | (e.gen == key0.gen))),
+                           f"S1 matched entry {i} of another page or generation"),
                     # An entry of the symbolic key holds its payload (isolation) ...
                     Assert(~mine | (g.filled[l] & (e.data.as_value() == g.payload[l])),
                            f"level-{l} entry {i} of the key holds another payload"),
@@ -1173,7 +1182,7 @@ PROPERTIES = [
     FormalProperty("tlb_inval",
                    "after an invalidation no TLB entry it covers hits until refilled",
                    lambda: TLBHarness("inval"), depth=6, quick_depth=6, mode="prove",
-                   cover_depth=10),
+                   cover_depth=11),
     FormalProperty("pwc_isolation",
                    "a walk-cache hit returns the last fill of exactly its key and level",
                    lambda: PWCHarness("isolation"), depth=5, quick_depth=5, mode="prove",

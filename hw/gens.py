@@ -8,7 +8,7 @@ could match again, so the MMU sweeps that VM's space before a request uses it
 """
 
 from amaranth import Cat, Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .context import vm_index
@@ -26,6 +26,9 @@ class Generations(wiring.Component):
     -------
     vm : In; gen_shared, gen_private : Out(GEN_BITS)
         The current generations of a VM's two spaces (combinational).
+    current : Out(data.ArrayLayout(GEN_BITS, 2 * num_vms))
+        Every counter, for a cache that checks its entries against their own VM's
+        generation rather than a lookup's.
     retire : In(2 * num_vms)
         Counters to advance this cycle.
     wrapped : Out(2 * num_vms)
@@ -38,6 +41,7 @@ class Generations(wiring.Component):
         super().__init__({
             "vm": In(vm_bits), "gen_shared": Out(GEN_BITS), "gen_private": Out(GEN_BITS),
             "retire": In(2 * num_vms), "wrapped": Out(2 * num_vms),
+            "current": Out(data.ArrayLayout(GEN_BITS, 2 * num_vms)),
         })
 
     def elaborate(self, platform):
@@ -48,7 +52,8 @@ class Generations(wiring.Component):
             with m.If(vm_index(self.vm, self.num_vms) == vm):
                 m.d.comb += [self.gen_shared.eq(gens[2 * vm]),
                              self.gen_private.eq(gens[2 * vm + 1])]
-        m.d.comb += self.wrapped.eq(self.retire & Cat(g.all() for g in gens))
+        m.d.comb += [self.wrapped.eq(self.retire & Cat(g.all() for g in gens)),
+                     self.current.eq(Cat(gens))]
         for i, g in enumerate(gens):
             with m.If(self.retire[i]):
                 m.d.sync += g.eq(g + 1)

@@ -84,15 +84,16 @@ class Invalidator(wiring.Component):
 
         # Retirements: a context write, and a VM invalidation when it is accepted.
         port_retire = Signal(2 * V)
+        ctx_retire = Mux(self.ctx_write, 0b11 << (vm_index(self.ctx_index, V) * 2), 0)
         shared_space = p.space != InvalSpace.PRIVATE
         private_space = p.space != InvalSpace.SHARED
-        m.d.comb += self.retire.eq(
-            Mux(self.ctx_write, 0b11 << (vm_index(self.ctx_index, V) * 2), 0) | port_retire)
+        m.d.comb += self.retire.eq(ctx_retire | port_retire)
         # A wrap is registered before it is counted, so that the exit from WAIT and
-        # ``busy`` are a few LUT levels from registers; requests wait meanwhile.
+        # ``busy`` are a few LUT levels from registers; requests wait meanwhile. A VM
+        # invalidation's wrap needs no ``wrapping``: the FSM is busy with it already.
         wrapped = Signal(2 * V, name="wrapped_r")
         wrapping = Signal()
-        m.d.sync += [wrapped.eq(self.wrapped), wrapping.eq(self.wrapped.any())]
+        m.d.sync += [wrapped.eq(self.wrapped), wrapping.eq((self.wrapped & ctx_retire).any())]
         new_wraps = wraps | wrapped
         m.d.sync += wraps.eq(new_wraps)
 

@@ -37,7 +37,8 @@ from amaranth.lib.wiring import In, Out
 from .arbiter import lowest_set, pick
 from .arch import each_arch
 from .axi import AXI4Signature
-from .context import ContextTable, ContextWriteSignature, is_private, vm_index, walk_start
+from .context import (CONTEXT_LAYOUT, ContextTable, ContextWriteSignature, is_private, vm_index,
+                      walk_start)
 from .decode import ACCESS_IDS, PA_WIDTH, page_shift
 from .engine import ALL_PERMS
 from .gens import GEN_BITS, Generations
@@ -228,7 +229,8 @@ class MMU(wiring.Component):
         # Whether the GPA is a TD's private one: for the port's request and the replay
         # apart, so that only the last choice waits for ``replay.valid``.
         m.d.comb += [gens.vm.eq(s0.vm), contexts.read_vm[0].eq(req.payload.vm),
-                     contexts.read_vm[3].eq(replay.payload.req.vm)]
+                     contexts.read_vm[3].eq(replay.payload.req.vm),
+                     contexts.read_vm[1].eq(s0.vm)]
         private0 = Mux(replay.valid, is_private(contexts.read[3], replay.payload.req.gpa),
                        is_private(contexts.read[0], req.payload.gpa))
         op, entry = tlb.op.payload, tlb_fill.entry
@@ -255,6 +257,7 @@ class MMU(wiring.Component):
                      count["requests"].eq(req.valid & req.ready)]
         # The walk cache looks up requests only: its key does not wait for ``fill_now``.
         m.d.comb += [pwc.key.vm.eq(s0.vm), pwc.key.vpn.eq(vpn_of(s0.gpa)),
+                     pwc.current.eq(gens.current),
                      pwc.take.eq(take), pwc.adv.eq(adv)]
 
         stage = data.StructLayout({"lookup": 1, "fill": 1, "replay": 1,
@@ -269,6 +272,11 @@ class MMU(wiring.Component):
                          s1.gens.eq(Mux(fill_now, entry.gen.replicate(2),
                                         Cat(gens.gen_shared, gens.gen_private))),
                          s1.private.eq(Mux(fill_now, entry.private, private0))]
+        # The context is kept from S0 with the generations and the space: the walk starts
+        # from the snapshot the caches' key was taken from, a register away from S2.
+        ctx1 = Signal(CONTEXT_LAYOUT, name="ctx1", reset_less=True)
+        with m.If(adv):
+            m.d.sync += ctx1.eq(contexts.read[1])
         m.d.comb += ahead.eq((s1.lookup & ~s1.replay) + (s2.lookup & ~s2.replay))
 
         # -- S1: generation, walk start, walks to join --------------------------------------
@@ -277,9 +285,8 @@ class MMU(wiring.Component):
         key1 = data.View(misses.key_layout, Cat(s1.req.vm, gen1, s1.private))
         m.d.comb += [gen1.eq(s1.gens[s1.private]),
                      tlb.key_late.gen.eq(gen1), tlb.key_late.private.eq(s1.private),
-                     pwc.key_late.gen.eq(gen1), pwc.key_late.private.eq(s1.private),
-                     contexts.read_vm[1].eq(s1.req.vm)]
-        params1, root1, in_range1 = walk_start(m, contexts.read[1], s1.req.gpa)
+                     pwc.private.eq(s1.private)]
+        params1, root1, in_range1 = walk_start(m, ctx1, s1.req.gpa, s1.private)
 
         def same_page(key, gpa, access, other_key, other):
             return ((key.as_value() == other_key.as_value())

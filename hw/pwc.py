@@ -11,9 +11,11 @@ levels are cached reads only what is not. Keys are raw page numbers, as in
 
 Lookup, in step with the TLB (the same ``adv``):
 
-* S0 — the page number and VM are compared with every entry (registered);
-* S1 — the generation and space complete the match, the deepest level is chosen and
-  the start computed (registered);
+* S0 — the page number and VM are compared with every entry, and each entry's
+  generation with its own VM's and space's current one (``current``, from registers,
+  not from the lookup), registered;
+* S1 — the space completes the match, the deepest level is chosen and the start
+  computed (registered);
 * S2 — ``start`` is valid.
 
 A fill (one per cycle, at any time) is registered, compared with the entries of its
@@ -34,8 +36,8 @@ from .context import ADDR_BITS
 from .decode import PA_WIDTH
 from .tlb import LEVEL_BITS, VPN_BITS, InvalKind, in_range, space_match, sweep_layout
 
-__all__ = ["PageWalkCache", "PWC_DATA", "pwc_key_layout", "pwc_fill_layout",
-           "pwc_start_layout"]
+__all__ = ["PageWalkCache", "PWC_DATA", "pwc_key_layout", "pwc_lookup_layout",
+           "pwc_fill_layout", "pwc_start_layout"]
 
 #: What an entry gives a walk: the next table's frame and the permissions so far.
 PWC_DATA = data.StructLayout({"frame": PA_WIDTH - 12, "acc": 4})
@@ -44,6 +46,11 @@ PWC_DATA = data.StructLayout({"frame": PA_WIDTH - 12, "acc": 4})
 def pwc_key_layout(vm_bits, gen_bits):
     return data.StructLayout({"vm": vm_bits, "gen": gen_bits, "private": 1,
                               "vpn": VPN_BITS})
+
+
+def pwc_lookup_layout(vm_bits):
+    """A lookup at S0: its generation is the VM's current one, its space comes at S1."""
+    return data.StructLayout({"vm": vm_bits, "vpn": VPN_BITS})
 
 
 def pwc_fill_layout(vm_bits, gen_bits):
@@ -70,9 +77,13 @@ class PageWalkCache(wiring.Component):
 
     Members
     -------
-    key : In(pwc_key_layout(vm_bits, gen_bits))
-        The lookup at S0, taken when ``take``; its ``gen`` and ``private`` are read one
-        cycle later (``key_late``), which the MMU has only then.
+    key : In(pwc_lookup_layout(vm_bits))
+        The lookup at S0, taken when ``take``.
+    current : In(data.ArrayLayout(gen_bits, 2 << vm_bits))
+        The current generation of each VM and space (``2 * vm + private``): an entry
+        of another generation never hits.
+    private : In(1)
+        S1: the lookup's space, which the MMU has only then.
     adv : In(1)
         The pipeline moves (S0 -> S1 -> S2).
     start : Out(pwc_start_layout)
@@ -94,9 +105,10 @@ class PageWalkCache(wiring.Component):
         self.entries, self.max_level = entries, max_level
         self.vm_bits, self.gen_bits = vm_bits, gen_bits
         self.levels = range(2, max_level + 1)
-        key = pwc_key_layout(vm_bits, gen_bits)
         super().__init__({
-            "key": In(key), "take": In(1), "key_late": In(key), "adv": In(1),
+            "key": In(pwc_lookup_layout(vm_bits)), "take": In(1),
+            "current": In(data.ArrayLayout(gen_bits, 2 << vm_bits)),
+            "private": In(1), "adv": In(1),
             "start": Out(pwc_start_layout),
             "fill": In(stream.Signature(pwc_fill_layout(vm_bits, gen_bits))),
             "inval": In(stream.Signature(sweep_layout(vm_bits))),
@@ -122,7 +134,7 @@ class PageWalkCache(wiring.Component):
             return vpn[LEVEL_BITS * (level - 1):]
 
         # -- lookup ------------------------------------------------------------------
-        k0, k1 = self.key, self.key_late
+        k0 = self.key
         pm = {l: Signal(N, name=f"l{l}_pm", reset_less=True) for l in self.levels}
         s1_vpn, s1_valid = Signal(VPN_BITS, reset_less=True), Signal()
         with m.If(self.adv):
@@ -131,6 +143,7 @@ class PageWalkCache(wiring.Component):
                 # An entry overwritten in this cycle no longer holds what was compared.
                 m.d.sync += pm[l].eq(Cat(
                     valid[l][i] & ~written[l][i] & (e.vm == k0.vm)
+                    & (e.gen == self.current[Cat(e.private, e.vm)])
                     & (e.region == region(k0.vpn, l)) for i, e in enumerate(ent[l])))
         with m.Else():
             for l in self.levels:
@@ -139,7 +152,7 @@ class PageWalkCache(wiring.Component):
         hits = {l: Signal(N, name=f"l{l}_hit") for l in self.levels}
         for l in self.levels:
             m.d.comb += hits[l].eq(pm[l] & valid[l] & Cat(
-                (e.gen == k1.gen) & (e.private == k1.private) for e in ent[l]))
+                e.private == self.private for e in ent[l]))
         best = Signal(pwc_start_layout)
         for l in reversed(self.levels):         # the deepest hit is assigned last
             row = Signal(PWC_DATA, name=f"l{l}_data")

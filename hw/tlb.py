@@ -31,11 +31,11 @@ while another is in S1 or S2. Lookups behind a 4 KiB fill in S1, and ops of othe
 sets, go back to back: a lookup read in S0 before the fill's write leaves S1 as it
 writes, so it sees the set as it was.
 
-Invalidation (``inval``): ALL clears every valid bit in one cycle; VM and RANGE sweep
-the sets one per cycle through the same pipeline (every way compared at once) and the
-huge entries one per cycle beside them. A range removes exactly the entries of the VM
-with a page in ``[first, last]``: a 1 GiB entry with one 4 KiB page in the range goes,
-its neighbour stays. Every kind honours ``space`` (:class:`InvalSpace`).
+Invalidation (``inval``): ALL clears every valid bit the cycle after it is taken, from
+registers; VM and RANGE sweep the sets one per cycle through the same pipeline (every
+way compared at once) and the huge entries one per cycle beside them. A range removes
+exactly the entries of the VM with a page in ``[first, last]``: a 1 GiB entry with one
+4 KiB page in the range goes, its neighbour stays. Every kind honours ``space`` (:class:`InvalSpace`).
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal
@@ -313,6 +313,7 @@ class TLB(wiring.Component):
         s1_sweep, s2_sweep = Signal(), Signal()     # a sweep step of set ``s*_set``
         s1_set = Signal(self.set_bits, reset_less=True)
         s2_set = Signal(self.set_bits, reset_less=True)
+        s2_set_bit = Signal(S, init=1, reset_less=True)   # one-hot ``s2_set``
         s2_late = Signal(late_layout(self.gen_bits), reset_less=True)
         busy = self.busy
         sweep_go = Signal()
@@ -400,6 +401,7 @@ class TLB(wiring.Component):
         with m.If(adv):
             m.d.sync += [
                 s2_valid.eq(s1_valid), s2_sweep.eq(s1_sweep), s2.eq(s1), s2_set.eq(s1_set),
+                s2_set_bit.eq(1 << s1_set),
                 s2_late.eq(late),
                 r_match.eq(match), r_hit.eq(match & allowed),
                 r_huge_hit.eq(huge_match & huge_allowed), r_huge_same.eq(huge_same),
@@ -465,7 +467,9 @@ class TLB(wiring.Component):
         # compare, clear), one per cycle.
         inval = self.inval.payload
         take_inval = self.inval.valid & self.inval.ready
-        clear_all = take_inval & (inval.kind == InvalKind.ALL) & (inval.space == InvalSpace.BOTH)
+        # ALL of both spaces has nothing to sweep: the cycle after it is taken, from
+        # registers, it clears every valid bit and is done.
+        clear_all = (sw.kind == InvalKind.ALL) & (sw.space == InvalSpace.BOTH) & busy
         sweep_huge = Signal(range(H + 1))
         he, he_valid = Signal(self.huge_layout, reset_less=True), Signal()
         he_index = Signal(range(max(2, H)), reset_less=True)
@@ -479,11 +483,11 @@ class TLB(wiring.Component):
                                   & self._covers(sw, he, he.level)),
                      kill_index.eq(he_index)]
         with m.If(take_inval):
-            m.d.sync += sw.eq(inval)
-            with m.If(clear_all):
-                m.d.sync += self.inval_done.eq(1)
+            m.d.sync += [sw.eq(inval), busy.eq(1)]
+            with m.If((inval.kind == InvalKind.ALL) & (inval.space == InvalSpace.BOTH)):
+                m.d.sync += [sweep_set.eq(S), sweep_huge.eq(H)]
             with m.Else():
-                m.d.sync += [busy.eq(1), sweep_set.eq(0), sweep_huge.eq(0)]
+                m.d.sync += [sweep_set.eq(0), sweep_huge.eq(0)]
         with m.If(sweep_go):
             m.d.sync += sweep_set.eq(sweep_set + 1)
         with m.If(busy & (sweep_huge < H)):
@@ -493,8 +497,8 @@ class TLB(wiring.Component):
             m.d.sync += [busy.eq(0), self.inval_done.eq(1)]
 
         for w in range(W):
-            kill = Mux(s2_valid & s2_sweep & r_kill[w], 1 << s2_set, 0)
-            write = Mux(fill4k & (way == w), 1 << s2_set, 0)
+            kill = Mux(s2_valid & s2_sweep & r_kill[w], s2_set_bit, 0)
+            write = Mux(fill4k & (way == w), s2_set_bit, 0)
             with m.If(clear_all):
                 m.d.sync += valid[w].eq(0)
             with m.Else():
@@ -524,8 +528,9 @@ class TLB(wiring.Component):
 
         # -- PLRU: hits and fills touch their way -------------------------------------
         if W > 1:
-            with m.If(touch & adv):
-                m.d.sync += plru[s2_set].eq(touched(plru[s2_set]))
+            for i, bits in enumerate(plru):
+                with m.If(touch & adv & s2_set_bit[i]):
+                    m.d.sync += bits.eq(touched(bits))
         return m
 
     def _victim(self, bits):

@@ -46,6 +46,11 @@ RTL = [
          new="in_range(sw.range, Cat(Const(0, shift), base + 1),",
          bug="walk-cache range invalidation off by one: the last region survives",
          tests=("tests/test_pwc_rtl.py::test_deepest_level_wins_and_range_is_exact",)),
+    dict(name="pwc-gen-of-other-space", area="rtl", path="hw/pwc.py",
+         old="(e.gen == self.current[Cat(e.private, e.vm)])",
+         new="(e.gen == self.current[Cat(~e.private, e.vm)])",
+         bug="the walk cache compares an entry with the generation of the other space",
+         tests=("tests/test_pwc_rtl.py::test_random_against_model",)),
 
     # -- invalidation, miss table, arbiter, context ----------------------------------------
     dict(name="inval-walks-not-stale", area="rtl", path="hw/inval.py",
@@ -69,7 +74,7 @@ RTL = [
          bug="ARID names the starting walk while another walk's read is presented",
          tests=("tests/test_mmu_top.py::test_random_vectors[ept4]",)),
     dict(name="context-private-walks-shared-root", area="rtl", path="hw/context.py",
-         old="root = Mux(is_private(ctx, gpa), ctx.ext_root, ctx.root)",
+         old="root = Mux(private, ctx.ext_root, ctx.root)",
          new="root = ctx.root",
          bug="a TD's private GPA walks the shared root, not the external one",
          tests=("tests/test_tdx_rtl.py::test_walker_picks_the_root_by_shared_bit[ept4]",)),

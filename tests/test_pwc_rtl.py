@@ -74,11 +74,16 @@ def run(dut, body):
         ctx.set(dut.adv, 1)
 
         async def lookup(vm, gen, vpn, private=0):
+            # Every other VM's and space's generation is another: only the lookup's
+            # own may make an entry hit.
+            current = [gen ^ 1] * (2 << dut.vm_bits)
+            current[2 * vm + private] = gen
+            ctx.set(dut.current, current)
             ctx.set(dut.key, {"vm": vm, "vpn": vpn})
             ctx.set(dut.take, 1)
             await ctx.tick()
             ctx.set(dut.take, 0)
-            ctx.set(dut.key_late, {"gen": gen, "private": private})
+            ctx.set(dut.private, private)
             await ctx.tick()
             start = ctx.get(dut.start)
             if not start["hit"]:
