@@ -35,7 +35,8 @@ Invalidation (``inval``): ALL clears every valid bit the cycle after it is taken
 registers; VM and RANGE sweep the sets one per cycle through the same pipeline (every
 way compared at once) and the huge entries one per cycle beside them. A range removes
 exactly the entries of the VM with a page in ``[first, last]``: a 1 GiB entry with one
-4 KiB page in the range goes, its neighbour stays. Every kind honours ``space`` (:class:`InvalSpace`).
+4 KiB page in the range goes, its neighbour stays. Every kind honours ``space``
+(:class:`InvalSpace`).
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal
@@ -469,7 +470,9 @@ class TLB(wiring.Component):
         take_inval = self.inval.valid & self.inval.ready
         # ALL of both spaces has nothing to sweep: the cycle after it is taken, from
         # registers, it clears every valid bit and is done.
-        clear_all = (sw.kind == InvalKind.ALL) & (sw.space == InvalSpace.BOTH) & busy
+        def everything(i):
+            return (i.kind == InvalKind.ALL) & (i.space == InvalSpace.BOTH)
+        clear_all = everything(sw) & busy
         sweep_huge = Signal(range(H + 1))
         he, he_valid = Signal(self.huge_layout, reset_less=True), Signal()
         he_index = Signal(range(max(2, H)), reset_less=True)
@@ -484,7 +487,7 @@ class TLB(wiring.Component):
                      kill_index.eq(he_index)]
         with m.If(take_inval):
             m.d.sync += [sw.eq(inval), busy.eq(1)]
-            with m.If((inval.kind == InvalKind.ALL) & (inval.space == InvalSpace.BOTH)):
+            with m.If(everything(inval)):
                 m.d.sync += [sweep_set.eq(S), sweep_huge.eq(H)]
             with m.Else():
                 m.d.sync += [sweep_set.eq(0), sweep_huge.eq(0)]
