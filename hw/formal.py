@@ -1018,6 +1018,9 @@ class MMUHarness(Elaboratable):
             # whenever its slot is free, and done when the slot releases it.
             Assert(busy | idle, "free slot with an engine not idle"),
             Assert(~release | done, "slot released with the engine not done"),
+            # The miss table's all-busy register is its busy bits' reduction, so no walk
+            # starts on a busy slot (which would clear a walk's stale bit).
+            Assert(misses["full"] == busy, "all-busy flag differs from the busy bit"),
         ]
 
 

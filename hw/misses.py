@@ -53,6 +53,8 @@ class MissTable(wiring.Component):
     start, start_walk, start_key : In
         A walk starts on engine ``start_walk`` for ``start_key`` (vm, gen, private).
     busy, stale : Out(walkers); key : Out(...).array(walkers)
+    full : Out(1)
+        Every engine is busy (``busy.all()``, kept in a register).
     retire : In(1)
         An invalidation: every walk in flight becomes stale.
     done, ok : In(walkers); results : In(RESULT_LAYOUT).array(walkers);
@@ -89,6 +91,7 @@ class MissTable(wiring.Component):
         super().__init__({
             "start": In(1), "start_walk": In(id_bits), "start_key": In(key),
             "busy": Out(walkers), "stale": Out(walkers), "key": Out(key).array(walkers),
+            "full": Out(1),
             "retire": In(1),
             "done": In(walkers), "ok": In(walkers),
             "results": In(RESULT_LAYOUT).array(walkers), "walks": In(WALK_INFO).array(walkers),
@@ -118,6 +121,13 @@ class MissTable(wiring.Component):
                              self.key[i].eq(self.start_key)]
         with m.If(self.retire):
             m.d.sync += stale.eq(~0)
+        # Whether every engine is busy, registered from its next value: a start takes a
+        # free engine (the last one, if only one is free) and a release frees one. A
+        # replay's offer and the S2 decision then read a flip-flop, not a reduction.
+        idle = ~busy
+        one_idle = Cat(idle[i] & ~Cat(idle[j] for j in range(N) if j != i).any()
+                       for i in range(N)).any() if N > 1 else idle[0]
+        m.d.sync += self.full.eq(~self.release.any() & (busy.all() | (self.start & one_idle)))
         m.d.comb += [self.wants_fill.eq(self.done & self.ok & ~stale & ~fill_taken),
                      self.fill_walk.eq(lowest_set(m, self.wants_fill, N, "fill_walk"))]
         fill_next = lowest_onehot(m, self.wants_fill, "fill_next")
@@ -170,7 +180,7 @@ class MissTable(wiring.Component):
             m.d.sync += [offered.eq(ready.any() & ~took), offer.eq(following),
                          offer_req.eq(pick(reqs, following))]
             # An entry offered stays ready until it is taken (nothing else writes it).
-            m.d.comb += [self.replay.valid.eq(offered & ~busy.all()),
+            m.d.comb += [self.replay.valid.eq(offered & ~self.full),
                          self.replay.payload.entry.eq(offer),
                          self.replay.payload.req.eq(offer_req)]
             with m.If(took):

@@ -327,7 +327,7 @@ class MMU(wiring.Component):
         free_to = lowest_set(m, ~misses.busy, N, "free_walk")
         go_join = miss & can_join
         # A new miss queues behind the requests already waiting for an engine.
-        go_start = adv & miss & ~can_join & ~misses.busy.all() & (s2.replay | ~misses.queued)
+        go_start = adv & miss & ~can_join & ~misses.full & (s2.replay | ~misses.queued)
         go_wait = miss & ~go_join & ~go_start
 
         # A hit is answered in S2, or kept in ``held`` when the port is not free for it;

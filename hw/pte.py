@@ -4,10 +4,10 @@ AXI returns at most one R beat per cycle, whichever walk it belongs to, so one d
 serves all the walkers of an MMU. Two stages:
 
 * R0 registers the beat and, selected by its ID, what the owning walk's decode needs:
-  the level, the permissions so far, the next level's index bits. Nothing here
-  depends on the data.
-* R1 decodes the word with the rules of :mod:`hw.arch` (the reserved bits with the
-  masks noted for the walk's read, :meth:`PtePipe._masks`) and hands the owning
+  the level, the permissions so far, the next level's index bits, the reserved-bit
+  masks noted for the walk's read (:meth:`PtePipe._masks`). Nothing here depends on
+  the data.
+* R1 decodes the word with the rules of :mod:`hw.arch` and hands the owning
   :class:`hw.engine.WalkEngine` a :data:`hw.engine.STEP`: descend to the next entry, or
   finish with a translation or a fault. It also records the word (for the A/D unit)
   and, for a table entry, the next table and permissions (for a walk cache).
@@ -67,9 +67,9 @@ class PtePipe(wiring.Component):
     r_valid, r_id, r_data, r_err : In
         The AXI R beat (``r_err``: SLVERR or DECERR), always accepted.
     ar_valid, ar_id, ar_level, ar_params : In
-        Walk ``ar_id``'s read of a level-``ar_level`` entry was granted (the cycle
-        before: its beat comes one cycle after this at the earliest, and is decoded the
-        cycle after that): the pipe notes that entry's reserved bits.
+        Walk ``ar_id``'s read of a level-``ar_level`` entry was granted the cycle
+        before (its beat comes in this cycle at the earliest): the pipe notes that
+        entry's reserved bits.
     views : In(ENGINE_VIEW).array(engines)
         Each walk's state, read at R0 by the beat's ID.
     ad_expect, ad_owner : In
@@ -140,15 +140,18 @@ class PtePipe(wiring.Component):
         ]
 
         # The reserved bits of the entry each walk reads next (as a table entry, and as a
-        # leaf) are noted in the cycle after its read was granted, so R1 only ANDs the
-        # word with them.
-        masks = self._masks(m)
-        read = masks.read_port(domain="comb")
-        m.d.comb += read.addr.eq(rid)
+        # leaf) are noted in the cycle after its read was granted, read at R0 with the
+        # beat (the note itself when it is written in the beat's cycle) and registered,
+        # so R1 only ANDs the word with them.
+        noting, noted = self._masks(m)
+        mask = Signal(noting.data.shape(), reset_less=True)
+        m.d.comb += noted.addr.eq(self.r_id)
+        m.d.sync += mask.eq(Mux(self.ar_valid & (self.ar_id == self.r_id), noting.data,
+                                noted.data))
         reservable = Cat(word[i] for i in _reservable())
         rsvd_table, rsvd_leaf = Signal(), Signal()
-        m.d.comb += [rsvd_table.eq((reservable & read.data.table).any()),
-                     rsvd_leaf.eq((reservable & read.data.leaf).any())]
+        m.d.comb += [rsvd_table.eq((reservable & mask.table).any()),
+                     rsvd_leaf.eq((reservable & mask.leaf).any())]
 
         # -- R1: decode --------------------------------------------------------------
         def by_arch(build, width):
@@ -210,7 +213,8 @@ class PtePipe(wiring.Component):
         return m
 
     def _masks(self, m):
-        """The mask memory, written for walk ``ar_id`` the cycle after its read's grant."""
+        """The mask memory's write port, written for walk ``ar_id`` the cycle after its
+        read's grant, and its read port."""
         layout = data.StructLayout({"table": RESERVABLE, "leaf": RESERVABLE})
         m.submodules.masks = masks = Memory(shape=layout, depth=max(2, self.engines), init=[])
         p, level = self.ar_params, self.ar_level
@@ -227,4 +231,4 @@ class PtePipe(wiring.Component):
                     c.levels)) for k in range(3))
                 return static | (pa & pa_high[i]) | (nxe & ~p.nxe)
             m.d.comb += getattr(write.data, kind).eq(Cat(bit(i) for i in _reservable()))
-        return masks
+        return write, masks.read_port(domain="comb")

@@ -120,24 +120,33 @@ class WalkerPool(wiring.Component):
             word_r.addr.eq(Cat(ad.rec_level, ad.rec_id)), ad.rec_word.eq(word_r.data),
         ]
         if self.cache_tables:
-            # A table entry read with its A bit set (or with no A/D) is offered at once;
-            # one the A/D unit sets A in is offered then, from the record. The A/D unit
-            # wins a cycle both want.
+            # A table entry is recorded, and offered when its A bit needs no update, a
+            # cycle after its decode, from registers: the decode ends at a flip-flop, not
+            # at the write enable of the record's LUT RAM. One the A/D unit sets A in is
+            # offered then, from the record (written long before: the walk went on to its
+            # leaf). The A/D unit wins a cycle both want.
             pwc_w, pwc_mem = record("rec_pwc", RECORD_PWC)
             pwc_r = pwc_mem.read_port(domain="comb")
+            table = Signal(name="rec_table_valid")
+            offer = Signal(name="rec_table_offer")
+            table_id = Signal(self.id_bits, name="rec_table_id", reset_less=True)
+            table_level = Signal(3, name="rec_table_level", reset_less=True)
+            table_entry = Signal(RECORD_PWC, name="rec_table_entry", reset_less=True)
+            m.d.sync += [table.eq(pipe.rec_valid & pipe.rec_table),
+                         offer.eq(pipe.rec_valid & pipe.rec_table & ~pipe.step.need),
+                         table_id.eq(pipe.rec_id), table_level.eq(pipe.rec_level),
+                         table_entry.eq(pipe.rec_pwc)]
             cached = self.cached
             m.d.comb += [
-                pwc_w.en.eq(pipe.rec_valid & pipe.rec_table),
-                pwc_w.addr.eq(Cat(pipe.rec_level, pipe.rec_id)), pwc_w.data.eq(pipe.rec_pwc),
-                pwc_r.addr.eq(Cat(ad.level, ad.owner)),
+                pwc_w.en.eq(table), pwc_w.addr.eq(Cat(table_level, table_id)),
+                pwc_w.data.eq(table_entry), pwc_r.addr.eq(Cat(ad.level, ad.owner)),
             ]
             with m.If(ad.table_set):
                 m.d.comb += [cached.valid.eq(1), cached.id.eq(ad.owner),
                              cached.level.eq(ad.level), cached.entry.eq(pwc_r.data)]
             with m.Else():
-                m.d.comb += [cached.valid.eq(pipe.rec_valid & pipe.rec_table & ~pipe.step.need),
-                             cached.id.eq(pipe.rec_id), cached.level.eq(pipe.rec_level),
-                             cached.entry.eq(pipe.rec_pwc)]
+                m.d.comb += [cached.valid.eq(offer), cached.id.eq(table_id),
+                             cached.level.eq(table_level), cached.entry.eq(table_entry)]
 
         # -- AXI: AR from the arbiter, AW/W/B from the A/D unit, R to the pipe ----------
         m.d.comb += [

@@ -97,8 +97,8 @@ RTL = [
     # walk cache catches it); an A/D compare of another walk's word fails and restarts
     # the walk again and again, a hang rather than a wrong transaction ----------------
     dict(name="pool-caches-table-before-a", area="rtl", path="hw/walkers.py",
-         old="cached.valid.eq(pipe.rec_valid & pipe.rec_table & ~pipe.step.need)",
-         new="cached.valid.eq(pipe.rec_valid & pipe.rec_table)",
+         old="offer.eq(pipe.rec_valid & pipe.rec_table & ~pipe.step.need)",
+         new="offer.eq(pipe.rec_valid & pipe.rec_table)",
          bug="the walk cache takes a table entry as it is read, before its A bit is set",
          tests=("tests/test_cocotb_faults.py::test_faults_short[verilator]",)),
     dict(name="engine-restart-keeps-owed", area="rtl", path="hw/engine.py",
