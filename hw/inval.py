@@ -115,6 +115,12 @@ class Invalidator(wiring.Component):
         m.d.sync += busy.eq(new_wraps != 0)
         with m.FSM(name="inval"):
             with m.State("IDLE"):
+                # The range and the shared bit are taken every cycle (only a RANGE reads
+                # them), so their load does not wait for the caches' ``idle``.
+                m.d.sync += [sweep.first.eq(p.start[:VPN_BITS]),
+                             sweep.end.eq(Cat(end[:VPN_BITS],
+                                              end[VPN_BITS] | (p.count[VPN_BITS:] != 0))),
+                             shared_bit.eq((Const(1, 64) << self.ctx.shared_bit)[12:])]
                 with m.If((wraps != 0) & self.idle):
                     # Sweep the VM whose generation wrapped; several: clear everything.
                     one = Signal()
@@ -139,11 +145,7 @@ class Invalidator(wiring.Component):
                 with m.Elif(port.valid & self.idle):
                     m.d.comb += [port.ready.eq(1), self.stale.eq(1)]
                     m.d.sync += [sweep.kind.eq(p.kind), sweep.vm.eq(port_vm),
-                                 sweep.space.eq(p.space), sweep.first.eq(p.start[:VPN_BITS]),
-                                 sweep.end.eq(Cat(end[:VPN_BITS],
-                                                  end[VPN_BITS] | (p.count[VPN_BITS:] != 0))),
-                                 shared_bit.eq((Const(1, 64) << self.ctx.shared_bit)[12:]),
-                                 answer.eq(1), busy.eq(1)]
+                                 sweep.space.eq(p.space), answer.eq(1), busy.eq(1)]
                     with m.Switch(p.kind):
                         with m.Case(InvalKind.VM):
                             m.d.comb += port_retire.eq(
