@@ -36,10 +36,10 @@ def _check(vectors, **kwargs):
 
 @pytest.mark.parametrize("name,ad", COMBOS)
 def test_random_vectors(name, ad):
-    # 500 accesses per format and A/D mode with a synchronous-SRAM memory (the regression
+    # 300 accesses per format and A/D mode with a synchronous-SRAM memory (the regression
     # runs 5,000 on ten seeds each).
     seed = 1000 + FORMAT_NAMES.index(name) * 10 + get_format(name).ad_modes.index(ad)
-    vectors = random_vectors(name, seed, 500, ad=ad)
+    vectors = random_vectors(name, seed, 300, ad=ad)
     rtl, model = _check(vectors, latency=1)
     kinds = collections.Counter("ok" if r.ok else r.kind for r in model)
     # The file must exercise translations and the common faults, or it proves little.
@@ -54,7 +54,7 @@ def test_random_with_stalls(name):
     # Slow memory and random back-pressure on every channel: same answers.
     fmt = get_format(name)
     seed = 2000 + FORMAT_NAMES.index(name)
-    vectors = random_vectors(name, seed, 400, ad=fmt.ad_modes[0])
+    vectors = random_vectors(name, seed, 250, ad=fmt.ad_modes[0])
     _check(vectors, latency=3, stall=0.3, seed=seed)
 
 
