@@ -345,7 +345,12 @@ class WalkTrafficChecker:
       that a model step changed since the RTL last read or updated it (the model may
       have cleared its A/D bits: aging, dirty logging). An entry the RTL read with A
       clear and the model left alone is owed its A by a walk through it, even one that
-      did not read it again (a walk cache keeps an entry only once its A is set).
+      did not read it again (a walk cache keeps an entry only once its A is set). An
+      update at an entry that another request in flight visits may be owed by that
+      request's walk, which read the entry and is still running, not by the answered
+      one (which may use a walk-cache copy taken while A was set: SDM Vol. 3A §4.8,
+      software that clears A without a flush may not see it set again); it is checked
+      when every such request has been answered.
 
     Traffic is not checked while a request without a reference walk is in flight (one
     sent with the scoreboard off: its walk's entries are unknown). A violation is a
@@ -374,6 +379,9 @@ class WalkTrafficChecker:
         # address -> (Scoreboard.generation, word) of its last transaction: the word
         # read, or written by a compare (None: unknown, after an error or a failed one)
         self._touched = {}
+        # (request, addresses, requests in flight that visit them): updates left owed
+        # at an answer while another walk may still be doing them
+        self._deferred = []
 
     def observe(self, event):
         """A :class:`~hw.sim_axi.PteRead` or :class:`~hw.sim_axi.AtomicCompare` as
@@ -430,12 +438,29 @@ class WalkTrafficChecker:
                            for a, old, new in req.ad_writes if a == event.addr))
 
     def answered(self, req):
-        """``req`` was answered: if a walk translated it, no A/D update may be owed."""
+        """``req`` was answered: if a walk translated it, no A/D update may be owed (at
+        an entry another request in flight visits: once those are answered too)."""
+        self._check_deferred()
         if not req.result.ok or req.hit or req.raced or req.beside_raced:
             return
         if self.scoreboard.tb.guests[req.vm_index].vm.opts.ad != "hardware":
             return
         self.walked += 1
+        owed, deferred, others = [], set(), []
+        for addr, old, new in self._owed(req):
+            visiting = [r for r in self.in_flight() if r is not req and addr in r.paths]
+            if visiting:
+                deferred.add(addr)
+                others += visiting
+            else:
+                owed.append((addr, old, new))
+        self._flag_owed(req, owed)
+        if deferred:
+            self._deferred.append((req, deferred, others))
+
+    def _owed(self, req):
+        """The A/D updates a walk of ``req`` on the memory now would do that the RTL
+        owes: at entries no model step changed since the RTL last read or updated."""
         now = self.scoreboard.walk_now(req)
         generation = self.scoreboard.generation
         owed = []
@@ -443,6 +468,18 @@ class WalkTrafficChecker:
             touched_in, word = self._touched.get(addr, (None, None))
             if touched_in == generation or word == old:    # no model step changed it
                 owed.append((addr, old, new))
+        return owed
+
+    def _check_deferred(self):
+        waiting = []
+        for req, addrs, others in self._deferred:
+            if any(r.answered is None for r in others):
+                waiting.append((req, addrs, others))
+            else:
+                self._flag_owed(req, [u for u in self._owed(req) if u[0] in addrs])
+        self._deferred = waiting
+
+    def _flag_owed(self, req, owed):
         if owed:
             addr, old, new = owed[0]
             self.scoreboard.mismatch(

@@ -95,6 +95,13 @@ HARNESS = [
          bug="the traffic checker forgets entries read with A clear before the last model step",
          tests=("tests/test_mmu_scoreboard.py::"
                 "test_an_entry_read_with_a_clear_is_owed_its_a_after_a_model_step",)),
+    dict(name="traffic-deferred-owed-dropped", area="scoreboard",
+         path="cocotb_tests/mmu_tb.py",
+         old="self._flag_owed(req, [u for u in self._owed(req) if u[0] in addrs])",
+         new="self._flag_owed(req, [])",
+         bug="the traffic checker forgets an update it left to a walk in flight",
+         tests=("tests/test_mmu_scoreboard.py::test_an_update_a_walk_in_flight_owes_is_"
+                "checked_once_its_request_is_answered",)),
     dict(name="traffic-reads-uncounted", area="scoreboard", path="cocotb_tests/mmu_tb.py",
          old="        self.reads += 1\n",
          new="",

@@ -261,3 +261,32 @@ def test_an_entry_read_with_a_clear_is_owed_its_a_after_a_model_step(changed):
         assert sb.mismatches[0]["reason"] == \
             f"{rule}: address {path[0]:#x}, vm 0 read {again.gpa:#x}, cycles 50..70"
         assert [a for a, _, _ in sb.mismatches[0]["owed"]] == [hex(a) for a in path[:-1]]
+
+
+@pytest.mark.parametrize("done", [True, False], ids=["set by it", "never set"])
+def test_an_update_a_walk_in_flight_owes_is_checked_once_its_request_is_answered(done):
+    """A walk answered from its walk cache while another request's walk has read the
+    entries with A clear and not yet set A: the update is that walk's, checked when its
+    request is answered (here raced, so its own answer is not checked): a mismatch
+    naming the first answer only if A was never set."""
+    vm, sb = _bench()
+    traffic, first, in_flight = _traffic(vm, sb)
+    other = _request(vm, sb, BASE + 3, 11)
+    in_flight.append(other)
+    path = _path(other)
+    for cycle, addr in enumerate(path, 12):
+        traffic.observe(PteRead(addr, 2, vm.mem.read64(addr), 0, cycle))
+    in_flight.remove(first)
+    assert _answer(sb, first, sb.reference(first), 20)
+    traffic.answered(first)
+    assert sb.mismatches == []
+    _walk(vm, traffic, other, ident=2, skip=() if done else path)
+    in_flight.remove(other)
+    other.raced = True
+    assert _answer(sb, other, sb.reference(other), 40)
+    traffic.answered(other)
+    rule = WalkTrafficChecker.UPDATE_OWED
+    assert [m["rule"] for m in sb.mismatches] == [rule] * (not done)
+    if not done:
+        assert sb.mismatches[0]["reason"] == \
+            f"{rule}: address {path[0]:#x}, vm 0 read {first.gpa:#x}, cycles 10..20"
