@@ -427,9 +427,11 @@ async def inval_offset(tb, env, chk, formats):
                         await tb.model_step(guest.vm.handle_fault, buddy << 12, "write",
                                             max_level=1)
                         await tb.access(guest.index, buddy << 12, "read")
-                        # Its TLB entry enters the lookup pipeline the cycle after its
-                        # answer: start the request with it in, as in the cold case.
-                        await ClockCycles(tb.dut.clk, 1)
+                        # Its TLB entry enters the lookup pipeline two cycles after
+                        # its answer (the answer leaves as the walk is done, the entry
+                        # is copied then and offered the cycle after): start the
+                        # request with it in, as in the cold case.
+                        await ClockCycles(tb.dut.clk, 2)
                 req = tb.submit(guest.index, gpa, rng.choice(("read", "write")))
                 await ClockCycles(tb.dut.clk, offset)
                 start, end = (gfn, gfn + 1) if mode.startswith("4k") else \

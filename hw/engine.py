@@ -102,6 +102,9 @@ class WalkEngine(wiring.Component):
         unit's answer.
     result : Out(stream.Signature(RESULT_LAYOUT))
         Held until taken; the engine is idle again the cycle after.
+    ending : Out(1)
+        The step taken this cycle ends the walk with no A/D update owed: ``result`` is
+        valid from the next cycle (so its answer can be chosen now).
     gpa, access, tag, params, top
         The walk in progress (``top``: the highest level this walk read, so the levels
         below it and above the leaf are the ones it can give to a walk cache).
@@ -120,7 +123,7 @@ class WalkEngine(wiring.Component):
             "ad_req": Out(1), "ad_need": Out(MAX_LEVELS), "ad_leaf": Out(3),
             "ad_write": Out(1), "ad_done": In(1), "ad_status": In(AdStatus),
             "ad_level": In(3), "ad_addr": In(ADDR_BITS),
-            "result": Out(stream.Signature(RESULT_LAYOUT)),
+            "result": Out(stream.Signature(RESULT_LAYOUT)), "ending": Out(1),
             "gpa": Out(64), "access": Out(2), "tag": Out(tag_bits),
             "params": Out(WALK_PARAMS), "top": Out(3),
         })
@@ -199,13 +202,11 @@ class WalkEngine(wiring.Component):
                     with m.If(step.descend):
                         m.d.sync += level.eq(level - 1)
                         m.next = "READ"
+                    with m.Elif(step.end.ok & owed.any()):
+                        m.next = "AD"
                     with m.Else():
-                        with m.If(~step.end.ok):
-                            m.next = "DONE"
-                        with m.Elif(owed.any()):
-                            m.next = "AD"
-                        with m.Else():
-                            m.next = "DONE"
+                        m.d.comb += self.ending.eq(1)
+                        m.next = "DONE"
 
             with m.State("AD"):
                 m.d.comb += self.ad_req.eq(1)

@@ -57,6 +57,9 @@ class MissTable(wiring.Component):
         Every engine is busy (``busy.all()``, kept in a register).
     retire : In(1)
         An invalidation: every walk in flight becomes stale.
+    ending : In(walkers)
+        Walk ``i`` ends this cycle (``done`` from the next) with nothing left to do but
+        answer and fill: its own answer may be chosen now, to leave as it is done.
     done, ok : In(walkers); results : In(RESULT_LAYOUT).array(walkers);
     walks : In(WALK_INFO).array(walkers); tags : In(tag_bits).array(walkers)
         The engines' answers and walks.
@@ -93,7 +96,7 @@ class MissTable(wiring.Component):
             "busy": Out(walkers), "stale": Out(walkers), "key": Out(key).array(walkers),
             "full": Out(1),
             "retire": In(1),
-            "done": In(walkers), "ok": In(walkers),
+            "ending": In(walkers), "done": In(walkers), "ok": In(walkers),
             "results": In(RESULT_LAYOUT).array(walkers), "walks": In(WALK_INFO).array(walkers),
             "tags": In(tag_bits).array(walkers),
             "wants_fill": Out(walkers), "fill_walk": Out(id_bits), "filled": In(1),
@@ -187,11 +190,14 @@ class MissTable(wiring.Component):
                 m.d.sync += replaying.bit_select(offer, 1).eq(1)
 
         # -- responses: a walk's own request, then the requests that joined it ----------
-        # A walk's own answer leaves once its TLB entry is on its way to the TLB (copied
-        # for it, ahead of any later request), so software that sees the answer then
-        # asks again finds the entry or joins the walk, and an invalidation it then
-        # issues drops the entry. A walk whose fill is copied this cycle comes after
-        # those that could answer before it.
+        # A walk's own answer is chosen as its last step is decoded (``ending``), to
+        # leave in the cycle the walk is done, when nothing else is to be answered.
+        # Otherwise it leaves once its TLB entry is on its way to the TLB (copied for
+        # it, ahead of any later request). Either way software that sees the answer
+        # then asks again finds the entry or joins the walk (busy until its entry is
+        # written), and an invalidation it then issues waits for the entry to be
+        # written or makes the walk stale before it is copied. A walk whose fill is
+        # copied this cycle comes after those that could answer before it.
         # The answer is a choice held in one-hot registers: the walk (``answer_walk``)
         # and either its own request (``answer_own``, that walk again) or a joined entry
         # (``answer_entry``). The port reads the engine's and the entry's registers
@@ -206,23 +212,30 @@ class MissTable(wiring.Component):
         answerable = Signal(N, name="answerable")
         m.d.comb += answerable.eq(self.done & ~own_sent & (fill_taken | ~self.ok | stale))
         own_oh, own = Signal(N, name="own_walk"), Signal(name="own_any")
+        filled_own = Mux(self.filled, fill_next & ~own_sent, 0)
         m.d.comb += [own_oh.eq(Mux(answerable.any(), lowest_onehot(m, answerable, "first_own"),
-                                   Mux(self.filled, fill_next, 0))),
-                     own.eq(answerable.any() | self.filled)]
+                                   filled_own)),
+                     own.eq(answerable.any() | filled_own.any())]
         ans = Signal(max(1, E), name="answerable_entries")
         if E:
             held = Mux(resp.valid, answer_entry, 0)
             m.d.comb += ans.eq(Cat(valid[j] & joined[j] & ~held[j] & (walker[j] & self.done).any()
                                    for j in range(E)))
         ans_oh = lowest_onehot(m, ans, "joined_next")
+        # One engine at most ends in a cycle (one step is decoded per cycle); the choice
+        # between it and the others is made from registers, so the decode meets one LUT.
+        others = own | ans.any()
+        early = Mux(others, 0, self.ending)
         with m.If(resp.ready | ~resp.valid):
-            m.d.sync += [resp.valid.eq(own | ans.any()),
-                         answer_walk.eq(Mux(own, own_oh, pick_onehot(ans_oh, walker) if E else 0)),
-                         answer_own.eq(Mux(own, own_oh, 0)), answer_entry.eq(Mux(own, 0, ans_oh))]
-            with m.If(own):
-                for i in range(N):
-                    with m.If(own_oh[i]):
-                        m.d.sync += own_sent[i].eq(1)
+            m.d.sync += [resp.valid.eq(others | self.ending.any()),
+                         answer_walk.eq(Mux(own, own_oh,
+                                            Mux(ans.any(), pick_onehot(ans_oh, walker) if E else 0,
+                                                self.ending))),
+                         answer_own.eq(Mux(own, own_oh, early)),
+                         answer_entry.eq(Mux(own, 0, ans_oh))]
+            for i in range(N):
+                with m.If((own & own_oh[i]) | early[i]):
+                    m.d.sync += own_sent[i].eq(1)
         # A joined request shares the walk's 4 KiB page: only the page offset of a
         # translation (and a RISC-V htval, from ``gpa``) is its own.
         req = pick_onehot(answer_entry, reqs) if E else data.View(self.record_req.shape(), 0)

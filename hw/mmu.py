@@ -194,7 +194,8 @@ class MMU(wiring.Component):
         wiring.connect(m, pool.axi, wiring.flipped(self.axi))
         count = {name: Signal(8, name=f"count_{name}") for name in COUNTERS}
         for i in range(N):
-            m.d.comb += [misses.done[i].eq(pool.result[i].valid),
+            m.d.comb += [misses.ending[i].eq(pool.ending[i]),
+                         misses.done[i].eq(pool.result[i].valid),
                          misses.ok[i].eq(pool.result[i].payload.ok),
                          misses.results[i].eq(pool.result[i].payload),
                          misses.walks[i].eq(pool.walk[i]), misses.tags[i].eq(pool.tag[i]),

@@ -36,6 +36,9 @@ class WalkerPool(wiring.Component):
         A walk to start on engine ``start_to`` (ready while it is idle); its first read
         goes out in the same cycle when the AR channel is free.
     result : Out(stream.Signature(RESULT_LAYOUT)).array(engines)
+    ending : Out(engines)
+        Engine ``i``'s walk ends this cycle with no A/D update owed: its ``result`` is
+        valid from the next.
     walk : Out(WALK_INFO).array(engines); tag : Out(tag_bits).array(engines)
     axi : Out(AXI4Signature(addr_width=64, data_width=64, id_width=id_width))
     cached : Out(...)
@@ -50,6 +53,7 @@ class WalkerPool(wiring.Component):
             "start": In(stream.Signature(start_layout(tag_bits))),
             "start_to": In(self.id_bits),
             "result": Out(stream.Signature(RESULT_LAYOUT)).array(engines),
+            "ending": Out(engines),
             "walk": Out(WALK_INFO).array(engines),
             "tag": Out(tag_bits).array(engines),
             "axi": Out(AXI4Signature(addr_width=64, data_width=64, id_width=id_width)),
@@ -80,7 +84,7 @@ class WalkerPool(wiring.Component):
             w = self.walk[i]
             m.d.comb += [
                 w.gpa.eq(e.gpa), w.access.eq(e.access), w.params.eq(e.params),
-                w.top.eq(e.top), self.tag[i].eq(e.tag),
+                w.top.eq(e.top), self.tag[i].eq(e.tag), self.ending[i].eq(e.ending),
                 arb.valid[i].eq(e.ar_valid), arb.addr[i].eq(e.ar_addr),
                 e.ar_ready.eq(arb.ready[i] | arb.start_ready),
                 pipe.views[i].eq(e.view),

@@ -434,6 +434,32 @@ def test_walk_cache_full_hit_reads_once(name):
     assert run.cycles[1] < run.cycles[0] - 20 * (fmt.levels - 2), run.cycles
 
 
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_walk_latency_cold_and_walk_cache_full_hit(name):
+    """From acceptance to response, with every entry's A bit already set: a cold walk
+    takes at most two cycles per level beyond the memory latency plus two (the lookup
+    pipeline), and a walk of a second page of the same level-1 table (every table level
+    cached) one memory read plus four cycles (the lookup to S2, the R beat registered,
+    its decode)."""
+    fmt, latency = get_format(name), 3
+    mem = HostMemory(2 << 20)
+    root = mem.alloc_table(fmt.root_table_bytes)
+    a, b = 0x7654_3000, 0x7654_8000
+    ctxs = [VmContext(fmt, root, fmt.vm_options())]
+    for i, gpa in enumerate((a, b)):
+        mem.write64(leaf_addr(fmt, mem, root, gpa, 1),
+                    fmt.make_leaf((i + 1) << 20, 1, r=True, w=True, x=True))
+        assert translate(mem, fmt, root, gpa, "read", vm=ctxs[0].vm).ok     # sets A
+    script = [("req", a, "read", 0), ("drain",), ("delay", 8), ("req", b, "read", 0),
+              ("drain",)]
+    before = mem.copy()
+    run = run_mmu(mem, ctxs, script, latency=latency)
+    check_results(run, before, ctxs, script)
+    assert len(run.reads) == fmt.levels + 1, run.reads
+    assert run.cycles[0] <= fmt.levels * (latency + 2) + 2, run.cycles
+    assert run.cycles[1] <= latency + 4, run.cycles
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(20))
 def test_random_vectors_many_seeds(seed):
