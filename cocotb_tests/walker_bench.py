@@ -1,5 +1,6 @@
 """cocotb bench for the page-table walker: replay a vector file and compare every answer,
-PTE read and A/D update with the reference walker on the same memory.
+PTE read and A/D update, and the final memory, with the reference walker on the same
+memory.
 
 Driven by :func:`cocotb_tests.runner.replay` through environment variables:
 ``TDPWALK_VECTORS`` (vector file), ``TDPWALK_RESULTS`` (the RTL's answers, one JSON line
@@ -13,6 +14,7 @@ import logging
 import os
 
 import cocotb
+import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 from cocotbext.axi.stream import define_stream
@@ -129,3 +131,5 @@ async def replay_vectors(dut):
             f.writelines(line + "\n" for line in lines)
     dut._log.info("%d accesses, %d mismatches", len(lines), len(mismatches))
     assert not mismatches, f"{len(mismatches)} mismatches, first at access {mismatches[0]}"
+    assert not check or np.array_equal(vectors.memory.words, model_memory.words), \
+        "final memory differs from the reference walker's"
