@@ -82,11 +82,11 @@ class Invalidator(wiring.Component):
         port_vm = vm_index(p.vm, V)
         m.d.comb += self.vm.eq(port_vm)
 
-        # Retirements: a context write, and a VM invalidation when it is accepted.
+        # Retirements: a context write, and a VM invalidation as it is issued (from the
+        # registers it was loaded into; requests wait meanwhile).
+        bump = Signal()                 # the sweep under way is a VM invalidation's
         port_retire = Signal(2 * V)
         ctx_retire = Mux(self.ctx_write, 0b11 << (vm_index(self.ctx_index, V) * 2), 0)
-        shared_space = p.space != InvalSpace.PRIVATE
-        private_space = p.space != InvalSpace.SHARED
         m.d.comb += self.retire.eq(ctx_retire | port_retire)
         # A wrap is registered before it is counted, so that the exit from WAIT and
         # ``busy`` are a few LUT levels from registers; requests wait meanwhile. A VM
@@ -101,8 +101,11 @@ class Invalidator(wiring.Component):
         # the range starts above any GPA. Bounds are kept as :func:`hw.tlb.range_addends`
         # takes them: an end past the last page number has its top bit set.
         end = p.start[:VPN_BITS] + p.count[:VPN_BITS]
-        overflow = (p.start[VPN_BITS:] != 0)
+        empty = (p.count == 0) | (p.start[VPN_BITS:] != 0)
         td = self.ctx.td
+        is_range = p.kind == InvalKind.RANGE
+        # A TD's shared range alone: the range moved up by the shared bit (SHIFT) first.
+        shift_first = is_range & ~empty & td & (p.space == InvalSpace.SHARED)
 
         # Requests wait while the port is valid, a wrapped generation waits for its sweep
         # or an invalidation is under way. ``busy`` is the register form of the last two
@@ -115,13 +118,14 @@ class Invalidator(wiring.Component):
         m.d.sync += busy.eq(new_wraps != 0)
         with m.FSM(name="inval"):
             with m.State("IDLE"):
-                # The range and the shared bit are taken every cycle (only a RANGE reads
-                # them), so their load does not wait for the caches' ``idle``.
+                # What to sweep is loaded every cycle, from the wrapped generations when
+                # there are any, else from the port (nothing reads it before ISSUE or
+                # SHIFT): only the state, ``busy`` and the handshake wait for ``idle``.
                 m.d.sync += [sweep.first.eq(p.start[:VPN_BITS]),
                              sweep.end.eq(Cat(end[:VPN_BITS],
                                               end[VPN_BITS] | (p.count[VPN_BITS:] != 0))),
                              shared_bit.eq((Const(1, 64) << self.ctx.shared_bit)[12:])]
-                with m.If((wraps != 0) & self.idle):
+                with m.If(wraps != 0):
                     # Sweep the VM whose generation wrapped; several: clear everything.
                     one = Signal()
                     vm_of = Signal(self.vm_bits)
@@ -132,44 +136,36 @@ class Invalidator(wiring.Component):
                             m.d.comb += [vm_of.eq(vm), space.eq(Mux(
                                 pair == 0b11, InvalSpace.BOTH,
                                 Mux(pair[1], InvalSpace.PRIVATE, InvalSpace.SHARED)))]
-                    m.d.comb += one.eq(Cat((wraps[2 * vm:2 * vm + 2] != 0)
-                                           for vm in range(V)).any()
-                                       & ~self._several(wraps, V))
+                    m.d.comb += one.eq(~self._several(wraps, V))
                     m.d.sync += [sweep.kind.eq(Mux(one, InvalKind.VM, InvalKind.ALL)),
                                  sweep.vm.eq(vm_of),
                                  sweep.space.eq(Mux(one, space, InvalSpace.BOTH)),
-                                 wraps.eq(wrapped), tlb_wait.eq(1), pwc_wait.eq(1),
-                                 busy.eq(1)]
+                                 tlb_wait.eq(1), pwc_wait.eq(1), shared_next.eq(0),
+                                 bump.eq(0)]
+                with m.Else():
+                    # A VM invalidation retires the VM's TLB entries by a new generation
+                    # (a generation that wraps is swept before the done); an empty range
+                    # has nothing to sweep; a TD's range sweeps its private entries
+                    # first and its shared ones next.
+                    m.d.sync += [sweep.kind.eq(p.kind), sweep.vm.eq(port_vm),
+                                 sweep.space.eq(Mux(is_range & td, InvalSpace.PRIVATE,
+                                                    p.space)),
+                                 tlb_wait.eq((p.kind != InvalKind.VM) & ~(is_range & empty)),
+                                 pwc_wait.eq(~(is_range & empty)),
+                                 shared_next.eq(is_range & ~empty & td
+                                                  & (p.space == InvalSpace.BOTH)),
+                                 bump.eq(p.kind == InvalKind.VM)]
+                with m.If((wraps != 0) & self.idle):
+                    m.d.sync += [wraps.eq(wrapped), busy.eq(1)]
                     m.d.comb += self.stale.eq(1)
                     m.next = "ISSUE"
                 with m.Elif(port.valid & self.idle):
                     m.d.comb += [port.ready.eq(1), self.stale.eq(1)]
-                    m.d.sync += [sweep.kind.eq(p.kind), sweep.vm.eq(port_vm),
-                                 sweep.space.eq(p.space), answer.eq(1), busy.eq(1)]
-                    with m.Switch(p.kind):
-                        with m.Case(InvalKind.VM):
-                            m.d.comb += port_retire.eq(
-                                Cat(shared_space, private_space) << (port_vm * 2))
-                            # Its TLB entries are retired by the new generation; a
-                            # generation that wraps is swept before the done.
-                            m.d.sync += [tlb_wait.eq(0), pwc_wait.eq(1)]
-                            m.next = "ISSUE"
-                        with m.Case(InvalKind.RANGE):
-                            with m.If((p.count == 0) | overflow):
-                                m.d.sync += [tlb_wait.eq(0), pwc_wait.eq(0)]
-                                m.next = "ISSUE"
-                            with m.Elif(td & (p.space == InvalSpace.SHARED)):
-                                m.next = "SHIFT"
-                            with m.Else():
-                                # A TD's private entries first, its shared ones next.
-                                m.d.sync += [tlb_wait.eq(1), pwc_wait.eq(1),
-                                             shared_next.eq(td & (p.space == InvalSpace.BOTH))]
-                                with m.If(td):
-                                    m.d.sync += sweep.space.eq(InvalSpace.PRIVATE)
-                                m.next = "ISSUE"
-                        with m.Default():
-                            m.d.sync += [tlb_wait.eq(1), pwc_wait.eq(1)]
-                            m.next = "ISSUE"
+                    m.d.sync += [answer.eq(1), busy.eq(1)]
+                    with m.If(shift_first):
+                        m.next = "SHIFT"
+                    with m.Else():
+                        m.next = "ISSUE"
 
             with m.State("SHIFT"):
                 # A TD's shared entries: the range moved up by the shared bit (its pages
@@ -191,6 +187,10 @@ class Invalidator(wiring.Component):
                                  cache.payload.space.eq(sweep.space),
                                  cache.payload.range.eq(range_addends(sweep.first, sweep.end))]
                 m.d.comb += [self.tlb.valid.eq(tlb_wait), self.pwc.valid.eq(pwc_wait)]
+                with m.If(bump):
+                    m.d.comb += port_retire.eq(
+                        Cat(sweep.space != InvalSpace.PRIVATE, sweep.space != InvalSpace.SHARED)
+                        << (sweep.vm * 2))
                 m.d.sync += busy.eq(1)
                 m.next = "WAIT"
 
