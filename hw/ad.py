@@ -73,6 +73,7 @@ class AdUnit(wiring.Component):
         a_mask, d_mask, compare, swap = (Signal(64, reset_less=True) for _ in range(4))
         aw_done, w_beat, got_r, got_b, err = Signal(), Signal(2), Signal(), Signal(), Signal()
         same = Signal(reset_less=True)  # the word the R beat returned is the word compared
+        last = Signal(reset_less=True)  # the update under way is the last one owed
         sel, sel_bit, bit = Signal(3), Signal(MAX_LEVELS), Signal(MAX_LEVELS)
         for l in range(1, MAX_LEVELS + 1):
             with m.If(need[l - 1]):
@@ -100,6 +101,7 @@ class AdUnit(wiring.Component):
                 # The record is read at the level being updated: the highest still owed.
                 m.d.sync += [
                     self.level.eq(sel), bit.eq(sel_bit), self.addr.eq(self.rec_addr),
+                    last.eq((need & ~sel_bit) == 0),
                     compare.eq(self.rec_word),
                     swap.eq(self.rec_word | a_mask | Mux((sel == leaf) & write, d_mask, 0)),
                     aw_done.eq(0), w_beat.eq(0), got_r.eq(0), got_b.eq(0), err.eq(0),
@@ -120,8 +122,9 @@ class AdUnit(wiring.Component):
                 with m.If(aw_done & (w_beat == 2) & got_r & got_b):
                     m.next = "CHECK"
             with m.State("CHECK"):
-                remaining = need & ~bit
-                m.d.sync += need.eq(remaining)
+                # Whether an update remains was noted at LOAD: ``done`` is a LUT or two
+                # from registers.
+                m.d.sync += need.eq(need & ~bit)
                 m.d.comb += self.table_set.eq(~err & same & (self.level != leaf))
                 with m.If(err):
                     m.d.comb += [self.status.eq(AdStatus.BUS_ERROR),
@@ -130,7 +133,7 @@ class AdUnit(wiring.Component):
                 with m.Elif(~same):
                     m.d.comb += [self.status.eq(AdStatus.RESTART), self.done.eq(1 << owner)]
                     m.next = "IDLE"
-                with m.Elif(~remaining.any()):
+                with m.Elif(last):
                     m.d.comb += [self.status.eq(AdStatus.OK), self.done.eq(1 << owner)]
                     m.next = "IDLE"
                 with m.Else():
