@@ -97,7 +97,13 @@ Info:   clk-to-q  0.52  0.52 Source mmu.U$$0.state_TRELLIS_FF_Q.Q
 Info:    routing  1.20  1.72 Net mmu.U$$0.state (12,3) -> (14,5)
 Info:                          Sink $abc$123$auto$lut.A
 Info:      logic  0.24  1.96 Source $abc$123$auto$lut.Z
-Info:    routing  0.80  2.76 Net x (14,5) -> (15,5)
+Info:    routing  0.30  2.26 Net y (14,5) -> (14,5)
+Info:                          Sink mmu.wide_PFUMX_ALUT_LUT4.C
+Info:      logic  0.26  2.52 Source mmu.wide_PFUMX_ALUT_LUT4.OFX
+Info:    routing  0.00  2.52 Net z (14,5) -> (14,5)
+Info:                          Sink mmu.add_CCU2C.CIN
+Info:      logic  0.06  2.58 Source mmu.add_CCU2C.FCO
+Info:    routing  0.18  2.76 Net x (14,5) -> (15,5)
 Info:                          Sink mmu.tlb.valid_TRELLIS_FF_Q.DI
 Info: 4.1 ns logic, 5.3 ns routing
 Info: Max frequency for clock 'clk$TRELLIS_IO_IN': 106.38 MHz (PASS at 100.00 MHz)
@@ -118,7 +124,7 @@ def test_log_parsers():
     assert r["fmax"] == pytest.approx(106.38)
     assert r["util"]["TRELLIS_COMB"] == (14380, 83640)
     assert r["path"] == ["mmu.U$$0.state_TRELLIS_FF_Q.Q", "mmu.tlb.valid_TRELLIS_FF_Q.DI"]
-    assert r["logic_routing"] == ("4.1", "5.3") and r["levels"] == 1
+    assert r["logic_routing"] == ("4.1", "5.3") and r["levels"] == 3     # a LUT, a wide mux, a carry hop
     cells = _parse_yosys("Printing statistics.\n" + YOSYS_STAT)
     assert cells["LUT4"] == 12027 and cells["TRELLIS_FF"] == 6035 and cells["DP16KD"] == 0
 
